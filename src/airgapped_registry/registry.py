@@ -1,0 +1,468 @@
+"""Client of the OCI distribution-spec v2 API, built on the standard library only.
+
+The engine runs on isolated hosts with nothing but python3 and python3-yaml, so this speaks
+HTTP through ``http.client`` and TLS through an ``ssl`` context built here from the files the
+caller names. Environment variables such as ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` never
+change which CA is trusted: an appliance that silently trusted the system bundle instead of its
+own internal CA would fail (or, worse, succeed) for reasons nobody can see.
+
+Every request goes through :meth:`RegistryClient._send`; that is where token authentication
+(a 401 with a ``Bearer`` challenge answered by fetching a scoped token and retrying once) will
+be added when a registry needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from email.message import Message
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+
+from airgapped_registry import __version__
+from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_MEDIA_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
+INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+REPOSITORY_PATTERN = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+DIGEST_PATTERN = re.compile(r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+# Errors that mean the server closed an idle keep-alive connection under us.
+_DROPPED_CONNECTION = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    """The content digest of ``data`` in ``algorithm:hex`` form."""
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    """What a registry says a manifest reference resolves to, without its body."""
+
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Response:
+    method: str
+    url: str
+    status: int
+    headers: Message
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+class RegistryClient:
+    """Talks to one registry, keeping one persistent connection per thread.
+
+    Counters (``requests``, ``requests_by_method``, ``blobs_uploaded``, ``blobs_mounted``,
+    ``bytes_uploaded``) accumulate over the client's life; benchmarks and reports take
+    differences around the work they measure.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        timeout: float = 30,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"registry URL {base_url!r}: expected http(s)://host[:port]")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError(f"registry URL {base_url!r}: must not carry a path or query")
+        if parts.scheme == "http" and (ca_file or cert_file or key_file):
+            raise ValueError(f"registry URL {base_url!r}: TLS files given for a plain http URL")
+        if key_file and not cert_file:
+            raise ValueError("a client key was given without its client certificate")
+        self.base_url = f"{parts.scheme}://{parts.netloc}"
+        self.timeout = timeout
+        self._origin = (parts.scheme, parts.netloc)
+        self._tls = tls_context(ca_file, cert_file, key_file) if parts.scheme == "https" else None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[http.client.HTTPConnection] = []
+        self.requests = 0
+        self.requests_by_method: Counter[str] = Counter()
+        self.blobs_uploaded = 0
+        self.blobs_mounted = 0
+        self.bytes_uploaded = 0
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.base_url!r})"
+
+    def close(self) -> None:
+        """Close the persistent connections of every thread."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()
+
+    # -- API ------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Check that the endpoint speaks the v2 API and lets us in."""
+        self._call("GET", "/v2/", expect=(200,))
+
+    def head_manifest(self, repository: str, reference: str) -> ManifestRef | None:
+        """Resolve a tag or digest without fetching the manifest; None when it does not exist."""
+        path = _manifest_path(repository, reference)
+        response = self._call(
+            "HEAD", path, headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}, expect=(200, 404)
+        )
+        if response.status == 404:
+            return None
+        digest = response.header("Docker-Content-Digest")
+        media_type = _media_type(response)
+        length = response.header("Content-Length")
+        if not digest or not media_type or length is None:
+            # The spec only says SHOULD for these headers; the body is authoritative.
+            body, media_type, digest = self.get_manifest(repository, reference)
+            return ManifestRef(digest=digest, media_type=media_type, size=len(body))
+        return ManifestRef(digest=digest, media_type=media_type, size=int(length))
+
+    def get_manifest(
+        self,
+        repository: str,
+        reference: str,
+        accept: Iterable[str] = MANIFEST_MEDIA_TYPES,
+    ) -> tuple[bytes, str, str]:
+        """Fetch a manifest; returns ``(body, media_type, digest)`` with the digest verified."""
+        path = _manifest_path(repository, reference)
+        response = self._call("GET", path, headers={"Accept": ", ".join(accept)}, expect=(200,))
+        body = response.body
+        media_type = _media_type(response) or _declared_media_type(body)
+        if DIGEST_PATTERN.fullmatch(reference):
+            digest = digest_of(body, reference.split(":", 1)[0])
+            if digest != reference:
+                raise DigestMismatchError("GET", response.url, response.status, reference, digest)
+        else:
+            digest = digest_of(body)
+        announced = response.header("Docker-Content-Digest")
+        if announced and announced.startswith("sha256:") and announced != digest_of(body):
+            raise DigestMismatchError(
+                "GET", response.url, response.status, announced, digest_of(body)
+            )
+        return body, media_type, digest
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        """Store a manifest under a tag or its digest; returns the digest the registry stored."""
+        path = _manifest_path(repository, reference)
+        response = self._call(
+            "PUT", path, headers={"Content-Type": media_type}, body=body, expect=(201,)
+        )
+        digest = digest_of(body)
+        stored = response.header("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise DigestMismatchError("PUT", response.url, response.status, digest, stored)
+        return digest
+
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        """Delete a manifest by digest (Distribution 2.8 cannot delete by tag)."""
+        _check_digest(digest)
+        self._call("DELETE", _manifest_path(repository, digest), expect=(200, 202))
+
+    def blob_exists(self, repository: str, digest: str) -> bool:
+        response = self._call("HEAD", _blob_path(repository, digest), expect=(200, 404))
+        return response.status == 200
+
+    def get_blob(self, repository: str, digest: str) -> bytes:
+        """Fetch a blob into memory and verify it against its digest."""
+        response = self._call("GET", _blob_path(repository, digest), expect=(200,))
+        actual = digest_of(response.body, digest.split(":", 1)[0])
+        if actual != digest:
+            raise DigestMismatchError("GET", response.url, response.status, digest, actual)
+        return response.body
+
+    def push_blob(
+        self,
+        repository: str,
+        digest: str,
+        data: bytes | Callable[[], bytes],
+        mount_from: str | None = None,
+    ) -> bool:
+        """Make a blob present in a repository; False when it already was.
+
+        ``data`` may be a function producing the bytes: it is called only if an upload is
+        really needed, so callers that generate or read blobs lazily pay nothing for blobs
+        the registry already has or can mount. With ``mount_from``, a cross-repository mount
+        is tried first; a registry that refuses it opens an upload session instead, which is
+        then used for the upload.
+        """
+        _check_repository(repository)
+        _check_digest(digest)
+        if mount_from:
+            _check_repository(mount_from)
+        if self.blob_exists(repository, digest):
+            return False
+        uploads = f"/v2/{repository}/blobs/uploads/"
+        if mount_from and mount_from != repository:
+            query = urlencode({"mount": digest, "from": mount_from})
+            response = self._call("POST", f"{uploads}?{query}", expect=(201, 202))
+            if response.status == 201:
+                with self._lock:
+                    self.blobs_mounted += 1
+                return True
+        else:
+            response = self._call("POST", uploads, expect=(202,))
+        location = response.header("Location")
+        if not location:
+            raise RegistryError(
+                "POST", response.url, response.status, cause="upload session without Location"
+            )
+        payload = data() if callable(data) else data
+        upload_url = _with_query(urljoin(response.url, location), digest=digest)
+        response = self._call(
+            "PUT",
+            upload_url,
+            headers={"Content-Type": "application/octet-stream"},
+            body=payload,
+            expect=(201,),
+        )
+        stored = response.header("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise DigestMismatchError("PUT", response.url, response.status, digest, stored)
+        with self._lock:
+            self.blobs_uploaded += 1
+            self.bytes_uploaded += len(payload)
+        return True
+
+    def tags(self, repository: str, page_size: int | None = None) -> list[str]:
+        """All tags of a repository, following ``Link`` pagination."""
+        _check_repository(repository)
+        return self._paginate(f"/v2/{repository}/tags/list", "tags", page_size)
+
+    def catalog(self, page_size: int | None = None) -> list[str]:
+        """All repositories the registry lists, following ``Link`` pagination."""
+        return self._paginate("/v2/_catalog", "repositories", page_size)
+
+    # -- transport ------------------------------------------------------------------------
+
+    def _paginate(self, path: str, key: str, page_size: int | None) -> list[str]:
+        target = f"{path}?{urlencode({'n': page_size})}" if page_size else path
+        items: list[str] = []
+        seen: set[str] = set()
+        while target and target not in seen:
+            seen.add(target)
+            response = self._call("GET", target, expect=(200,))
+            try:
+                document = json.loads(response.body)
+            except ValueError as exc:
+                raise RegistryError(
+                    "GET", response.url, response.status, cause=f"invalid JSON: {exc}"
+                ) from exc
+            items.extend(document.get(key) or [])
+            match = _LINK_NEXT.search(response.header("Link") or "")
+            target = urljoin(response.url, match.group(1)) if match else ""
+        return items
+
+    def _call(
+        self,
+        method: str,
+        target: str,
+        *,
+        expect: tuple[int, ...],
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> _Response:
+        url = urljoin(self.base_url + "/", target)
+        response = self._send(method, url, headers or {}, body)
+        redirects = 0
+        while (
+            response.status in _REDIRECTS
+            and response.status not in expect
+            and method in ("GET", "HEAD")
+            and redirects < _MAX_REDIRECTS
+            and response.header("Location")
+        ):
+            # Registries on object storage answer blob GETs with a redirect to the storage.
+            redirects += 1
+            url = urljoin(response.url, response.header("Location") or "")
+            response = self._send(method, url, headers or {}, None)
+        if response.status not in expect:
+            raise RegistryError(method, response.url, response.status, response.body)
+        return response
+
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None
+    ) -> _Response:
+        parts = urlsplit(url)
+        path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        headers = {"User-Agent": f"airgapped-registry/{__version__}", **headers}
+        own_origin = (parts.scheme, parts.netloc) == self._origin
+        for attempt in (1, 2):
+            if own_origin:
+                connection = self._thread_connection()
+                reused = connection.sock is not None
+            else:
+                connection = self._new_connection(parts.scheme, parts.netloc)
+                reused = False
+            with self._lock:
+                self.requests += 1
+                self.requests_by_method[method] += 1
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except _DROPPED_CONNECTION as exc:
+                connection.close()
+                if reused and attempt == 1:
+                    continue
+                raise RegistryError(method, url, None, cause=_describe(exc, self.timeout)) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                raise RegistryError(method, url, None, cause=_describe(exc, self.timeout)) from exc
+            if not own_origin:
+                connection.close()
+            return _Response(method, url, response.status, response.headers, data)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _thread_connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._new_connection(*self._origin)
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _new_connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        if scheme == "https":
+            # A foreign origin (storage redirect) gets the same trust as the registry.
+            context = self._tls or tls_context(None, None, None)
+            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
+        return http.client.HTTPConnection(netloc, timeout=self.timeout)
+
+
+def tls_context(
+    ca_file: str | os.PathLike[str] | None,
+    cert_file: str | os.PathLike[str] | None,
+    key_file: str | os.PathLike[str] | None,
+) -> ssl.SSLContext:
+    """A client TLS context trusting exactly ``ca_file`` (or the system store), TLS >= 1.2."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if ca_file:
+            context.load_verify_locations(cafile=os.fspath(ca_file))
+        else:
+            # The compiled-in paths, not the *_env ones: SSL_CERT_FILE must not change trust.
+            paths = ssl.get_default_verify_paths()
+            cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+            capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+            if cafile or capath:
+                context.load_verify_locations(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:
+        raise AirgapError(f"CA file {ca_file}: {_file_error(exc)}") from exc
+    if cert_file:
+        try:
+            context.load_cert_chain(os.fspath(cert_file), os.fspath(key_file) if key_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise AirgapError(
+                f"client certificate {cert_file} (key {key_file}): {_file_error(exc)}"
+            ) from exc
+    return context
+
+
+def _file_error(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"not usable ({exc.reason or exc})"
+    return exc.strerror or str(exc)
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"no answer within {timeout} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc.strerror}"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed without a response"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _media_type(response: _Response) -> str:
+    value = response.header("Content-Type") or ""
+    return value.split(";", 1)[0].strip()
+
+
+def _declared_media_type(body: bytes) -> str:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ""
+    return str(document.get("mediaType", "")) if isinstance(document, dict) else ""
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    extra = urlencode(params)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
+
+
+def _check_repository(repository: str) -> None:
+    if not REPOSITORY_PATTERN.fullmatch(repository):
+        raise ValueError(f"invalid repository name {repository!r}")
+
+
+def _check_digest(digest: str) -> None:
+    if not DIGEST_PATTERN.fullmatch(digest):
+        raise ValueError(f"invalid digest {digest!r}: expected sha256:<64 hex> or sha512:<128 hex>")
+
+
+def _manifest_path(repository: str, reference: str) -> str:
+    _check_repository(repository)
+    if not (TAG_PATTERN.fullmatch(reference) or DIGEST_PATTERN.fullmatch(reference)):
+        raise ValueError(f"invalid reference {reference!r} in repository {repository!r}")
+    return f"/v2/{repository}/manifests/{reference}"
+
+
+def _blob_path(repository: str, digest: str) -> str:
+    _check_repository(repository)
+    _check_digest(digest)
+    return f"/v2/{repository}/blobs/{digest}"
