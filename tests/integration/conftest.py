@@ -1,0 +1,203 @@
+"""A real CNCF Distribution (Debian ``docker-registry``) on loopback, for integration tests.
+
+``distribution_factory`` starts as many registries as a test needs (plain HTTP or TLS with
+client certificates) and stops them at the end of the session; ``distribution`` is a fresh
+empty registry per test, ``session_distribution`` one shared by a whole session, and
+``registry_url`` the base URL of the fresh one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from tests.conftest import Pki
+
+DISTRIBUTION_BINARY = "/usr/bin/docker-registry"
+_READY_TIMEOUT = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Distribution:
+    """One registry process; its storage and log live under ``root``."""
+
+    root: Path
+    port: int
+    pki: Pki | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.pki else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as skopeo and cosign name the registry."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "registry.log"
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    def write_config(self) -> None:
+        http_config: dict[str, object] = {"addr": self.address, "secret": "airgap-tests"}
+        if self.pki:
+            http_config["tls"] = {
+                "certificate": str(self.pki.server_cert),
+                "key": str(self.pki.server_key),
+                "clientcas": [str(self.pki.ca_file)],
+                "minimumtls": "tls1.2",
+            }
+        config = {
+            "version": 0.1,
+            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.storage)},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": http_config,
+        }
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def start(self) -> None:
+        self.write_config()
+        with self.log_path.open("ab") as log:
+            # REGISTRY_* variables override the config file: start from an empty environment.
+            self.process = subprocess.Popen(
+                [DISTRIBUTION_BINARY, "serve", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+        self._wait_ready()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and storage, dropping every connection."""
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _READY_TIMEOUT
+        last_error = "no attempt"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"docker-registry exited with {self.process.returncode} before serving "
+                    f"{self.url}; log {self.log_path}:\n{self.log()[-2000:]}"
+                )
+            try:
+                if self._answers_v2():
+                    return
+            except (OSError, http.client.HTTPException) as exc:
+                last_error = str(exc)
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(
+            f"docker-registry did not answer {self.url}/v2/ within {_READY_TIMEOUT} s "
+            f"({last_error}); log:\n{self.log()[-2000:]}"
+        )
+
+    def _answers_v2(self) -> bool:
+        connection: http.client.HTTPConnection
+        if self.pki:
+            context = ssl.create_default_context(cafile=str(self.pki.ca_file))
+            context.load_cert_chain(str(self.pki.client_cert), str(self.pki.client_key))
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, context=context, timeout=2
+            )
+        else:
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            connection.request("GET", "/v2/")
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
+
+
+DistributionFactory = Callable[..., Distribution]
+
+
+@pytest.fixture(scope="session")
+def distribution_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionFactory]:
+    """``start(tls=pki)`` → a running registry with empty storage; all stopped at the end."""
+    if not (os.path.isfile(DISTRIBUTION_BINARY) and os.access(DISTRIBUTION_BINARY, os.X_OK)):
+        found = shutil.which("docker-registry")
+        pytest.fail(
+            f"CNCF Distribution is missing: {DISTRIBUTION_BINARY} not found"
+            f"{f' (but {found} is)' if found else ''}. The project's setup script installs "
+            "the Debian package docker-registry; integration tests need the real registry."
+        )
+    started: list[Distribution] = []
+
+    def start(tls: Pki | None = None) -> Distribution:
+        registry = Distribution(tmp_path_factory.mktemp("distribution"), _free_port(), tls)
+        started.append(registry)
+        registry.start()
+        return registry
+
+    yield start
+    for registry in started:
+        registry.stop()
+
+
+@pytest.fixture
+def distribution(distribution_factory: DistributionFactory) -> Iterator[Distribution]:
+    """A fresh, empty registry for one test."""
+    registry = distribution_factory()
+    yield registry
+    registry.stop()
+
+
+@pytest.fixture(scope="session")
+def session_distribution(distribution_factory: DistributionFactory) -> Distribution:
+    """One registry shared by the session: tests using it must not assume it is empty."""
+    return distribution_factory()
+
+
+@pytest.fixture
+def registry_url(distribution: Distribution) -> str:
+    return distribution.url
