@@ -8,17 +8,9 @@ set -euo pipefail
 
 image=$1 suite=$2 packages=$3 mirror=${4:-}
 
-# With no mirror given, use the Debian source this machine's apt already uses
-# (one-line or deb822 format); failing that, debootstrap's own default.
-if [ -z "$mirror" ]; then
-  mirror=$(
-    { grep -hsE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-        awk '$0 !~ /security/ && $0 ~ /debian/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}'
-      grep -hsiE '^URIs:' /etc/apt/sources.list.d/*.sources |
-        awk '$2 !~ /security/ && $2 ~ /debian/ {print $2; exit}'
-    } | head -n 1
-  )
-fi
+# With no mirror given, use the Debian source this machine's apt already uses;
+# failing that, debootstrap's own default.
+[ -n "$mirror" ] || mirror=$("$(dirname "$0")/debian-mirror.sh")
 work=$(mktemp -d /var/tmp/agr-rootfs.XXXXXX)
 root="$work/root"
 cleanup() {

@@ -1,0 +1,99 @@
+"""Fixtures for verifying the lab: hosts come from the lab inventory itself.
+
+The hosts are resolved with ``ansible-inventory`` against ``inventories/lab``
+under the same ``AIRGAP_LAB_PREFIX`` molecule converged with, so these tests
+check exactly the containers the scenario created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+
+def _plain(value):
+    """ansible-inventory marks strings as unsafe ({"__ansible_unsafe": s})."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The lab definition as the inventory plugin resolves it."""
+    out = subprocess.run(
+        [shutil.which("ansible-inventory") or "ansible-inventory", "--list",
+         "-i", str(PROJECT / "inventories" / "lab")],
+        cwd=PROJECT, env={**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")},
+        capture_output=True, text=True, check=True,
+    ).stdout
+    inventory = _plain(json.loads(out))
+    any_host = next(iter(inventory["_meta"]["hostvars"].values()))
+    return {
+        "prefix": any_host["lab_prefix"],
+        "hosts": any_host["lab_hosts"],
+        "networks": any_host["lab_networks"],
+        "groups": {g: v.get("hosts", []) for g, v in inventory.items() if g != "_meta"},
+    }
+
+
+@pytest.fixture(scope="session")
+def hosts(lab):
+    """testinfra hosts by lab name (upstream, relay, registry, node)."""
+    return {
+        name: testinfra.get_host(f"docker://{spec['container']}")
+        for name, spec in lab["hosts"].items()
+    }
+
+
+@pytest.fixture(scope="session")
+def addresses(lab):
+    """IPv4 address of every lab host in every zone it sits in."""
+    result = {}
+    for name, spec in lab["hosts"].items():
+        info = json.loads(subprocess.run(
+            ["docker", "inspect", spec["container"]], capture_output=True, text=True, check=True,
+        ).stdout)[0]
+        result[name] = {
+            zone: info["NetworkSettings"]["Networks"][lab["networks"][zone]["name"]]["IPAddress"]
+            for zone in spec["networks"]
+        }
+    return result
+
+
+@pytest.fixture(scope="session")
+def sample_params():
+    """The sample upstream's parameters as the role converged them."""
+    defaults = yaml.safe_load(
+        (PROJECT / "roles" / "sample_upstream" / "defaults" / "main.yml").read_text()
+    )
+    return {
+        key.removeprefix("sample_upstream_"): value
+        for key, value in defaults.items()
+        if key not in ("sample_upstream_port", "sample_upstream_storage")
+    }
+
+
+@pytest.fixture(scope="session")
+def package_mirror():
+    """Host name of the Debian mirror this machine's apt uses: the only outside
+    address an egress probe may try (it must fail from isolated hosts)."""
+    out = subprocess.run(
+        [str(PROJECT / "roles" / "lab" / "files" / "debian-mirror.sh")],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert out, "no Debian source in this machine's apt configuration to probe egress with"
+    return out.split("://", 1)[1].split("/", 1)[0].split(":")[0]

@@ -1,0 +1,185 @@
+#!/usr/bin/python
+"""Ansible module: seed a registry with the project's deterministic sample content."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sample_upstream
+short_description: Seed a registry with the deterministic sample content
+description:
+  - Pushes the sample content of C(airgapped_registry.sample) (multi-arch
+    images sharing base layers, an arm/v7 child, an image with a known
+    vulnerable package, an OCI Helm chart) into a registry.
+  - Idempotent - a tag that already points at the expected digest costs one
+    manifest HEAD and nothing else. A tag that points elsewhere is moved, and
+    every child and blob is in place before the tag is written.
+  - Used by the lab's sample upstream, by tests and by benchmarks.
+version_added: "0.1.0"
+author: Airgapped Registry
+requirements:
+  - the airgapped_registry engine on the host that runs the module
+options:
+  registry:
+    description: Base URL of the registry, e.g. C(http://127.0.0.1:5000).
+    type: str
+    required: true
+  ca_file:
+    description: CA bundle to verify an https registry with.
+    type: path
+  cert_file:
+    description: Client certificate for an mTLS registry.
+    type: path
+  key_file:
+    description: Key of O(cert_file).
+    type: path
+  seed:
+    description: Seed of the content; the same seed gives the same digests.
+    type: int
+    default: 1
+  repositories:
+    description: Number of generated multi-arch repositories.
+    type: int
+    default: 3
+  tags_per_repository:
+    description: Semver-like tags per generated repository.
+    type: int
+    default: 3
+  base_layers:
+    description: Base layers shared by every image of a platform.
+    type: int
+    default: 2
+  base_layer_bytes:
+    description: Size of each shared base layer.
+    type: int
+    default: 262144
+  unique_layer_bytes:
+    description: Size of the layer unique to each image and platform.
+    type: int
+    default: 65536
+  base_generation:
+    description: Bump to change one shared base layer per platform.
+    type: int
+    default: 0
+attributes:
+  check_mode:
+    support: full
+    details: Makes only manifest HEAD requests and reports what would be pushed.
+  diff_mode:
+    support: full
+    details: Digests of the tags before and after.
+"""
+
+EXAMPLES = r"""
+- name: Seed the lab's upstream
+  sample_upstream:
+    registry: http://127.0.0.1:5000
+    repositories: 200
+    tags_per_repository: 1
+    unique_layer_bytes: 1000000
+"""
+
+RETURN = r"""
+tags:
+  description: Every sample tag (C(repo:tag)) and the digest it points at.
+  returned: always
+  type: dict
+pushed:
+  description: Tags written (or, in check mode, that would be).
+  returned: always
+  type: list
+  elements: str
+blobs_pushed:
+  description: Blobs uploaded.
+  returned: always
+  type: int
+bytes_pushed:
+  description: Bytes of the blobs uploaded.
+  returned: always
+  type: int
+requests:
+  description: HTTP requests made to the registry.
+  returned: always
+  type: int
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from airgapped_registry.errors import AirgapError
+    from airgapped_registry.registry import RegistryClient
+    from airgapped_registry.sample import SampleSpec, build, push
+except ImportError:
+    ENGINE_IMPORT_ERROR = traceback.format_exc()
+else:
+    ENGINE_IMPORT_ERROR = None
+
+SPEC_OPTIONS = (
+    "seed",
+    "repositories",
+    "tags_per_repository",
+    "base_layers",
+    "base_layer_bytes",
+    "unique_layer_bytes",
+    "base_generation",
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "registry": {"type": "str", "required": True},
+            "ca_file": {"type": "path"},
+            "cert_file": {"type": "path"},
+            "key_file": {"type": "path", "no_log": False},
+            "seed": {"type": "int", "default": 1},
+            "repositories": {"type": "int", "default": 3},
+            "tags_per_repository": {"type": "int", "default": 3},
+            "base_layers": {"type": "int", "default": 2},
+            "base_layer_bytes": {"type": "int", "default": 262144},
+            "unique_layer_bytes": {"type": "int", "default": 65536},
+            "base_generation": {"type": "int", "default": 0},
+        },
+        required_together=[("cert_file", "key_file")],
+        supports_check_mode=True,
+    )
+    if ENGINE_IMPORT_ERROR:
+        module.fail_json(
+            msg=missing_required_lib("airgapped_registry (the project's engine)"),
+            exception=ENGINE_IMPORT_ERROR,
+        )
+    p = module.params
+    try:
+        spec = SampleSpec(**{name: p[name] for name in SPEC_OPTIONS})
+    except ValueError as exc:
+        module.fail_json(msg=f"sample spec: {exc}")
+
+    client = RegistryClient(
+        p["registry"], ca_file=p["ca_file"], cert_file=p["cert_file"], key_file=p["key_file"]
+    )
+    sample = build(spec)
+    try:
+        report = push(sample, client, check_mode=module.check_mode)
+    except AirgapError as exc:
+        module.fail_json(msg=str(exc), requests=client.requests)
+
+    tags = {ref: entry["digest"] for ref, entry in sample.expected().items()}
+    result = {
+        "changed": report["changed"],
+        "tags": tags,
+        "pushed": report["pushed"],
+        "blobs_pushed": report["blobs_pushed"],
+        "bytes_pushed": report["bytes_pushed"],
+        "requests": report["requests"],
+    }
+    if module._diff and report["changed"]:
+        result["diff"] = {
+            "before": "".join(f"{ref} (moved or missing)\n" for ref in report["pushed"]),
+            "after": "".join(f"{ref} {tags[ref]}\n" for ref in report["pushed"]),
+        }
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
