@@ -33,33 +33,29 @@ options:
     description: Key of O(cert_file).
     type: path
   seed:
-    description: Seed of the content; the same seed gives the same digests.
+    description:
+      - Seed of the content; the same seed gives the same digests.
+      - This and the size options below default to the engine's
+        C(SampleSpec) defaults when omitted.
     type: int
-    default: 1
   repositories:
     description: Number of generated multi-arch repositories.
     type: int
-    default: 3
   tags_per_repository:
     description: Semver-like tags per generated repository.
     type: int
-    default: 3
   base_layers:
     description: Base layers shared by every image of a platform.
     type: int
-    default: 2
   base_layer_bytes:
     description: Size of each shared base layer.
     type: int
-    default: 262144
   unique_layer_bytes:
     description: Size of the layer unique to each image and platform.
     type: int
-    default: 65536
   base_generation:
     description: Bump to change one shared base layer per platform.
     type: int
-    default: 0
 attributes:
   check_mode:
     support: full
@@ -132,14 +128,9 @@ def main():
             "registry": {"type": "str", "required": True},
             "ca_file": {"type": "path"},
             "cert_file": {"type": "path"},
-            "key_file": {"type": "path", "no_log": False},
-            "seed": {"type": "int", "default": 1},
-            "repositories": {"type": "int", "default": 3},
-            "tags_per_repository": {"type": "int", "default": 3},
-            "base_layers": {"type": "int", "default": 2},
-            "base_layer_bytes": {"type": "int", "default": 262144},
-            "unique_layer_bytes": {"type": "int", "default": 65536},
-            "base_generation": {"type": "int", "default": 0},
+            "key_file": {"type": "path", "no_log": False},  # a path, not the key
+            # Omitted spec options take SampleSpec's defaults: one source of truth.
+            **{name: {"type": "int"} for name in SPEC_OPTIONS},
         },
         required_together=[("cert_file", "key_file")],
         supports_check_mode=True,
@@ -151,18 +142,19 @@ def main():
         )
     p = module.params
     try:
-        spec = SampleSpec(**{name: p[name] for name in SPEC_OPTIONS})
+        spec = SampleSpec(**{name: p[name] for name in SPEC_OPTIONS if p[name] is not None})
     except ValueError as exc:
         module.fail_json(msg=f"sample spec: {exc}")
 
-    client = RegistryClient(
-        p["registry"], ca_file=p["ca_file"], cert_file=p["cert_file"], key_file=p["key_file"]
-    )
     sample = build(spec)
+    client = None
     try:
+        client = RegistryClient(
+            p["registry"], ca_file=p["ca_file"], cert_file=p["cert_file"], key_file=p["key_file"]
+        )
         report = push(sample, client, check_mode=module.check_mode)
-    except AirgapError as exc:
-        module.fail_json(msg=str(exc), requests=client.requests)
+    except (AirgapError, ValueError, OSError) as exc:
+        module.fail_json(msg=f"{p['registry']}: {exc}", requests=client.requests if client else 0)
 
     tags = {ref: entry["digest"] for ref, entry in sample.expected().items()}
     result = {
