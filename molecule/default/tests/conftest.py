@@ -35,10 +35,17 @@ def _plain(value):
 def lab():
     """The lab definition as the inventory plugin resolves it."""
     out = subprocess.run(
-        [shutil.which("ansible-inventory") or "ansible-inventory", "--list",
-         "-i", str(PROJECT / "inventories" / "lab")],
-        cwd=PROJECT, env={**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")},
-        capture_output=True, text=True, check=True,
+        [
+            shutil.which("ansible-inventory") or "ansible-inventory",
+            "--list",
+            "-i",
+            str(PROJECT / "inventories" / "lab"),
+        ],
+        cwd=PROJECT,
+        env={**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     inventory = _plain(json.loads(out))
     any_host = next(iter(inventory["_meta"]["hostvars"].values()))
@@ -60,18 +67,27 @@ def hosts(lab):
 
 
 @pytest.fixture(scope="session")
-def addresses(lab):
+def containers(lab):
+    """`docker inspect` of every lab host's container, by lab name."""
+    names = [spec["container"] for spec in lab["hosts"].values()]
+    out = subprocess.run(
+        ["docker", "inspect", *names], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(zip(lab["hosts"], json.loads(out), strict=True))
+
+
+@pytest.fixture(scope="session")
+def addresses(lab, containers):
     """IPv4 address of every lab host in every zone it sits in."""
-    result = {}
-    for name, spec in lab["hosts"].items():
-        info = json.loads(subprocess.run(
-            ["docker", "inspect", spec["container"]], capture_output=True, text=True, check=True,
-        ).stdout)[0]
-        result[name] = {
-            zone: info["NetworkSettings"]["Networks"][lab["networks"][zone]["name"]]["IPAddress"]
+    return {
+        name: {
+            zone: containers[name]["NetworkSettings"]["Networks"][lab["networks"][zone]["name"]][
+                "IPAddress"
+            ]
             for zone in spec["networks"]
         }
-    return result
+        for name, spec in lab["hosts"].items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +109,9 @@ def package_mirror():
     address an egress probe may try (it must fail from isolated hosts)."""
     out = subprocess.run(
         [str(PROJECT / "roles" / "lab" / "files" / "debian-mirror.sh")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert out, "no Debian source in this machine's apt configuration to probe egress with"
     return out.split("://", 1)[1].split("/", 1)[0].split(":")[0]

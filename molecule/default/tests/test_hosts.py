@@ -29,14 +29,7 @@ def test_no_package_source(hosts, name):
     assert listed.stdout.strip() == ""
 
 
-def test_hosts_run_the_lab_image(lab, hosts):
-    import json
-    import subprocess
-
-    images = {
-        json.loads(subprocess.run(["docker", "inspect", spec["container"]],
-                                  capture_output=True, text=True, check=True).stdout)[0]["Config"]["Image"]
-        for spec in lab["hosts"].values()
-    }
+def test_hosts_run_the_lab_image(containers):
+    images = {info["Config"]["Image"] for info in containers.values()}
     assert len(images) == 1
     assert next(iter(images)).startswith("airgapped-registry/lab-base:")

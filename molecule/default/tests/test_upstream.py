@@ -13,12 +13,14 @@ import pytest
 
 from airgapped_registry.sample import SampleSpec, build
 
-ACCEPT = ",".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
+ACCEPT = ",".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,9 @@ def test_skopeo_reads_a_multi_arch_image_per_platform(hosts, expected):
         if variant:
             flags += f" --override-variant {variant[0]}"
         url = f"docker://upstream:5000/{ref}"
-        image = json.loads(hosts["relay"].check_output(f"skopeo {flags} inspect --tls-verify=false {url}"))
+        image = json.loads(
+            hosts["relay"].check_output(f"skopeo {flags} inspect --tls-verify=false {url}")
+        )
         config = json.loads(
             hosts["relay"].check_output(f"skopeo {flags} inspect --config --tls-verify=false {url}")
         )
@@ -69,8 +73,12 @@ def test_skopeo_reads_a_multi_arch_image_per_platform(hosts, expected):
         assert config.get("variant", "") == (variant[0] if variant else ""), platform
         # skopeo reports the digest of what the tag names: the index.
         assert image["Digest"] == entry["digest"]
-        raw_sha = hosts["relay"].check_output(
-            f"skopeo inspect --raw --tls-verify=false docker://upstream:5000/{repo}@{digest}"
-            " | sha256sum"
-        ).split()[0]
+        raw_sha = (
+            hosts["relay"]
+            .check_output(
+                f"skopeo inspect --raw --tls-verify=false docker://upstream:5000/{repo}@{digest}"
+                " | sha256sum"
+            )
+            .split()[0]
+        )
         assert f"sha256:{raw_sha}" == digest, platform

@@ -85,7 +85,10 @@ def test_node_reaches_nothing_but_the_registry(hosts, addresses):
         if name in ("node", "registry"):
             continue
         for address in zones.values():
-            assert probe(hosts["node"], address, 5000) in {"unreachable", "timeout"}, (name, address)
+            assert probe(hosts["node"], address, 5000) in {"unreachable", "timeout"}, (
+                name,
+                address,
+            )
 
 
 def test_relay_cannot_reach_into_the_vlan(hosts, addresses):
