@@ -16,8 +16,10 @@ from typing import Any
 
 from airgapped_registry import __version__
 from airgapped_registry.errors import AirgapError
+from airgapped_registry.lock import lock
 from airgapped_registry.registry import RegistryClient
 from airgapped_registry.sample import SampleSpec, build, push, spec_fields
+from airgapped_registry.spec import load
 
 
 def registry_options() -> argparse.ArgumentParser:
@@ -97,6 +99,42 @@ def run_sample_catalog(args: argparse.Namespace) -> dict[str, Any]:
     return build(sample_spec(args)).expected()
 
 
+def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
+    spec = commands.add_parser("spec", help="the mirror list (mirror.yaml)")
+    actions = spec.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check_parser = actions.add_parser(
+        "check", help="validate a mirror list; print its entries with defaults applied"
+    )
+    check_parser.add_argument("file", metavar="FILE", help="the mirror list")
+    check_parser.set_defaults(run=run_spec_check)
+
+    lock_parser = commands.add_parser(
+        "lock", help="resolve the mirror list to digests and write the lock (relay side)"
+    )
+    lock_parser.add_argument("--spec", required=True, metavar="FILE", help="the mirror list")
+    lock_parser.add_argument("--lock", required=True, metavar="FILE", help="the lock file")
+    lock_parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when the lock would change (for CI)",
+    )
+    lock_parser.set_defaults(run=run_lock)
+
+
+def run_spec_check(args: argparse.Namespace) -> dict[str, Any]:
+    return load(args.file).summary()
+
+
+def run_lock(args: argparse.Namespace) -> dict[str, Any]:
+    report = lock(load(args.spec), args.lock, check=args.check)
+    if args.check and report["changed"]:
+        # The diff goes to stdout for the reader; the failure line and status to main().
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        raise AirgapError(f"{args.lock} is out of date: {report['summary']}")
+    return report
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="airgap", description="Airgapped Registry engine: mirror, verify, gate."
@@ -104,6 +142,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_sample_commands(commands)
+    add_mirror_commands(commands)
     return root
 
 
