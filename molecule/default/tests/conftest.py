@@ -115,3 +115,61 @@ def package_mirror():
     ).stdout.strip()
     assert out, "no Debian source in this machine's apt configuration to probe egress with"
     return out.split("://", 1)[1].split("/", 1)[0].split(":")[0]
+
+
+def ansible_env():
+    return {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")}
+
+
+@pytest.fixture(scope="session")
+def playbook():
+    """Runs a playbook of the project against this lab, as an operator would."""
+
+    def run(path, *extra, check=True):
+        result = subprocess.run(
+            [
+                "ansible-playbook",
+                "-i",
+                str(PROJECT / "inventories" / "lab"),
+                str(PROJECT / path),
+                *extra,
+            ],
+            cwd=PROJECT,
+            env=ansible_env(),
+            capture_output=True,
+            text=True,
+        )
+        if check:
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def ansible_vars():
+    """Variables of the lab inventory, templated as the plays see them."""
+    out = subprocess.run(
+        [
+            "ansible",
+            "localhost",
+            "-i",
+            str(PROJECT / "inventories" / "lab"),
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            "msg={{ {'internal_ca_dir': internal_ca_dir,"
+            " 'internal_ca_clients': internal_ca_clients} | to_json }}",
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **ansible_env(),
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+        },
+    ).stdout
+    msg = json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    return json.loads(msg) if isinstance(msg, str) else msg
