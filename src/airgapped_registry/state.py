@@ -1,0 +1,359 @@
+"""Sync state: what each destination tag holds after the last run, and a log of runs.
+
+One SQLite database per host (WAL mode, so the health endpoint can read while a sync writes)
+holds the appliance's state; this module owns its ``sync_*`` tables:
+
+- ``sync_entries``: one row per destination tag (``host[:port]/repository:tag``), replaced by
+  every run that looks at the entry: the digest the lock wants, the result of the last run
+  (``ok``, ``failed``, ``skipped``), whether the destination holds the lock's digest, bytes
+  sent, duration, error, and when the entry was last copied successfully;
+- ``sync_runs``: one row per run (start, end, entries, copied, failures, bytes, summary).
+
+:class:`RunLock` keeps two syncs from overlapping: an exclusive ``flock`` on a file beside
+the database, released by the kernel when the holder exits, however it exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from airgapped_registry.errors import AirgapError
+
+DEFAULT_STATE_PATH = Path("/var/lib/airgapped-registry/state.db")
+RUN_LOCK_NAME = "sync.lock"
+# EX_TEMPFAIL from sysexits.h: cron wrappers and systemd read it as "try again later".
+EXIT_LOCKED = 75
+RESULTS = ("ok", "failed", "skipped")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sync_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    lock_path TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    entries INTEGER NOT NULL DEFAULT 0,
+    copied INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    duration REAL,
+    summary TEXT
+);
+CREATE TABLE IF NOT EXISTS sync_entries (
+    reference TEXT PRIMARY KEY,
+    registry TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    fingerprint TEXT,
+    result TEXT NOT NULL CHECK (result IN ('ok', 'failed', 'skipped')),
+    in_sync INTEGER NOT NULL,
+    detail TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    duration REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    updated_at TEXT NOT NULL,
+    synced_at TEXT,
+    run_id INTEGER REFERENCES sync_runs(id)
+);
+"""
+
+
+class RunLockedError(AirgapError):
+    """Another sync holds the run lock."""
+
+
+def utc_now() -> str:
+    """The current time as the state stores it: ISO 8601, UTC, whole seconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class EntryState:
+    """The state of one destination tag after the last run that looked at it.
+
+    ``in_sync``: when the run ended, the destination held what the lock entry asks for
+    (copied now, or found up to date). ``synced_at``: the last time it was.
+    ``fingerprint``: the lock entry the destination was last brought in line with (see
+    :func:`airgapped_registry.plan.fingerprint`); kept from before when not in sync.
+    """
+
+    reference: str
+    registry: str
+    repository: str
+    tag: str
+    digest: str
+    result: str
+    in_sync: bool
+    detail: str | None = None
+    bytes: int = 0
+    duration: float = 0.0
+    error: str | None = None
+    fingerprint: str | None = None
+    updated_at: str = ""
+    synced_at: str | None = None
+    run_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "registry": self.registry,
+            "repository": self.repository,
+            "tag": self.tag,
+            "digest": self.digest,
+            "result": self.result,
+            "in_sync": self.in_sync,
+            "detail": self.detail,
+            "bytes": self.bytes,
+            "duration": self.duration,
+            "error": self.error,
+            "fingerprint": self.fingerprint,
+            "updated_at": self.updated_at,
+            "synced_at": self.synced_at,
+            "run_id": self.run_id,
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One sync run as the run log keeps it."""
+
+    id: int
+    destination: str
+    lock_path: str | None
+    started_at: str
+    finished_at: str | None
+    entries: int
+    copied: int
+    skipped: int
+    failures: int
+    bytes: int
+    duration: float | None
+    summary: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def summary_line(entries: int, copied: int, bytes_sent: int, duration: float, failures: int) -> str:
+    """The one line a cron log gets: ``entries=N copied=N bytes=N duration=Ns failures=N``."""
+    return (
+        f"entries={entries} copied={copied} bytes={bytes_sent} "
+        f"duration={round(duration)}s failures={failures}"
+    )
+
+
+class StateStore:
+    """The ``sync_*`` tables of the host's state database.
+
+    Use from one thread (SQLite connections are not shared between threads); the sync
+    records results from its main thread as workers finish.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STATE_PATH) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise AirgapError(f"state database {self.path}: cannot use WAL mode ({mode})")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise AirgapError(f"state database {self.path}: {exc}") from exc
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, destination: str, lock_path: str | None = None) -> int:
+        cursor = self._execute(
+            "INSERT INTO sync_runs (destination, lock_path, started_at) VALUES (?, ?, ?)",
+            (destination, lock_path, utc_now()),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        entries: int,
+        copied: int,
+        skipped: int,
+        failures: int,
+        bytes_sent: int,
+        duration: float,
+    ) -> str:
+        """Close a run's log record; returns its summary line."""
+        summary = summary_line(entries, copied, bytes_sent, duration, failures)
+        self._execute(
+            "UPDATE sync_runs SET finished_at = ?, entries = ?, copied = ?, skipped = ?, "
+            "failures = ?, bytes = ?, duration = ?, summary = ? WHERE id = ?",
+            (utc_now(), entries, copied, skipped, failures, bytes_sent, duration, summary, run_id),
+        )
+        return summary
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """The latest runs, newest first (an unfinished run has no ``finished_at``)."""
+        rows = self._db.execute(
+            "SELECT * FROM sync_runs ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [RunRecord(**dict(row)) for row in rows]
+
+    def last_run(self) -> RunRecord | None:
+        runs = self.runs(1)
+        return runs[0] if runs else None
+
+    # -- entries --------------------------------------------------------------------------
+
+    def record(self, state: EntryState) -> None:
+        """Replace an entry's state; ``fingerprint`` and ``synced_at`` change only when the
+        entry is in sync now."""
+        if state.result not in RESULTS:
+            raise ValueError(f"result {state.result!r}: expected one of {', '.join(RESULTS)}")
+        now = state.updated_at or utc_now()
+        self._execute(
+            "INSERT INTO sync_entries (reference, registry, repository, tag, digest, "
+            "fingerprint, result, in_sync, detail, bytes, duration, error, updated_at, "
+            "synced_at, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (reference) DO UPDATE SET registry = excluded.registry, "
+            "repository = excluded.repository, tag = excluded.tag, digest = excluded.digest, "
+            "fingerprint = COALESCE(excluded.fingerprint, sync_entries.fingerprint), "
+            "result = excluded.result, in_sync = excluded.in_sync, detail = excluded.detail, "
+            "bytes = excluded.bytes, duration = excluded.duration, error = excluded.error, "
+            "updated_at = excluded.updated_at, "
+            "synced_at = COALESCE(excluded.synced_at, sync_entries.synced_at), "
+            "run_id = excluded.run_id",
+            (
+                state.reference,
+                state.registry,
+                state.repository,
+                state.tag,
+                state.digest,
+                state.fingerprint if state.in_sync else None,
+                state.result,
+                int(state.in_sync),
+                state.detail,
+                state.bytes,
+                state.duration,
+                state.error,
+                now,
+                now if state.in_sync else None,
+                state.run_id,
+            ),
+        )
+
+    def entries(self, registry: str | None = None) -> list[EntryState]:
+        """Every entry's state (of one destination ``host[:port]`` when given), by reference."""
+        query = "SELECT * FROM sync_entries"
+        parameters: tuple[Any, ...] = ()
+        if registry is not None:
+            query += " WHERE registry = ?"
+            parameters = (registry,)
+        rows = self._db.execute(query + " ORDER BY reference", parameters).fetchall()
+        return [_entry_state(row) for row in rows]
+
+    def entry(self, reference: str) -> EntryState | None:
+        row = self._db.execute(
+            "SELECT * FROM sync_entries WHERE reference = ?", (reference,)
+        ).fetchone()
+        return _entry_state(row) if row else None
+
+    def fingerprints(self, registry: str) -> dict[str, str]:
+        """``reference`` → the fingerprint each entry was last brought in line with."""
+        rows = self._db.execute(
+            "SELECT reference, fingerprint FROM sync_entries "
+            "WHERE registry = ? AND fingerprint IS NOT NULL",
+            (registry,),
+        ).fetchall()
+        return {row["reference"]: row["fingerprint"] for row in rows}
+
+    def _execute(self, sql: str, parameters: tuple[Any, ...]) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise AirgapError(f"state database {self.path}: {exc}") from exc
+
+
+def _entry_state(row: sqlite3.Row) -> EntryState:
+    values = dict(row)
+    values["in_sync"] = bool(values["in_sync"])
+    return EntryState(**values)
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``<state dir>/sync.lock``.
+
+    The file keeps the holder's pid and start time, so the refusal can say who holds it. The
+    lock belongs to the open file: it is released when the holder exits or is killed, and a
+    stale file left behind locks nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @classmethod
+    def beside(cls, state_path: str | os.PathLike[str]) -> RunLock:
+        return cls(Path(state_path).with_name(RUN_LOCK_NAME))
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise AirgapError(f"run lock {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RunLockedError(
+                    f"another sync is running ({holder or 'holder unknown'}; run lock "
+                    f"{self.path}); this run did nothing"
+                ) from exc
+            raise AirgapError(f"run lock {self.path}: {exc.strerror or exc}") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} since {utc_now()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            # The file stays: removing it would let a third run lock a new inode while a
+            # second one still waits on the old.
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""
