@@ -12,14 +12,25 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from airgapped_registry import __version__
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.lock import lock
+from airgapped_registry.lock import Lock, lock, read_lock
+from airgapped_registry.plan import human_bytes, plan
 from airgapped_registry.registry import RegistryClient
 from airgapped_registry.sample import SampleSpec, build, push, spec_fields
 from airgapped_registry.spec import load
+from airgapped_registry.state import (
+    DEFAULT_STATE_PATH,
+    EXIT_LOCKED,
+    RunLock,
+    RunLockedError,
+    StateStore,
+)
+from airgapped_registry.sync import Destination, EntryResult, SyncOptions, sync
+from airgapped_registry.verify import verify
 
 
 def registry_options() -> argparse.ArgumentParser:
@@ -135,6 +146,219 @@ def run_lock(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def destination_options() -> argparse.ArgumentParser:
+    """The lock to read and the destination's credentials (beside :func:`registry_options`)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--lock", required=True, metavar="FILE", help="the lock file")
+    parser.add_argument(
+        "--auth-file", metavar="FILE", help="auth.json with credentials for the destination"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=4, metavar="N", help="entries handled side by side"
+    )
+    return parser
+
+
+def destination(args: argparse.Namespace) -> Destination:
+    return Destination(
+        args.registry,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        auth_file=args.auth_file,
+        timeout=args.timeout,
+    )
+
+
+def read_lock_file(path: str) -> Lock:
+    found = read_lock(path)
+    if found is None:
+        raise AirgapError(f"{path}: no lock file (write one with airgap lock)")
+    return found
+
+
+def finish(text: str, status: int) -> NoReturn:
+    """Print a report that is not JSON (a table, a summary line) and exit with ``status``."""
+    try:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(status)
+
+
+def add_sync_commands(commands: argparse._SubParsersAction) -> None:
+    common = [registry_options(), destination_options()]
+    plan_parser = commands.add_parser(
+        "plan",
+        parents=common,
+        help="what a sync would copy: one manifest HEAD per entry, nothing sent to the sources",
+    )
+    plan_parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    plan_parser.add_argument(
+        "--blobs",
+        action="store_true",
+        help="also HEAD each blob of the entries to copy, for exact missing bytes",
+    )
+    plan_parser.add_argument(
+        "--state",
+        default=str(DEFAULT_STATE_PATH),
+        metavar="DB",
+        help="sync state read, if it exists, to spot lock entries changed since the last sync",
+    )
+    plan_parser.set_defaults(run=run_plan)
+
+    sync_parser = commands.add_parser(
+        "sync",
+        parents=common,
+        help="copy what the plan says is missing (skopeo), then tag; record the state",
+    )
+    sync_parser.add_argument(
+        "--spec", required=True, metavar="FILE", help="the mirror list (sources, policies)"
+    )
+    sync_parser.add_argument(
+        "--state",
+        default=str(DEFAULT_STATE_PATH),
+        metavar="DB",
+        help="the state database; the run lock sync.lock lives beside it",
+    )
+    defaults = SyncOptions()
+    sync_parser.add_argument(
+        "--attempts", type=int, default=defaults.attempts, metavar="N", help="tries per entry"
+    )
+    sync_parser.add_argument(
+        "--backoff",
+        type=float,
+        default=defaults.backoff,
+        metavar="SECONDS",
+        help="first wait between tries, doubled after each",
+    )
+    sync_parser.add_argument(
+        "--retry-times",
+        type=int,
+        default=defaults.retry_times,
+        metavar="N",
+        help="skopeo's own retries within one try",
+    )
+    sync_parser.add_argument(
+        "--tool-timeout",
+        type=float,
+        default=defaults.timeout,
+        metavar="SECONDS",
+        help="longest one skopeo or cosign run may take",
+    )
+    sync_parser.add_argument(
+        "--keep-going", action="store_true", help="go on with the other entries after a failure"
+    )
+    sync_parser.add_argument("--skopeo", default=defaults.skopeo, metavar="PATH")
+    sync_parser.add_argument("--cosign", default=defaults.cosign, metavar="PATH")
+    sync_parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="print the one-line summary (for cron logs) instead of the JSON report",
+    )
+    sync_parser.add_argument(
+        "--quiet", action="store_true", help="no progress line per entry on stderr"
+    )
+    sync_parser.set_defaults(run=run_sync)
+
+    verify_parser = commands.add_parser(
+        "verify", parents=common, help="check the destination serves the lock byte for byte"
+    )
+    verify_parser.add_argument(
+        "--deep", action="store_true", help="also HEAD every blob of every entry"
+    )
+    verify_parser.set_defaults(run=run_verify)
+
+
+def run_plan(args: argparse.Namespace) -> dict[str, Any]:
+    locked = read_lock_file(args.lock)
+    target = destination(args)
+    fingerprints = None
+    if Path(args.state).exists():
+        with StateStore(args.state) as store:
+            fingerprints = store.fingerprints(target.address)
+    with target.client() as client:
+        result = plan(
+            locked, client, fingerprints=fingerprints, check_blobs=args.blobs, workers=args.workers
+        )
+    if args.json:
+        return result.to_json()
+    finish(result.table(), 0)
+
+
+def run_sync(args: argparse.Namespace) -> dict[str, Any]:
+    locked = read_lock_file(args.lock)
+    spec = load(args.spec)
+    options = SyncOptions(
+        workers=args.workers,
+        attempts=args.attempts,
+        backoff=args.backoff,
+        retry_times=args.retry_times,
+        keep_going=args.keep_going,
+        timeout=args.tool_timeout,
+        skopeo=args.skopeo,
+        cosign=args.cosign,
+    )
+
+    def progress(result: EntryResult, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        if result.error:
+            outcome = result.error
+        elif not result.in_sync:
+            outcome = result.detail
+        else:
+            outcome = f"{result.detail}, {human_bytes(result.bytes)}, {result.duration:.1f} s"
+        print(
+            f"airgap sync: [{done}/{total}] {result.entry.reference}: {result.result}: {outcome}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        with RunLock.beside(args.state), StateStore(args.state) as store:
+            report = sync(
+                locked,
+                destination(args),
+                spec,
+                options=options,
+                state=store,
+                lock_path=args.lock,
+                progress=progress,
+            )
+    except RunLockedError as exc:
+        print(f"airgap: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_LOCKED) from exc
+    if report["failed"]:
+        if args.summary:
+            print(f"airgap: {'; '.join(report['errors'])}", file=sys.stderr)
+            finish(report["summary"], 1)
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        raise AirgapError(
+            f"{report['failed']} of {report['entries']} entries failed: "
+            + "; ".join(report["errors"])
+        )
+    if args.summary:
+        finish(report["summary"], 0)
+    return report
+
+
+def run_verify(args: argparse.Namespace) -> dict[str, Any]:
+    locked = read_lock_file(args.lock)
+    with destination(args).client() as client:
+        report = verify(locked, client, deep=args.deep, workers=args.workers)
+    if report["failed"]:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        raise AirgapError(
+            f"{report['failed']} of {report['entries']} entries differ from the lock: "
+            + "; ".join(report["problems"])
+        )
+    return report
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="airgap", description="Airgapped Registry engine: mirror, verify, gate."
@@ -143,6 +367,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_sample_commands(commands)
     add_mirror_commands(commands)
+    add_sync_commands(commands)
     return root
 
 
