@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from airgapped_registry import __version__
+from airgapped_registry import __version__, lockstore
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.lock import Lock, lock, read_lock
+from airgapped_registry.lockstore import DEFAULT_REPOSITORY, DEFAULT_TAG
 from airgapped_registry.plan import human_bytes, plan
 from airgapped_registry.registry import RegistryClient
 from airgapped_registry.sample import SampleSpec, build, push, spec_fields
@@ -122,14 +123,16 @@ def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
     lock_parser = commands.add_parser(
         "lock", help="resolve the mirror list to digests and write the lock (relay side)"
     )
-    lock_parser.add_argument("--spec", required=True, metavar="FILE", help="the mirror list")
-    lock_parser.add_argument("--lock", required=True, metavar="FILE", help="the lock file")
+    # Required unless an action (publish, fetch) follows; run_lock checks.
+    lock_parser.add_argument("--spec", metavar="FILE", help="the mirror list")
+    lock_parser.add_argument("--lock", metavar="FILE", help="the lock file")
     lock_parser.add_argument(
         "--check",
         action="store_true",
         help="write nothing; exit 1 when the lock would change (for CI)",
     )
-    lock_parser.set_defaults(run=run_lock)
+    lock_parser.set_defaults(run=run_lock, lock_parser=lock_parser)
+    add_lock_transport_commands(lock_parser)
 
 
 def run_spec_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,6 +140,8 @@ def run_spec_check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_lock(args: argparse.Namespace) -> dict[str, Any]:
+    if not (args.spec and args.lock):
+        args.lock_parser.error("the following arguments are required: --spec, --lock")
     report = lock(load(args.spec), args.lock, check=args.check)
     if args.check and report["changed"]:
         # The diff goes to stdout for the reader; the failure line and status to main().
@@ -144,6 +149,66 @@ def run_lock(args: argparse.Namespace) -> dict[str, Any]:
         sys.stdout.write("\n")
         raise AirgapError(f"{args.lock} is out of date: {report['summary']}")
     return report
+
+
+def add_lock_transport_commands(lock_parser: argparse.ArgumentParser) -> None:
+    """``airgap lock publish|fetch``: the lock carried to the next hop through a registry."""
+    actions = lock_parser.add_subparsers(dest="action", metavar="ACTION")
+    artifact = argparse.ArgumentParser(add_help=False)
+    artifact.add_argument(
+        "--repository", default=DEFAULT_REPOSITORY, help="where the lock artifact is stored"
+    )
+    artifact.add_argument("--tag", default=DEFAULT_TAG, help="the lock artifact's tag")
+    artifact.add_argument(
+        "--check", action="store_true", help="write nothing; report what would change"
+    )
+
+    publish_parser = actions.add_parser(
+        "publish",
+        parents=[registry_options(), artifact],
+        help="push the lock as an OCI artifact into a registry (the relay's own)",
+    )
+    publish_parser.add_argument("--lock", required=True, metavar="FILE", help="the lock file")
+    publish_parser.set_defaults(run=run_lock_publish)
+
+    fetch_parser = actions.add_parser(
+        "fetch",
+        parents=[registry_options(), artifact],
+        help="fetch the published lock and rewrite it to read every entry from --source",
+    )
+    fetch_parser.add_argument(
+        "--source",
+        required=True,
+        metavar="NAME",
+        help="the mirror list's name for the registry the lock is fetched from",
+    )
+    fetch_parser.add_argument(
+        "--source-registry",
+        metavar="HOST[:PORT]",
+        help="that source's registry as the mirror list writes it (default: from --registry)",
+    )
+    fetch_parser.add_argument("--output", required=True, metavar="FILE", help="the lock to write")
+    fetch_parser.set_defaults(run=run_lock_fetch)
+
+
+def run_lock_publish(args: argparse.Namespace) -> dict[str, Any]:
+    with registry_client(args) as client:
+        return lockstore.publish(
+            args.lock, client, repository=args.repository, tag=args.tag, check=args.check
+        )
+
+
+def run_lock_fetch(args: argparse.Namespace) -> dict[str, Any]:
+    with registry_client(args) as client:
+        return lockstore.fetch(
+            client,
+            args.output,
+            source=args.source,
+            source_registry=args.source_registry,
+            repository=args.repository,
+            tag=args.tag,
+            check=args.check,
+        )
 
 
 def destination_options() -> argparse.ArgumentParser:

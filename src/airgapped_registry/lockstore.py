@@ -1,0 +1,227 @@
+"""The lock carried from one hop to the next through a registry: publish, fetch, rewrite.
+
+The relay publishes its ``mirror.lock`` as an OCI artifact in its own registry (no other
+service crosses the DMZ); the registry host fetches it and rewrites it for its own hop:
+every entry now comes from the relay, at the path the relay stores it under (its
+``destination``). Digests do not change, since the relay holds the same bytes.
+
+The artifact: an OCI image manifest with ``artifactType`` and config media type
+:data:`CONFIG_MEDIA_TYPE` (config ``{}``) and one layer of :data:`LOCK_MEDIA_TYPE`, the
+lock file's bytes, titled ``mirror.lock``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from airgapped_registry.errors import AirgapError
+from airgapped_registry.lock import Lock, LockEntry, LockError, _write_atomically, diff
+from airgapped_registry.registry import OCI_MANIFEST, RegistryClient, digest_of
+
+CONFIG_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.config.v1+json"
+LOCK_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.v1+json"
+DEFAULT_REPOSITORY = "airgapped-registry/mirror-lock"
+DEFAULT_TAG = "current"
+TITLE = "mirror.lock"
+_CONFIG = b"{}"
+
+
+class LockStoreError(AirgapError):
+    """The published lock is missing, is not a lock artifact, or its bytes do not check."""
+
+
+def artifact(lock_text: bytes) -> bytes:
+    """The manifest publishing ``lock_text``; the same lock gives the same manifest digest."""
+    document = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": CONFIG_MEDIA_TYPE,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "digest": digest_of(_CONFIG),
+            "size": len(_CONFIG),
+        },
+        "layers": [
+            {
+                "mediaType": LOCK_MEDIA_TYPE,
+                "digest": digest_of(lock_text),
+                "size": len(lock_text),
+                "annotations": {"org.opencontainers.image.title": TITLE},
+            }
+        ],
+    }
+    return json.dumps(document, indent=2, sort_keys=True).encode()
+
+
+def publish(
+    lock_path: str | os.PathLike[str],
+    client: RegistryClient,
+    *,
+    repository: str = DEFAULT_REPOSITORY,
+    tag: str = DEFAULT_TAG,
+    check: bool = False,
+) -> dict[str, Any]:
+    """Push the lock file as ``repository:tag``; nothing is pushed when it is already there.
+
+    One manifest HEAD decides: the tag names the artifact's digest → ``changed`` false.
+    """
+    path = Path(lock_path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise LockStoreError(f"{os.fspath(path)}: {exc.strerror or exc}") from exc
+    locked = Lock.from_json(text.decode("utf-8", errors="replace"), os.fspath(path))
+    manifest = artifact(text)
+    digest = digest_of(manifest)
+    before = client.requests
+    current = client.head_manifest(repository, tag)
+    previous = current.digest if current else None
+    changed = previous != digest
+    if changed and not check:
+        client.push_blob(repository, digest_of(_CONFIG), _CONFIG)
+        client.push_blob(repository, digest_of(text), text)
+        client.put_manifest(repository, tag, manifest, OCI_MANIFEST)
+    return {
+        "lock": os.fspath(path),
+        "reference": f"{client.base_url}/{repository}:{tag}",
+        "changed": changed,
+        "published": changed and not check,
+        "check_mode": check,
+        "digest": digest,
+        "previous": previous,
+        "lock_digest": digest_of(text),
+        "entries": len(locked.entries),
+        "requests": client.requests - before,
+    }
+
+
+def read_published(
+    client: RegistryClient, repository: str = DEFAULT_REPOSITORY, tag: str = DEFAULT_TAG
+) -> tuple[str, Lock, str]:
+    """``(lock text, lock, manifest digest)`` of the published lock, every digest checked."""
+    where = f"{client.base_url}/{repository}:{tag}"
+    if client.head_manifest(repository, tag) is None:
+        raise LockStoreError(f"{where}: no published lock (publish one with airgap lock publish)")
+    try:
+        body, _, digest = client.get_manifest(repository, tag, accept=(OCI_MANIFEST,))
+    except AirgapError as exc:
+        raise LockStoreError(f"{where}: {exc}") from exc
+    try:
+        document = json.loads(body)
+        layers = document["layers"]
+        config_type = document["config"]["mediaType"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LockStoreError(f"{where}: not a lock artifact (unreadable manifest)") from exc
+    if (
+        config_type != CONFIG_MEDIA_TYPE
+        or not isinstance(layers, list)
+        or len(layers) != 1
+        or not isinstance(layers[0], dict)
+        or layers[0].get("mediaType") != LOCK_MEDIA_TYPE
+    ):
+        raise LockStoreError(
+            f"{where}: not a lock artifact (expected config {CONFIG_MEDIA_TYPE} and one "
+            f"{LOCK_MEDIA_TYPE} layer)"
+        )
+    layer = layers[0]
+    try:
+        data = client.get_blob(repository, str(layer.get("digest")))
+    except AirgapError as exc:
+        raise LockStoreError(f"{where}: lock blob: {exc}") from exc
+    if len(data) != layer.get("size"):
+        raise LockStoreError(
+            f"{where}: lock blob is {len(data)} bytes, the manifest says {layer.get('size')}"
+        )
+    try:
+        text = data.decode("utf-8")
+        return text, Lock.from_json(text, where), digest
+    except (UnicodeDecodeError, LockError) as exc:
+        raise LockStoreError(f"{where}: published lock refused: {exc}") from exc
+
+
+def registry_address(url: str) -> str:
+    """``host[:port]`` of a registry URL, as a mirror list names a source's registry."""
+    return urlsplit(url).netloc
+
+
+def relay_entry(entry: LockEntry, source: str, registry: str) -> LockEntry:
+    """``entry`` as the next hop reads it: from ``source`` at ``registry``, at its destination.
+
+    What the relay stores under ``destination@digest`` is what the entry resolves to, so that
+    is the "upstream" of the next hop: a ``filter`` index is the filtered one (its left-out
+    children are not on the relay and are dropped), a classic chart is its OCI manifest.
+    """
+    children = entry.children
+    if children and entry.digest != entry.upstream_digest:
+        children = tuple(child for child in children if child.copy)
+    return dataclasses.replace(
+        entry,
+        source=source,
+        registry=registry,
+        repository=entry.destination,
+        upstream_digest=entry.digest,
+        children=children,
+        archive=None,
+    )
+
+
+def relay_lock(locked: Lock, source: str, registry: str) -> Lock:
+    """Every entry of ``locked`` rewritten by :func:`relay_entry`."""
+    return Lock(tuple(relay_entry(entry, source, registry) for entry in locked.entries))
+
+
+def fetch(
+    client: RegistryClient,
+    output: str | os.PathLike[str],
+    *,
+    source: str,
+    source_registry: str | None = None,
+    repository: str = DEFAULT_REPOSITORY,
+    tag: str = DEFAULT_TAG,
+    check: bool = False,
+) -> dict[str, Any]:
+    """Fetch the published lock, rewrite it for ``source``, write ``output`` if it changes.
+
+    ``source_registry`` is the ``host[:port]`` the mirror list names the source by (default:
+    the one of the client's URL). A refused artifact raises before ``output`` is touched;
+    the file is replaced atomically.
+    """
+    path = Path(output)
+    registry = source_registry or registry_address(client.base_url)
+    before = client.requests
+    _, published, digest = read_published(client, repository, tag)
+    new = relay_lock(published, source, registry)
+    text = new.to_json()
+    try:
+        old_text: str | None = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old_text = None
+    except OSError as exc:
+        raise LockStoreError(f"{os.fspath(path)}: {exc.strerror or exc}") from exc
+    try:
+        previous = Lock.from_json(old_text, os.fspath(path)) if old_text is not None else None
+    except LockError:
+        previous = None  # an unreadable previous file is replaced; the diff shows all added
+    changed = text != old_text
+    if changed and not check:
+        _write_atomically(path, text)
+    changes = diff(previous, new)
+    return {
+        "lock": os.fspath(path),
+        "reference": f"{client.base_url}/{repository}:{tag}",
+        "digest": digest,
+        "source": source,
+        "registry": registry,
+        "changed": changed,
+        "written": changed and not check,
+        "check_mode": check,
+        "entries": len(new.entries),
+        "summary": changes.summary() if previous is not None else "new lock",
+        "diff": changes.to_json(),
+        "requests": client.requests - before,
+    }
