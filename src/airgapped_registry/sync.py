@@ -562,6 +562,13 @@ class _Copier:
                 and entry.tag in candidate.selection.choose([entry.tag])
             ):
                 return [self.spec.resolve_path(key) for key in candidate.signatures.keys]
+        source = self.spec.sources.get(entry.source or "")
+        if source is not None and not any(c.source == source.name for c in self.spec.entries):
+            # A list of sources only (the registry host's relay-source.yaml): the lock came
+            # from the previous hop, which applied the mirror list; the source's own policy,
+            # if any, applies (none: signatures are copied along unverified).
+            keys = source.signatures.keys if source.signatures else ()
+            return [self.spec.resolve_path(key) for key in keys]
         raise EntryFailure(
             f"no entry of {self.spec.path} selects {entry.repository}:{entry.tag} from source "
             f"{entry.source!r} into {entry.destination}: the lock is older than the list, "
