@@ -139,9 +139,12 @@ def read_published(
         )
     try:
         text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LockStoreError(f"{where}: published lock refused: not UTF-8 text") from exc
+    try:
         return text, Lock.from_json(text, where), digest
-    except (UnicodeDecodeError, LockError) as exc:
-        raise LockStoreError(f"{where}: published lock refused: {exc}") from exc
+    except LockError as exc:
+        raise LockStoreError(f"published lock refused: {exc}") from exc
 
 
 def registry_address(url: str) -> str:
