@@ -1,0 +1,237 @@
+#!/usr/bin/python
+"""Ansible module: the mirror lock - resolve it, publish it at the relay, fetch it beyond."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: airgap_lock
+short_description: Resolve, publish or fetch the mirror lock
+description:
+  - O(mode=resolve) (the relay) resolves the mirror list against the upstream
+    registries and writes the lock (C(airgap lock)).
+  - O(mode=publish) (the relay) pushes the lock as an OCI artifact into a
+    registry, normally the relay's own; nothing is pushed when the tag already
+    names the same artifact (C(airgap lock publish)).
+  - O(mode=fetch) (the registry host) fetches the published lock and rewrites
+    it so that every entry is read from O(source), the relay, at its
+    destination path; digests are unchanged (C(airgap lock fetch)). A garbled
+    or tampered artifact fails the task and leaves O(lock) as it was.
+  - Format and rules in C(docs/mirror.md).
+version_added: "0.1.0"
+author: Airgapped Registry
+requirements:
+  - the airgapped_registry engine on the host that runs the module
+options:
+  mode:
+    description: What to do with the lock.
+    type: str
+    choices: [resolve, publish, fetch]
+    default: resolve
+  lock:
+    description:
+      - The lock file; written by O(mode=resolve) and O(mode=fetch), read by
+        O(mode=publish).
+    type: path
+    required: true
+  spec:
+    description: The mirror list; required with O(mode=resolve).
+    type: path
+  registry:
+    description:
+      - URL of the registry holding the published lock, e.g.
+        C(https://relay:443); required with O(mode=publish) and O(mode=fetch).
+    type: str
+  ca_file:
+    description: CA bundle to verify an https O(registry) with.
+    type: path
+  cert_file:
+    description: Client certificate for a mutual TLS O(registry).
+    type: path
+  key_file:
+    description: Key of O(cert_file).
+    type: path
+  repository:
+    description: Repository of the lock artifact.
+    type: str
+    default: airgapped-registry/mirror-lock
+  tag:
+    description: Tag of the lock artifact.
+    type: str
+    default: current
+  source:
+    description:
+      - With O(mode=fetch), the name the registry host's mirror list gives the
+        registry the lock is fetched from (its C(sources) key).
+    type: str
+  source_registry:
+    description:
+      - With O(mode=fetch), that source's C(registry) as the list writes it
+        (C(host[:port])); default the host and port of O(registry).
+    type: str
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Resolves or fetches and compares, but writes and pushes nothing.
+  diff_mode:
+    support: full
+    details:
+      - Digests per destination tag before and after (resolve, fetch), or of
+        the lock artifact (publish).
+"""
+
+EXAMPLES = r"""
+- name: Lock the mirror list against upstream (relay)
+  airgap_lock:
+    spec: /etc/airgapped-registry/mirror.yaml
+    lock: /var/lib/airgapped-registry/mirror.lock
+
+- name: Publish the lock in the relay's registry
+  airgap_lock:
+    mode: publish
+    lock: /var/lib/airgapped-registry/mirror.lock
+    registry: http://127.0.0.1:5000
+
+- name: Fetch the relay's lock, rewritten to read from the relay (registry host)
+  airgap_lock:
+    mode: fetch
+    lock: /var/lib/airgapped-registry/relay.lock
+    registry: https://relay:443
+    ca_file: /etc/airgapped-registry/sync/ca.crt
+    cert_file: /etc/airgapped-registry/sync/client.cert
+    key_file: /etc/airgapped-registry/sync/client.key
+    source: relay
+"""
+
+RETURN = r"""
+report:
+  description:
+    - The engine's report. Resolve and fetch - C(lock), C(changed), C(written),
+      C(entries), C(summary), C(diff) (added, removed, moved, changed
+      destination tags), C(requests). Publish - C(reference), C(digest),
+      C(previous), C(lock_digest), C(entries), C(published), C(requests).
+  returned: always
+  type: dict
+summary:
+  description: What changed, e.g. C(2 moved), C(no change), C(new lock).
+  returned: always
+  type: str
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from airgapped_registry import lockstore
+    from airgapped_registry.errors import AirgapError
+    from airgapped_registry.lock import lock
+    from airgapped_registry.registry import RegistryClient
+    from airgapped_registry.spec import load
+except ImportError:
+    ENGINE_IMPORT_ERROR = traceback.format_exc()
+else:
+    ENGINE_IMPORT_ERROR = None
+
+
+def lock_diff(report):
+    """``before``/``after`` text: one ``destination:tag digest`` line per tag that differs."""
+    before, after = [], []
+    changes = report["diff"]
+    for item in changes["moved"]:
+        before.append(f"{item['destination']}:{item['tag']} {item['old']}\n")
+        after.append(f"{item['destination']}:{item['tag']} {item['new']}\n")
+    for item in changes["added"]:
+        after.append(f"{item['destination']}:{item['tag']} {item['digest']}\n")
+    for item in changes["removed"]:
+        before.append(f"{item['destination']}:{item['tag']} {item['digest']}\n")
+    for item in changes["changed"]:
+        reference = f"{item['destination']}:{item['tag']} {item['digest']}"
+        before.append(f"{reference}\n")
+        after.append(f"{reference} ({', '.join(item['fields'])} changed)\n")
+    return {"before": "".join(sorted(before)), "after": "".join(sorted(after))}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "mode": {
+                "type": "str",
+                "choices": ["resolve", "publish", "fetch"],
+                "default": "resolve",
+            },
+            "lock": {"type": "path", "required": True},
+            "spec": {"type": "path"},
+            "registry": {"type": "str"},
+            "ca_file": {"type": "path"},
+            "cert_file": {"type": "path"},
+            "key_file": {"type": "path", "no_log": False},  # a path, not the key
+            "repository": {"type": "str", "default": "airgapped-registry/mirror-lock"},
+            "tag": {"type": "str", "default": "current"},
+            "source": {"type": "str"},
+            "source_registry": {"type": "str"},
+        },
+        required_if=[
+            ("mode", "resolve", ("spec",)),
+            ("mode", "publish", ("registry",)),
+            ("mode", "fetch", ("registry", "source")),
+        ],
+        required_together=[("cert_file", "key_file")],
+        supports_check_mode=True,
+    )
+    if ENGINE_IMPORT_ERROR:
+        module.fail_json(
+            msg=missing_required_lib("airgapped_registry (the project's engine)"),
+            exception=ENGINE_IMPORT_ERROR,
+        )
+    p = module.params
+    check = module.check_mode
+    client = None
+    try:
+        if p["mode"] == "resolve":
+            report = lock(load(p["spec"]), p["lock"], check=check)
+        else:
+            client = RegistryClient(
+                p["registry"],
+                ca_file=p["ca_file"],
+                cert_file=p["cert_file"],
+                key_file=p["key_file"],
+            )
+            with client:
+                if p["mode"] == "publish":
+                    report = lockstore.publish(
+                        p["lock"], client, repository=p["repository"], tag=p["tag"], check=check
+                    )
+                else:
+                    report = lockstore.fetch(
+                        client,
+                        p["lock"],
+                        source=p["source"],
+                        source_registry=p["source_registry"],
+                        repository=p["repository"],
+                        tag=p["tag"],
+                        check=check,
+                    )
+    except (AirgapError, ValueError, OSError) as exc:
+        where = p["spec"] if p["mode"] == "resolve" else p["registry"]
+        module.fail_json(
+            msg=f"{p['mode']} {where}: {exc}", requests=client.requests if client else 0
+        )
+
+    if p["mode"] == "publish":
+        summary = "published" if report["changed"] else "no change"
+        diff = {
+            "before": f"{report['reference']} {report['previous'] or '(absent)'}\n",
+            "after": f"{report['reference']} {report['digest']}\n",
+        }
+    else:
+        summary = report["summary"]
+        diff = lock_diff(report)
+    result = {"changed": report["changed"], "report": report, "summary": summary}
+    if module._diff and report["changed"]:
+        result["diff"] = diff
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The airgap_lock, airgap_sync and airgap_verify modules, run by ansible-playbook.
+
+One playbook walks the nightly path on localhost against real Distributions: the relay's
+lock, sync and publish, then the registry host's fetch, sync and verify. Every module is run
+in check mode, applied, and applied again (community.docker's check / apply / idempotence);
+the outcomes are read from the ``ansible.posix.json`` callback and from the registries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from airgapped_registry.lock import read_lock
+from airgapped_registry.registry import RegistryClient
+from airgapped_registry.sample import build
+from tests.integration.test_sync import SMALL, seeded, write_list
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+ENTRIES = """\
+images:
+  - {source: upstream, repository: sample/base, tags: ["1.0.0", "1.1.0"], destination: mirror/base}
+charts:
+  - {source: upstream, repository: charts/demo, versions: ["0.1.0"]}
+"""
+
+
+def three_times(name: str, module: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check mode, apply, apply again: three tasks named ``NAME: check|apply|again``."""
+    return [
+        {"name": f"{name}: {step}", module: args, "check_mode": step == "check"}
+        for step in ("check", "apply", "again")
+    ]
+
+
+def playbook(directory: Path, relay, registry, pki) -> Path:
+    tls = {
+        "ca_file": str(pki.ca_file),
+        "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key),
+    }
+    relay_lock = str(directory / "relay" / "mirror.lock")
+    fetched = str(directory / "registry" / "mirror.lock")
+    relay_side = {"registry": relay.url, **tls}
+    registry_side = {"registry": registry.url, **tls}
+    registry_sync = three_times(
+        "registry sync",
+        "airgap_sync",
+        {
+            "lock": fetched,
+            "spec": str(directory / "registry" / "relay-source.yaml"),
+            "state_db": str(directory / "registry" / "state.db"),
+            **registry_side,
+        },
+    )
+    tasks = [
+        *three_times(
+            "relay lock",
+            "airgap_lock",
+            {"spec": str(directory / "relay" / "mirror.yaml"), "lock": relay_lock},
+        ),
+        *three_times(
+            "relay sync",
+            "airgap_sync",
+            {
+                "lock": relay_lock,
+                "spec": str(directory / "relay" / "mirror.yaml"),
+                "state_db": str(directory / "relay" / "state.db"),
+                **relay_side,
+            },
+        ),
+        *three_times(
+            "publish", "airgap_lock", {"mode": "publish", "lock": relay_lock, **relay_side}
+        ),
+        *three_times(
+            "fetch",
+            "airgap_lock",
+            {"mode": "fetch", "lock": fetched, "source": "relay", **relay_side},
+        ),
+        *registry_sync[:1],
+        {
+            "name": "verify after the check",
+            "airgap_verify": {"lock": fetched, **registry_side},
+            "ignore_errors": True,
+        },
+        *registry_sync[1:],
+        {"name": "verify", "airgap_verify": {"lock": fetched, "deep": True, **registry_side}},
+    ]
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
+    path = directory / "nightly.yml"
+    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    return path
+
+
+def run_playbook(path: Path) -> dict[str, dict[str, Any]]:
+    """Run the playbook (with --diff); each task's result by task name."""
+    completed = subprocess.run(
+        [
+            str(ANSIBLE_PLAYBOOK),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "--diff",
+            str(path),
+        ],
+        cwd=ROOT,
+        env=os.environ
+        | {
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        report = json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"ansible-playbook printed no JSON:\n{completed.stdout}{completed.stderr}")
+    results = {
+        task["task"]["name"]: task["hosts"]["localhost"]
+        for play in report["plays"]
+        for task in play["tasks"]
+    }
+    failed = {
+        name: result.get("msg")
+        for name, result in results.items()
+        if result.get("failed") and name != "verify after the check"
+    }
+    assert completed.returncode == 0 and not failed, f"{failed}\n{completed.stderr[-3000:]}"
+    return results
+
+
+def test_nightly_path_check_apply_again(distribution_factory, pki, tmp_path) -> None:
+    upstream = seeded(distribution_factory, build(SMALL))
+    relay = distribution_factory(tls=pki)
+    registry = distribution_factory(tls=pki)
+    (tmp_path / "relay").mkdir()
+    (tmp_path / "registry").mkdir()
+    write_list(tmp_path / "relay", upstream.address, ENTRIES)
+    certs = tmp_path / "registry" / "sync"
+    certs.mkdir()
+    shutil.copy(pki.ca_file, certs / "ca.crt")
+    shutil.copy(pki.client_cert, certs / "client.cert")
+    shutil.copy(pki.client_key, certs / "client.key")
+    (tmp_path / "registry" / "relay-source.yaml").write_text(
+        f"version: 1\nsources:\n  relay:\n    registry: {relay.address}\n    cert_dir: sync\n"
+    )
+
+    results = run_playbook(playbook(tmp_path, relay, registry, pki))
+    changed = {name: result.get("changed") for name, result in results.items()}
+    for step in ("relay lock", "relay sync", "publish", "fetch", "registry sync"):
+        assert (changed[f"{step}: check"], changed[f"{step}: apply"]) == (True, True), step
+        assert changed[f"{step}: again"] is False, f"{step} is not idempotent"
+    assert changed["verify"] is False
+
+    # Check mode wrote nothing and copied nothing: the plan, one HEAD per entry.
+    check = results["registry sync: check"]
+    assert (check["report"]["to_copy"], check["report"]["requests"]["destination"]) == (
+        3,
+        {"total": 3, "by_method": {"HEAD": 3}},
+    )
+    assert "mirror/base:1.0.0 (absent)" in check["diff"]["before"]
+    before = results["verify after the check"]
+    assert before["failed"] and "mirror/base:1.0.0" in before["msg"]
+
+    applied = results["registry sync: apply"]
+    assert applied["report"]["copied"] == 3 and applied["report"]["failed"] == 0
+    lock = read_lock(tmp_path / "registry" / "mirror.lock")
+    assert {entry.source for entry in lock.entries} == {"relay"}
+    for entry in lock.entries:
+        line = f"{entry.reference} {entry.digest}"
+        assert line in applied["diff"]["after"]
+        assert line in results["fetch: apply"]["diff"]["after"]
+    assert results["registry sync: again"]["report"]["copied"] == 0
+    assert results["publish: again"]["report"]["published"] is False
+    assert results["verify"]["report"]["failed"] == 0
+
+    with RegistryClient(registry.url, pki.ca_file, pki.client_cert, pki.client_key) as client:
+        for entry in lock.entries:
+            assert client.head_manifest(entry.destination, entry.tag).digest == entry.digest
