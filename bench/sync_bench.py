@@ -465,19 +465,25 @@ def megabytes(count: int) -> str:
     return f"{count / 1e6:,.1f} MB"
 
 
+def floor(f: Figures, cores: int) -> float:
+    """The wall time the measured CPU alone needs on an otherwise idle machine."""
+    return (f.sync_cpu + f.source_cpu + f.destination_cpu) / cores
+
+
 def table(rows: list[Figures]) -> str:
     header = (
         "| run | tool | wall | sync CPU | source CPU | destination CPU | load (1 min) "
         "| requests at source | requests at destination | blobs uploaded (mounted) "
-        "| bytes sent |"
+        "| bytes sent | CPU floor |"
     )
-    lines = [header, "|" + "---|" * 11]
+    lines = [header, "|" + "---|" * 12]
+    cores = os.cpu_count() or 1
     for f in rows:
         lines.append(
             f"| {f.run} | {f.tool} | {f.wall:.2f} s | {f.sync_cpu:.1f} s | {f.source_cpu:.1f} s "
             f"| {f.destination_cpu:.1f} s | {f.load:.2f} | {f.source_requests} "
             f"| {f.destination_requests} | {f.blobs_uploaded} ({f.blobs_mounted}) "
-            f"| {f.bytes_sent:,} |"
+            f"| {f.bytes_sent:,} | {floor(f, cores):.1f} s |"
         )
     return "\n".join(lines)
 
