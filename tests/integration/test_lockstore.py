@@ -217,6 +217,7 @@ def test_nightly_path_through_the_relay(capsys, hops, pki) -> None:
     text = hops["fetched"].read_bytes()
     fetched, synced, _ = registry_round(capsys, hops, pki)
     assert (fetched["changed"], synced["copied"], synced["bytes"]) == (False, 0, 0)
+    assert fetched["requests"] == 3  # HEAD and GET of the manifest, GET of the lock blob
     assert hops["fetched"].read_bytes() == text
 
     # A tag moves upstream: the next night moves only the new blobs across the DMZ link.
