@@ -29,7 +29,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ from airgapped_registry.spec import (
 )
 
 LOCK_VERSION = 1
+# Entries (tags) resolved at once; each thread keeps its own connection to a source.
+WORKERS = 8
 PRESERVE_INDEX = "preserve-index"
 FILTER = "filter"
 # docker buildx stores provenance/SBOM manifests in the index with this annotation.
@@ -562,6 +565,11 @@ class _SourceState:
     requests_before: int
     by_method_before: dict[str, int]
     tags: dict[str, list[str]] = field(default_factory=dict)
+    # The first request to a source goes alone: it answers the source's authentication
+    # challenge (the client switches to Basic once, on the first 401 it sees), and requests
+    # racing it would be refused.
+    first_request: threading.Lock = field(default_factory=threading.Lock)
+    answered: bool = False
 
 
 UrlFetcher = Callable[[str], bytes]
@@ -573,6 +581,13 @@ class Resolver:
     ``clients`` maps source names to ready clients (tests, callers sharing connections); the
     others are made from the mirror list and closed by :meth:`close`. ``fetch_url`` reads a
     classic Helm repository's files (default: urllib with the system trust).
+
+    ``previous`` is the lock being replaced: a tag whose manifest digest at the source (one
+    ``HEAD``) is still the one recorded there, for the same source, repository, pin and
+    platform selection, keeps the recorded children, config and layers instead of fetching
+    them again (``reused`` counts those). Signature tags come from the tag list as always; a
+    recorded one costs a ``HEAD``, a new or moved one a ``GET``. Tags are resolved on
+    ``workers`` threads; the result does not depend on their order.
     """
 
     def __init__(
@@ -580,6 +595,9 @@ class Resolver:
         spec: MirrorSpec,
         clients: Mapping[str, RegistryClient] | None = None,
         fetch_url: UrlFetcher | None = None,
+        *,
+        previous: Lock | None = None,
+        workers: int = WORKERS,
     ) -> None:
         self.spec = spec
         self._given = dict(clients or {})
@@ -588,6 +606,12 @@ class Resolver:
         self._fetch = fetch_url or _fetch_url
         self.url_requests = 0
         self._urls: dict[str, bytes] = {}
+        self._previous = {entry.key: entry for entry in (previous.entries if previous else ())}
+        self.workers = max(1, workers)
+        self.reused = 0
+        self._guard = threading.Lock()
+        self._tag_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._url_lock = threading.Lock()
 
     def __enter__(self) -> Resolver:
         return self
@@ -601,11 +625,22 @@ class Resolver:
         self._made = []
 
     def resolve(self) -> Lock:
-        """Resolve every entry; the first failure stops with its file, line and entry."""
+        """Resolve every entry; the first failure stops with its file, line and entry.
+
+        First every entry's tag list is read and its tags chosen, then every tag is resolved,
+        each step on the thread pool. Results and failures are taken in the list's order, so
+        the failure reported is the one a one-by-one run would stop at.
+        """
         entries: list[LockEntry] = []
         owners: dict[tuple[str, str], Entry] = {}
-        for entry in self.spec.entries:
-            for locked in self.resolve_entry(entry):
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="airgap-lock") as pool:
+            try:
+                results = self._resolve_all(pool)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        for entry, resolved in zip(self.spec.entries, results, strict=True):
+            for locked in resolved:
                 first = owners.setdefault(locked.key, entry)
                 if first is not entry:
                     raise LockError(
@@ -644,33 +679,89 @@ class Resolver:
         except (RegistryError, LockError) as exc:
             raise LockError(entry.location.problem(str(exc))) from exc
 
+    def _resolve_all(self, pool: ThreadPoolExecutor) -> list[list[LockEntry]]:
+        """Every entry's locked tags, in the list's order; raises the first entry's failure."""
+
+        def located(entry: Entry, work: Callable[..., Any], *args: Any) -> Any:
+            try:
+                return work(*args)
+            except (RegistryError, LockError) as exc:
+                raise LockError(entry.location.problem(str(exc))) from exc
+
+        chosen: list[Future[Any]] = [
+            pool.submit(
+                located, entry, self._resolve_classic_chart if entry.url else self._pins, entry
+            )
+            for entry in self.spec.entries
+        ]
+        tagged: list[list[Future[LockEntry]] | Future[list[LockEntry]]] = []
+        for entry, future in zip(self.spec.entries, chosen, strict=True):
+            if future.exception() is not None:
+                break  # later entries are not reported: the list stops here
+            if entry.url:
+                tagged.append(future)
+                continue
+            state, pins, available = future.result()
+            tagged.append(
+                [
+                    pool.submit(located, entry, self._resolve_tag, entry, state, pin, available)
+                    for pin in pins
+                ]
+            )
+        results: list[list[LockEntry]] = []
+        for done in tagged:
+            if isinstance(done, list):
+                results.append([future.result() for future in done])
+            else:
+                results.append(done.result())
+        if len(results) < len(chosen):
+            chosen[len(results)].result()  # the failure the loop above stopped at
+        return results
+
     # registry entries ---------------------------------------------------------------------
 
     def _state(self, name: str) -> _SourceState:
-        if name not in self._sources:
-            client = self._given.get(name)
-            if client is None:
-                client = source_client(self.spec, self.spec.sources[name])
-                self._made.append(client)
-            self._sources[name] = _SourceState(
-                client=client,
-                throttle=_Throttle(self.spec.sources[name].rate_limit),
-                requests_before=client.requests,
-                by_method_before=dict(client.requests_by_method),
-            )
-        return self._sources[name]
+        with self._guard:
+            if name not in self._sources:
+                client = self._given.get(name)
+                if client is None:
+                    client = source_client(self.spec, self.spec.sources[name])
+                    self._made.append(client)
+                self._sources[name] = _SourceState(
+                    client=client,
+                    throttle=_Throttle(self.spec.sources[name].rate_limit),
+                    requests_before=client.requests,
+                    by_method_before=dict(client.requests_by_method),
+                )
+            return self._sources[name]
 
     def _tags(self, state: _SourceState, repository: str) -> list[str]:
-        if repository not in state.tags:
-            state.throttle.wait()
-            state.tags[repository] = state.client.tags(repository)
-        return state.tags[repository]
+        # One tag list per repository, also when entries sharing it are resolved at once.
+        with self._guard:
+            key = (state.client.base_url, repository)
+            listing = self._tag_locks.setdefault(key, threading.Lock())
+        with listing:
+            if repository not in state.tags:
+                with nullcontext() if state.answered else state.first_request:
+                    state.throttle.wait()
+                    state.tags[repository] = state.client.tags(repository)
+                    state.answered = True
+            return state.tags[repository]
+
+    def _head(self, state: _SourceState, repository: str, reference: str) -> Any:
+        state.throttle.wait()
+        return state.client.head_manifest(repository, reference)
 
     def _get(self, state: _SourceState, repository: str, reference: str) -> tuple[bytes, str, str]:
         state.throttle.wait()
         return state.client.get_manifest(repository, reference)
 
     def _resolve_registry_entry(self, entry: Entry) -> list[LockEntry]:
+        state, pins, available = self._pins(entry)
+        return [self._resolve_tag(entry, state, pin, available) for pin in pins]
+
+    def _pins(self, entry: Entry) -> tuple[_SourceState, list[TagPin], set[str]]:
+        """The entry's source, the tags it selects and every tag the repository lists."""
         assert entry.source is not None and entry.repository is not None
         state = self._state(entry.source)
         listed = self._tags(state, entry.repository)
@@ -690,13 +781,64 @@ class Resolver:
                     f"no tag matches {entry.selection.describe()} ({len(listed)} tags listed)"
                 )
             pins = [TagPin(tag) for tag in chosen]
-        return [self._resolve_tag(entry, state, pin, available) for pin in pins]
+        return state, pins, available
+
+    def _unchanged(self, entry: Entry, state: _SourceState, pin: TagPin) -> LockEntry | None:
+        """The previous lock's entry for this tag when the source still serves its digest."""
+        assert entry.source is not None and entry.repository is not None
+        previous = self._previous.get((entry.destination, pin.tag))
+        if (
+            previous is None
+            or previous.archive is not None
+            or previous.kind != entry.kind
+            or previous.source != entry.source
+            or previous.registry != self.spec.sources[entry.source].registry
+            or previous.repository != entry.repository
+            or previous.pinned != pin.digest
+            or previous.platforms != entry.platforms
+            or (
+                previous.children
+                and previous.platform_mode != (entry.platform_mode or PRESERVE_INDEX)
+            )
+            or (not previous.children and previous.platform_mode is not None)
+        ):
+            return None
+        found = self._head(state, entry.repository, pin.digest or pin.tag)
+        if (
+            found is None
+            or found.digest != previous.upstream_digest
+            or found.media_type != previous.manifest.media_type
+            or (
+                previous.digest == previous.upstream_digest and found.size != previous.manifest.size
+            )
+        ):
+            return None
+        return previous
 
     def _resolve_tag(
         self, entry: Entry, state: _SourceState, pin: TagPin, available: set[str]
     ) -> LockEntry:
         assert entry.source is not None and entry.repository is not None
         repository = entry.repository
+        previous = self._unchanged(entry, state, pin)
+        if previous is not None:
+            where = f"{repository}:{pin.tag} ({previous.upstream_digest})"
+            if previous.children and entry.kind == "image":
+                self._check_platforms(entry, [child.platform for child in previous.children], where)
+            with self._guard:
+                self.reused += 1
+            return self._with_signatures(
+                entry,
+                state,
+                pin,
+                available,
+                where,
+                upstream_digest=previous.upstream_digest,
+                top=previous.manifest,
+                platform_mode=previous.platform_mode,
+                children=previous.children,
+                recorded=previous.signatures,
+            )
         body, media_type, digest = self._get(state, repository, pin.digest or pin.tag)
         where = f"{repository}:{pin.tag} ({digest})"
         document = _parse_manifest(body, where)
@@ -714,7 +856,42 @@ class Resolver:
         else:
             config, layers = _image_parts(document, where)
             upstream = top = replace(upstream, config=config, layers=layers)
-        subjects = [(upstream.digest, top.digest == upstream.digest)]
+        return self._with_signatures(
+            entry,
+            state,
+            pin,
+            available,
+            where,
+            upstream_digest=upstream.digest,
+            top=top,
+            platform_mode=platform_mode,
+            children=children,
+            recorded=(),
+        )
+
+    def _with_signatures(
+        self,
+        entry: Entry,
+        state: _SourceState,
+        pin: TagPin,
+        available: set[str],
+        where: str,
+        *,
+        upstream_digest: str,
+        top: Manifest,
+        platform_mode: str | None,
+        children: tuple[Child, ...],
+        recorded: tuple[Signature, ...],
+    ) -> LockEntry:
+        """The locked tag with the signatures the tag list names for it and its children.
+
+        A signature tag ``recorded`` in the previous lock still pointing at the same manifest
+        (one ``HEAD``) is taken from there; any other is fetched.
+        """
+        assert entry.source is not None and entry.repository is not None
+        repository = entry.repository
+        known = {signature.tag: signature for signature in recorded}
+        subjects = [(upstream_digest, top.digest == upstream_digest)]
         subjects += [(child.digest, True) for child in children if child.copy]
         signatures = []
         for subject, copy in subjects:
@@ -722,6 +899,16 @@ class Resolver:
                 tag = f"{subject.replace(':', '-')}.{kind}"
                 if tag not in available:
                     continue
+                before = known.get(tag)
+                if before is not None and before.subject == subject and before.kind == kind:
+                    found = self._head(state, repository, tag)
+                    if (
+                        found is not None
+                        and found.digest == before.digest
+                        and found.media_type == before.media_type
+                    ):
+                        signatures.append(replace(before, copy=copy))
+                        continue
                 sig_body, sig_type, sig_digest = self._get(state, repository, tag)
                 sig_document = _parse_manifest(sig_body, f"{repository}:{tag}")
                 config, layers = _image_parts(sig_document, f"{repository}:{tag}")
@@ -739,18 +926,18 @@ class Resolver:
                     )
                 )
         if entry.signatures.required and not any(
-            s.kind == "sig" and s.subject == upstream.digest for s in signatures
+            s.kind == "sig" and s.subject == upstream_digest for s in signatures
         ):
             raise LockError(
                 f"{where}: the signature policy asks for a signature, but upstream has none "
-                f"({upstream.digest.replace(':', '-')}.sig)"
+                f"({upstream_digest.replace(':', '-')}.sig)"
             )
         return LockEntry(
             kind=entry.kind,
             destination=entry.destination,
             tag=pin.tag,
             manifest=top,
-            upstream_digest=upstream.digest,
+            upstream_digest=upstream_digest,
             source=entry.source,
             registry=self.spec.sources[entry.source].registry,
             repository=repository,
@@ -836,10 +1023,11 @@ class Resolver:
     # classic Helm repositories ------------------------------------------------------------
 
     def _url(self, url: str) -> bytes:
-        if url not in self._urls:
-            self.url_requests += 1
-            self._urls[url] = self._fetch(url)
-        return self._urls[url]
+        with self._url_lock:
+            if url not in self._urls:
+                self.url_requests += 1
+                self._urls[url] = self._fetch(url)
+            return self._urls[url]
 
     def _resolve_classic_chart(self, entry: Entry) -> list[LockEntry]:
         assert entry.url is not None and entry.chart is not None
@@ -977,14 +1165,16 @@ def lock(
     """Resolve ``spec``, write ``lock_path`` if it changes (not with ``check``), report.
 
     The report: ``changed`` (the file's bytes would change), ``written``, ``entries``,
-    ``diff`` (added / removed / moved / changed destination tags) and ``requests`` per source.
-    The file is replaced atomically, so a reader never sees half a lock.
+    ``reused`` (tags whose digest had not moved, taken from the previous lock after one
+    ``HEAD``), ``diff`` (added / removed / moved / changed destination tags) and ``requests``
+    per source. The file is replaced atomically, so a reader never sees half a lock.
     """
     path = Path(lock_path)
     previous = read_lock(path)
-    with Resolver(spec, clients, fetch_url) as resolver:
+    with Resolver(spec, clients, fetch_url, previous=previous) as resolver:
         new = resolver.resolve()
         requests = resolver.requests()
+        reused = resolver.reused
     text = new.to_json()
     old_text = path.read_text(encoding="utf-8") if previous is not None else None
     changed = text != old_text
@@ -997,6 +1187,7 @@ def lock(
         "written": changed and not check,
         "check_mode": check,
         "entries": len(new.entries),
+        "reused": reused,
         "summary": changes.summary() if previous is not None else "new lock",
         "diff": changes.to_json(),
         "requests": requests,

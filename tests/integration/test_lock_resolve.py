@@ -827,3 +827,150 @@ def test_cli_spec_check_reports_every_problem(tmp_path, capsys) -> None:
     assert main(["spec", "check", str(LAB_LIST)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary == loads(LAB_LIST.read_text(), str(LAB_LIST)).summary()
+
+
+# -- relocking: unchanged tags are taken from the previous lock ----------------------------
+
+
+def fresh_lock(spec_path: Path, directory: Path) -> bytes:
+    """The lock a run without a previous lock writes, for comparison with a relock."""
+    directory.mkdir()
+    lock(load(spec_path), directory / "mirror.lock")
+    return (directory / "mirror.lock").read_bytes()
+
+
+def test_relock_of_an_unchanged_upstream_makes_only_tag_lists_and_heads(upstream, tmp_path) -> None:
+    spec_path = lab_list(tmp_path, upstream.address)
+    lock_path = tmp_path / "mirror.lock"
+    first = lock(load(spec_path), lock_path)
+    assert first["reused"] == 0
+    before = lock_path.read_bytes()
+    locked = read_lock(lock_path)
+    assert locked is not None
+
+    report = lock(load(spec_path), lock_path, clients={"upstream": RegistryClient(upstream.url)})
+    assert lock_path.read_bytes() == before
+    assert (report["changed"], report["summary"], report["reused"]) == (
+        False,
+        "no change",
+        len(locked.entries),
+    )
+    # One tag list per repository and one HEAD per tag: no index, child or config fetched.
+    repositories = len({entry.repository for entry in locked.entries})
+    heads = len(locked.entries) + sum(len(entry.signatures) for entry in locked.entries)
+    assert report["requests"]["upstream"] == {
+        "total": repositories + heads,
+        "by_method": {"GET": repositories, "HEAD": heads},
+    }
+    assert repositories + heads < first["requests"]["upstream"]["total"]
+
+
+def test_relock_resolves_moved_tags_in_full_and_matches_a_fresh_lock(
+    distribution, small, tmp_path
+) -> None:
+    client = RegistryClient(distribution.url)
+    push(small, client)
+    spec_path = lab_list(tmp_path, distribution.address)
+    lock_path = tmp_path / "mirror.lock"
+    lock(load(spec_path), lock_path)
+
+    rebuilt = build(MOVED)
+    push(rebuilt, client)
+    old, new = small.expected(), rebuilt.expected()
+    unchanged = {
+        (destination, tag)
+        for destination, tag in LAB_SELECTION
+        if old[f"{destination}:{tag}"]["digest"] == new[f"{destination}:{tag}"]["digest"]
+    }
+    assert unchanged and len(unchanged) < len(LAB_SELECTION)
+
+    report = lock(load(spec_path), lock_path)
+    assert report["summary"] == f"{len(LAB_SELECTION) - len(unchanged)} moved"
+    assert report["reused"] == len(unchanged)
+    assert lock_path.read_bytes() == fresh_lock(spec_path, tmp_path / "fresh")
+    locked = read_lock(lock_path)
+    assert locked is not None
+    assert_matches_sample(locked, rebuilt)
+    # Every tag costs a HEAD; a moved one is then fetched with everything it copies.
+    moved = [entry for entry in locked.entries if entry.key not in unchanged]
+    repositories = len({entry.repository for entry in locked.entries})
+    assert report["requests"]["upstream"]["by_method"] == {
+        "GET": repositories + manifests_fetched(Lock(tuple(moved))),
+        "HEAD": len(LAB_SELECTION),
+    }
+
+    # Another platform selection for an unchanged digest is resolved again, not reused.
+    spec_path.write_text(
+        spec_path.read_text().replace(
+            '    semver: ">=1.0.0"\n',
+            '    semver: ">=1.0.0"\n    platforms: [linux/arm/v7]\n    platform_mode: filter\n',
+        )
+    )
+    report = lock(load(spec_path), lock_path)
+    assert report["reused"] == len(LAB_SELECTION) - 3
+    assert lock_path.read_bytes() == fresh_lock(spec_path, tmp_path / "fresh-filter")
+
+
+def test_relock_finds_a_new_signature_of_an_unchanged_digest(distribution, small, tmp_path) -> None:
+    client = RegistryClient(distribution.url)
+    push(small, client)
+    cosign("generate-key-pair", cwd=tmp_path)
+    options = ["--key", "cosign.key", "--tlog-upload=false", "--allow-http-registry"]
+    older = small.artifact("sample/app-001:1.1.0")
+    reference = f"{distribution.address}/{older.repository}@{older.digest}"
+    cosign("sign", *options, reference, cwd=tmp_path)
+    spec_path = lab_list(tmp_path, distribution.address)
+    lock_path = tmp_path / "mirror.lock"
+    lock(load(spec_path), lock_path)
+    locked = read_lock(lock_path)
+    assert locked is not None
+    entries = len(locked.entries)
+    repositories = len({entry.repository for entry in locked.entries})
+
+    signed = small.artifact("sample/app-001:2.0.0")
+    cosign(
+        "sign",
+        *options,
+        f"{distribution.address}/{signed.repository}@{signed.digest}",
+        cwd=tmp_path,
+    )
+    report = lock(load(spec_path), lock_path)
+    assert report["reused"] == entries
+    assert report["diff"]["changed"] == [
+        {
+            "destination": "sample/app-001",
+            "tag": "2.0.0",
+            "digest": signed.digest,
+            "fields": ["signatures"],
+        }
+    ]
+    locked = read_lock(lock_path)
+    assert locked is not None
+    entry = locked.get("sample/app-001", "2.0.0")
+    assert entry is not None
+    assert [(s.subject, s.kind) for s in entry.signatures] == [(signed.digest, "sig")]
+    # The new signature is fetched; the one already locked costs a HEAD.
+    assert report["requests"]["upstream"]["by_method"] == {
+        "GET": repositories + 1,
+        "HEAD": entries + 1,
+    }
+    assert lock_path.read_bytes() == fresh_lock(spec_path, tmp_path / "fresh")
+
+    # A second signature on the same digest moves the .sig tag: fetched again.
+    cosign("generate-key-pair", "--output-key-prefix", "other", cwd=tmp_path)
+    other = ["--key", "other.key", *options[2:]]
+    cosign("sign", *other, reference, cwd=tmp_path)
+    report = lock(load(spec_path), lock_path)
+    assert report["reused"] == entries
+    assert [change["tag"] for change in report["diff"]["changed"]] == ["1.1.0"]
+    locked = read_lock(lock_path)
+    assert locked is not None
+    older_entry = locked.get("sample/app-001", "1.1.0")
+    assert older_entry is not None
+    (signature,) = older_entry.signatures
+    assert len(signature.layers) == 2
+    assert report["requests"]["upstream"]["by_method"] == {
+        "GET": repositories + 1,
+        "HEAD": entries + 2,
+    }
+    assert lock_path.read_bytes() == fresh_lock(spec_path, tmp_path / "fresh-again")
