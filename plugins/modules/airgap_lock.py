@@ -120,7 +120,7 @@ summary:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.airgap_engine import engine_module
 
 try:
     from airgapped_registry import lockstore
@@ -153,8 +153,8 @@ def lock_diff(report):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
+    module = engine_module(
+        {
             "mode": {
                 "type": "str",
                 "choices": ["resolve", "publish", "fetch"],
@@ -163,27 +163,18 @@ def main():
             "lock": {"type": "path", "required": True},
             "spec": {"type": "path"},
             "registry": {"type": "str"},
-            "ca_file": {"type": "path"},
-            "cert_file": {"type": "path"},
-            "key_file": {"type": "path", "no_log": False},  # a path, not the key
             "repository": {"type": "str", "default": "airgapped-registry/mirror-lock"},
             "tag": {"type": "str", "default": "current"},
             "source": {"type": "str"},
             "source_registry": {"type": "str"},
         },
+        ENGINE_IMPORT_ERROR,
         required_if=[
             ("mode", "resolve", ("spec",)),
             ("mode", "publish", ("registry",)),
             ("mode", "fetch", ("registry", "source")),
         ],
-        required_together=[("cert_file", "key_file")],
-        supports_check_mode=True,
     )
-    if ENGINE_IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("airgapped_registry (the project's engine)"),
-            exception=ENGINE_IMPORT_ERROR,
-        )
     p = module.params
     check = module.check_mode
     client = None

@@ -71,7 +71,7 @@ report:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.airgap_engine import engine_module
 
 try:
     from airgapped_registry.errors import AirgapError
@@ -85,24 +85,15 @@ else:
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
+    module = engine_module(
+        {
             "lock": {"type": "path", "required": True},
             "registry": {"type": "str", "required": True},
-            "ca_file": {"type": "path"},
-            "cert_file": {"type": "path"},
-            "key_file": {"type": "path", "no_log": False},  # a path, not the key
             "deep": {"type": "bool", "default": False},
             "workers": {"type": "int", "default": 4},
         },
-        required_together=[("cert_file", "key_file")],
-        supports_check_mode=True,
+        ENGINE_IMPORT_ERROR,
     )
-    if ENGINE_IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("airgapped_registry (the project's engine)"),
-            exception=ENGINE_IMPORT_ERROR,
-        )
     p = module.params
     try:
         locked = read_lock(p["lock"])

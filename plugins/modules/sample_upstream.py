@@ -100,7 +100,7 @@ requests:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.airgap_engine import engine_module
 
 try:
     from airgapped_registry.errors import AirgapError
@@ -123,23 +123,14 @@ SPEC_OPTIONS = (
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
+    module = engine_module(
+        {
             "registry": {"type": "str", "required": True},
-            "ca_file": {"type": "path"},
-            "cert_file": {"type": "path"},
-            "key_file": {"type": "path", "no_log": False},  # a path, not the key
             # Omitted spec options take SampleSpec's defaults: one source of truth.
             **{name: {"type": "int"} for name in SPEC_OPTIONS},
         },
-        required_together=[("cert_file", "key_file")],
-        supports_check_mode=True,
+        ENGINE_IMPORT_ERROR,
     )
-    if ENGINE_IMPORT_ERROR:
-        module.fail_json(
-            msg=missing_required_lib("airgapped_registry (the project's engine)"),
-            exception=ENGINE_IMPORT_ERROR,
-        )
     p = module.params
     try:
         spec = SampleSpec(**{name: p[name] for name in SPEC_OPTIONS if p[name] is not None})
