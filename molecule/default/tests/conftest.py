@@ -17,6 +17,8 @@ import pytest
 import testinfra
 import yaml
 
+from airgapped_registry.sample import spec_fields
+
 PROJECT = Path(__file__).resolve().parents[3]
 
 
@@ -96,11 +98,10 @@ def sample_params():
     defaults = yaml.safe_load(
         (PROJECT / "roles" / "sample_upstream" / "defaults" / "main.yml").read_text()
     )
-    return {
-        key.removeprefix("sample_upstream_"): value
-        for key, value in defaults.items()
-        if key not in ("sample_upstream_port", "sample_upstream_storage")
-    }
+    # The role's variables that are SampleSpec fields, whatever else the role grows.
+    fields = {field.name for field in spec_fields()}
+    params = {key.removeprefix("sample_upstream_"): value for key, value in defaults.items()}
+    return {name: value for name, value in params.items() if name in fields}
 
 
 @pytest.fixture(scope="session")
