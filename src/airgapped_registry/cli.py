@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from airgapped_registry import __version__, lockstore
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.lock import Lock, lock, read_lock
+from airgapped_registry.lock import Lock, lock, read_lock, relock
 from airgapped_registry.lockstore import DEFAULT_REPOSITORY, DEFAULT_TAG
 from airgapped_registry.plan import human_bytes, plan
 from airgapped_registry.registry import RegistryClient
@@ -315,6 +315,20 @@ def add_sync_commands(commands: argparse._SubParsersAction) -> None:
     sync_parser.add_argument(
         "--keep-going", action="store_true", help="go on with the other entries after a failure"
     )
+    sync_parser.add_argument(
+        "--relock",
+        action="store_true",
+        help="first resolve --spec against its sources and rewrite --lock if it changed "
+        "(airgap lock, in the same process and under the same run lock)",
+    )
+    sync_parser.add_argument(
+        "--engine-copy-max-bytes",
+        type=int,
+        default=defaults.engine_copy_max_bytes,
+        metavar="BYTES",
+        help="entries with at most this much left to upload are copied by the engine, "
+        "heavier ones by skopeo; 0: skopeo copies every entry",
+    )
     sync_parser.add_argument("--skopeo", default=defaults.skopeo, metavar="PATH")
     sync_parser.add_argument("--cosign", default=defaults.cosign, metavar="PATH")
     sync_parser.add_argument(
@@ -353,7 +367,6 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_sync(args: argparse.Namespace) -> dict[str, Any]:
-    locked = read_lock_file(args.lock)
     spec = load(args.spec)
     options = SyncOptions(
         workers=args.workers,
@@ -364,6 +377,7 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
         timeout=args.tool_timeout,
         skopeo=args.skopeo,
         cosign=args.cosign,
+        engine_copy_max_bytes=args.engine_copy_max_bytes,
     )
 
     def progress(result: EntryResult, done: int, total: int) -> None:
@@ -383,6 +397,14 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         with RunLock.beside(args.state), StateStore(args.state) as store:
+            manifests: dict[str, bytes] = {}
+            previous, relocked = None, None
+            if args.relock:
+                previous, locked, relocked = relock(spec, args.lock, manifests=manifests)
+                if not args.quiet:
+                    print(f"airgap lock: {relocked['summary']}", file=sys.stderr, flush=True)
+            else:
+                locked = read_lock_file(args.lock)
             report = sync(
                 locked,
                 destination(args),
@@ -391,7 +413,11 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
                 state=store,
                 lock_path=args.lock,
                 progress=progress,
+                manifests=manifests,
+                previous=previous,
             )
+            if relocked is not None:
+                report["relock"] = relocked
     except RunLockedError as exc:
         print(f"airgap: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOCKED) from exc

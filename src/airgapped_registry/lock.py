@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
@@ -587,7 +587,8 @@ class Resolver:
     platform selection, keeps the recorded children, config and layers instead of fetching
     them again (``reused`` counts those). Signature tags come from the tag list as always; a
     recorded one costs a ``HEAD``, a new or moved one a ``GET``. Tags are resolved on
-    ``workers`` threads; the result does not depend on their order.
+    ``workers`` threads; the result does not depend on their order. ``manifests``, when
+    given, receives every manifest fetched, by digest (for a sync that follows to reuse).
     """
 
     def __init__(
@@ -598,8 +599,10 @@ class Resolver:
         *,
         previous: Lock | None = None,
         workers: int = WORKERS,
+        manifests: MutableMapping[str, bytes] | None = None,
     ) -> None:
         self.spec = spec
+        self.manifests = manifests
         self._given = dict(clients or {})
         self._made: list[RegistryClient] = []
         self._sources: dict[str, _SourceState] = {}
@@ -754,7 +757,10 @@ class Resolver:
 
     def _get(self, state: _SourceState, repository: str, reference: str) -> tuple[bytes, str, str]:
         state.throttle.wait()
-        return state.client.get_manifest(repository, reference)
+        body, media_type, digest = state.client.get_manifest(repository, reference)
+        if self.manifests is not None:
+            self.manifests[digest] = body
+        return body, media_type, digest
 
     def _resolve_registry_entry(self, entry: Entry) -> list[LockEntry]:
         state, pins, available = self._pins(entry)
@@ -1169,9 +1175,23 @@ def lock(
     ``HEAD``), ``diff`` (added / removed / moved / changed destination tags) and ``requests``
     per source. The file is replaced atomically, so a reader never sees half a lock.
     """
+    return relock(spec, lock_path, check=check, clients=clients, fetch_url=fetch_url)[2]
+
+
+def relock(
+    spec: MirrorSpec,
+    lock_path: str | os.PathLike[str],
+    *,
+    check: bool = False,
+    clients: Mapping[str, RegistryClient] | None = None,
+    fetch_url: UrlFetcher | None = None,
+    manifests: MutableMapping[str, bytes] | None = None,
+) -> tuple[Lock | None, Lock, dict[str, Any]]:
+    """:func:`lock`, returning ``(previous lock, new lock, report)`` for a caller that goes
+    on (``airgap sync --relock``); ``manifests`` receives the manifests fetched."""
     path = Path(lock_path)
     previous = read_lock(path)
-    with Resolver(spec, clients, fetch_url, previous=previous) as resolver:
+    with Resolver(spec, clients, fetch_url, previous=previous, manifests=manifests) as resolver:
         new = resolver.resolve()
         requests = resolver.requests()
         reused = resolver.reused
@@ -1181,17 +1201,21 @@ def lock(
     if changed and not check:
         _write_atomically(path, text)
     changes = diff(previous, new)
-    return {
-        "lock": os.fspath(path),
-        "changed": changed,
-        "written": changed and not check,
-        "check_mode": check,
-        "entries": len(new.entries),
-        "reused": reused,
-        "summary": changes.summary() if previous is not None else "new lock",
-        "diff": changes.to_json(),
-        "requests": requests,
-    }
+    return (
+        previous,
+        new,
+        {
+            "lock": os.fspath(path),
+            "changed": changed,
+            "written": changed and not check,
+            "check_mode": check,
+            "entries": len(new.entries),
+            "reused": reused,
+            "summary": changes.summary() if previous is not None else "new lock",
+            "diff": changes.to_json(),
+            "requests": requests,
+        },
+    )
 
 
 def _write_atomically(path: Path, text: str) -> None:

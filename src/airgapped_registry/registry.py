@@ -232,6 +232,27 @@ class RegistryClient:
             _check_repository(mount_from)
         if self.blob_exists(repository, digest):
             return False
+        self.place_blob(repository, digest, data, mount_from)
+        return True
+
+    def place_blob(
+        self,
+        repository: str,
+        digest: str,
+        data: bytes | Callable[[], bytes],
+        mount_from: str | None = None,
+    ) -> str:
+        """Mount or upload a blob without asking first whether it is there.
+
+        Returns ``mounted`` (``POST ?mount=&from=`` answered 201: nothing sent) or
+        ``uploaded`` (``POST`` then one monolithic ``PUT`` with the bytes; a registry that
+        refuses the mount opens the upload session instead). For callers that know the blob
+        is absent or mountable (the sync's ledger); :meth:`push_blob` asks first.
+        """
+        _check_repository(repository)
+        _check_digest(digest)
+        if mount_from:
+            _check_repository(mount_from)
         uploads = f"/v2/{repository}/blobs/uploads/"
         if mount_from and mount_from != repository:
             query = urlencode({"mount": digest, "from": mount_from})
@@ -239,7 +260,7 @@ class RegistryClient:
             if response.status == 201:
                 with self._lock:
                     self.blobs_mounted += 1
-                return True
+                return "mounted"
         else:
             response = self._call("POST", uploads, expect=(202,))
         location = response.header("Location")
@@ -262,7 +283,7 @@ class RegistryClient:
         with self._lock:
             self.blobs_uploaded += 1
             self.bytes_uploaded += len(payload)
-        return True
+        return "uploaded"
 
     def tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """All tags of a repository, following ``Link`` pagination."""

@@ -48,8 +48,10 @@ from urllib.parse import urlsplit
 from airgapped_registry.auth import AuthenticatingClient, credentials_for, read_auths
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
 from airgapped_registry.lock import (
+    Blob,
     Lock,
     LockEntry,
+    Manifest,
     _fetch_url,
     chart_manifest,
     filtered_index,
@@ -70,6 +72,11 @@ from airgapped_registry.state import EntryState, StateStore, summary_line
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
+ENGINE = "engine"
+SKOPEO = "skopeo"
+# Above this, per entry, skopeo streams the blobs; below, its start-up, pings and per-blob
+# checks cost more than the bytes (see docs/performance.md).
+ENGINE_COPY_MAX_BYTES = 16 * 1024 * 1024
 
 Runner = Callable[
     [Sequence[str], Mapping[str, str] | None, float], "subprocess.CompletedProcess[str]"
@@ -144,7 +151,10 @@ class SyncOptions:
 
     ``attempts``: tries per entry (transient failures only), waiting ``backoff`` seconds
     doubled after each. ``retry_times``: skopeo's own retries of one copy. ``timeout``: the
-    longest one skopeo or cosign run may take, in seconds.
+    longest one skopeo or cosign run may take, in seconds. ``engine_copy_max_bytes``: an entry
+    whose blobs still to upload (after those the destination holds or can mount) weigh at
+    most this much is copied by the engine itself over its open connections; a heavier one
+    by skopeo. 0: skopeo copies every entry.
     """
 
     workers: int = 4
@@ -155,10 +165,13 @@ class SyncOptions:
     timeout: float = 3600
     skopeo: str = "skopeo"
     cosign: str = "cosign"
+    engine_copy_max_bytes: int = ENGINE_COPY_MAX_BYTES
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.attempts < 1 or self.retry_times < 0:
             raise ValueError("sync options: workers and attempts must be >= 1, retry_times >= 0")
+        if self.engine_copy_max_bytes < 0:
+            raise ValueError("sync options: engine_copy_max_bytes must be >= 0")
         if self.backoff < 0 or self.timeout <= 0:
             raise ValueError("sync options: backoff must be >= 0 and timeout > 0")
 
@@ -180,6 +193,7 @@ class EntryResult:
     duration: float = 0.0
     attempts: int = 0
     error: str | None = None
+    copier: str | None = None
 
     @property
     def entry(self) -> LockEntry:
@@ -196,6 +210,7 @@ class EntryResult:
             "duration": round(self.duration, 3),
             "attempts": self.attempts,
             "error": self.error,
+            "copier": self.copier,
         }
 
     def state(self, run_id: int | None, fingerprint: str) -> EntryState:
@@ -413,6 +428,7 @@ class _Copier:
         workdir: Path,
         runner: Runner,
         fetch_url: UrlFetcher,
+        manifests: Mapping[str, bytes] | None = None,
     ) -> None:
         self.destination = destination
         self.client = client
@@ -423,6 +439,13 @@ class _Copier:
         self.fetch_url = fetch_url
         self.destination_options = _destination_options(destination, workdir)
         self.tool_runs: Counter[str] = Counter()
+        self.copies: Counter[str] = Counter()
+        self.manifests = manifests or {}
+        # The ledger: blobs the destination holds, per repository, as this run knows for sure
+        # (a tag resolving to a manifest proves its blobs are linked in that repository), and
+        # one repository per digest to mount it from.
+        self._held: set[tuple[str, str]] = set()
+        self._where: dict[str, str] = {}
         self._sources: dict[str, _SourceAccess] = {}
         self._claims: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -430,6 +453,15 @@ class _Copier:
     def close(self) -> None:
         for access in self._sources.values():
             access.client.close()
+
+    def holds(self, repository: str, manifests: Sequence[Manifest]) -> None:
+        """Record that ``repository`` holds the blobs of ``manifests`` (verified by a tag)."""
+        with self._lock:
+            for manifest in manifests:
+                for blob in (manifest.config, *manifest.layers):
+                    if blob is not None:
+                        self._held.add((repository, blob.digest))
+                        self._where.setdefault(blob.digest, repository)
 
     def source_requests(self) -> dict[str, dict[str, Any]]:
         return {
@@ -477,7 +509,7 @@ class _Copier:
         while True:
             attempt += 1
             try:
-                sent = self._copy(planned)
+                sent, copier = self._copy(planned)
             except (AirgapError, OSError, ValueError) as exc:
                 permanent, message = _classify(exc)
                 if permanent or attempt >= self.options.attempts:
@@ -505,26 +537,126 @@ class _Copier:
                 bytes=sent,
                 duration=time.monotonic() - started,
                 attempts=attempt,
+                copier=copier,
             )
 
-    def _copy(self, planned: PlannedEntry) -> int:
+    def _copy(self, planned: PlannedEntry) -> tuple[int, str | None]:
+        """Copy one entry; ``(bytes sent, who copied the content)``."""
         entry = planned.entry
         sent = 0
+        body: bytes | None = None
+        copier = None
         if entry.archive is not None:
             if not planned.content_present:
                 sent += self._copy_classic_chart(entry)
+                copier = ENGINE
         else:
             access = self._source(entry)
             keys = self._policy_keys(entry)
             if keys:
                 self._verify_signature(entry, access, keys)
             if not planned.content_present:
-                sent += self._copy_content(entry, access)
+                copied = self._engine_copy(entry, access)
+                if copied is None:
+                    sent += self._copy_content(entry, access)
+                    copier = SKOPEO
+                else:
+                    sent, body = copied
+                    copier = ENGINE
             sent += self._copy_signatures(entry, access)
-        body = self._check_destination(entry)
+        if body is None:
+            body = self._check_destination(entry)
         if not planned.content_present:
             self.client.put_manifest(entry.destination, entry.tag, body, entry.manifest.media_type)
-        return sent
+        self.holds(entry.destination, _content_manifests(entry))
+        if copier:
+            with self._lock:
+                self.copies[copier] += 1
+        return sent, copier
+
+    def _engine_copy(self, entry: LockEntry, access: _SourceAccess) -> tuple[int, bytes] | None:
+        """Copy an entry's content with the engine's own requests, or None: skopeo's job.
+
+        Each blob the ledger does not place in the destination repository is mounted from a
+        repository the ledger names, or else looked up (``HEAD``) and, if absent, fetched from
+        the source (digest-checked in memory) and uploaded (``POST`` + one ``PUT``). Then the
+        children are written by digest; the top manifest is returned, digest-checked against
+        the lock, for the caller to write under the tag last. Returns None, having sent
+        nothing, when the bytes to upload exceed ``engine_copy_max_bytes``.
+        """
+        limit = self.options.engine_copy_max_bytes
+        if limit <= 0:
+            return None
+        repository, upstream = entry.destination, entry.repository
+        assert upstream is not None
+        manifests = _content_manifests(entry)
+        todo: list[tuple[Blob, str | None]] = []
+        upload = 0
+        for blob in {b.digest: b for m in manifests for b in _blobs_of(m)}.values():
+            with self._lock:
+                if (repository, blob.digest) in self._held:
+                    continue
+                mount_from = self._where.get(blob.digest)
+            if mount_from is None:
+                if self.client.blob_exists(repository, blob.digest):
+                    with self._lock:
+                        self._held.add((repository, blob.digest))
+                    continue
+                upload += blob.size
+                if upload > limit:
+                    return None
+            todo.append((blob, mount_from))
+        sent = 0
+        for blob, mount_from in todo:
+            fetch = functools.partial(self._source_blob, access, upstream, blob)
+            how = self.client.place_blob(repository, blob.digest, fetch, mount_from)
+            if how == "uploaded":
+                sent += blob.size
+            with self._lock:
+                self._held.add((repository, blob.digest))
+                self._where.setdefault(blob.digest, repository)
+        if entry.children:
+            for child in manifests:
+                body = self._source_manifest(access, upstream, child)
+                self.client.put_manifest(repository, child.digest, body, child.media_type)
+        top = self._source_manifest(access, upstream, entry.manifest, entry.upstream_digest)
+        if entry.children and entry.digest != entry.upstream_digest:
+            top = filtered_index(top, {child.digest for child in manifests})
+        if digest_of(top) != entry.digest:
+            raise EntryFailure(
+                f"the index to write is {digest_of(top)}, the lock says {entry.digest}",
+                permanent=True,
+            )
+        return sent, top
+
+    def _source_blob(self, access: _SourceAccess, repository: str, blob: Blob) -> bytes:
+        try:
+            data = access.client.get_blob(repository, blob.digest)
+        except DigestMismatchError as exc:
+            raise EntryFailure(
+                f"blob {blob.digest}: the source served content with digest {exc.actual} "
+                "(corrupt upstream blob); refused, nothing tagged",
+                permanent=True,
+            ) from exc
+        if len(data) != blob.size:
+            raise EntryFailure(
+                f"blob {blob.digest}: {len(data)} bytes, the lock says {blob.size}", True
+            )
+        return data
+
+    def _source_manifest(
+        self, access: _SourceAccess, repository: str, manifest: Manifest, digest: str | None = None
+    ) -> bytes:
+        """A manifest's bytes by digest: from the relock's cache, else from the source."""
+        digest = digest or manifest.digest
+        body = self.manifests.get(digest)
+        if body is None or digest_of(body) != digest:
+            body, _, _ = access.client.get_manifest(repository, digest)
+        if digest == manifest.digest and len(body) != manifest.size:
+            raise EntryFailure(
+                f"manifest {digest}: {len(body)} bytes, the lock says {manifest.size}", True
+            )
+        return body
 
     def _source(self, entry: LockEntry) -> _SourceAccess:
         name = entry.source
@@ -720,6 +852,17 @@ class _Copier:
             raise EntryFailure(f"{tool} did not finish within {self.options.timeout:g} s") from exc
 
 
+def _content_manifests(entry: LockEntry) -> list[Manifest]:
+    """The manifests holding an entry's content: the children it copies, or itself."""
+    if entry.children:
+        return [child for child in entry.children if child.copy]
+    return [entry.manifest]
+
+
+def _blobs_of(manifest: Manifest) -> list[Blob]:
+    return [blob for blob in (manifest.config, *manifest.layers) if blob is not None]
+
+
 def _classify(exc: BaseException) -> tuple[bool, str]:
     """``(permanent, message)`` of a failure: what a retry cannot fix is permanent."""
     if isinstance(exc, EntryFailure):
@@ -748,6 +891,8 @@ def sync(
     runner: Runner = run_command,
     fetch_url: UrlFetcher | None = None,
     progress: Progress | None = None,
+    manifests: Mapping[str, bytes] | None = None,
+    previous: Lock | None = None,
 ) -> dict[str, Any]:
     """Bring ``destination`` in line with ``lock``; returns the run's report.
 
@@ -756,6 +901,10 @@ def sync(
     ``state``, the plan uses the fingerprints of the last sync, each entry's outcome is
     recorded as it finishes, and the run enters the run log. ``progress`` is called from the
     calling thread after each copied or failed entry, with the count done and the total.
+
+    ``manifests`` (digest → bytes, e.g. what the relock just fetched) spares the engine's
+    copies fetching those manifests again; ``previous`` (the lock this one replaced) tells
+    which blobs a destination tag that still names a previous digest already holds.
     """
     options = options or SyncOptions()
     started = time.monotonic()
@@ -782,13 +931,16 @@ def sync(
                 Path(workdir),
                 runner,
                 fetch_url or _fetch_url,
+                manifests,
             )
+            _seed_ledger(copier, the_plan, previous)
             try:
                 _copy_all(the_plan, copier, options, results, state, run_id, progress)
             finally:
                 copier.close()
             sources = copier.source_requests()
             tools = dict(sorted(copier.tool_runs.items()))
+            copies = dict(sorted(copier.copies.items()))
         requests = {"destination": before.since(client), "sources": sources}
     ordered = [results[entry.key] for entry in lock.entries]
     copied = sum(result.result == OK for result in ordered)
@@ -822,8 +974,28 @@ def sync(
         "errors": [result.error for result in failed],
         "requests": requests,
         "tools": tools,
+        "copies": copies,
         "results": [result.to_json() for result in ordered],
     }
+
+
+def _seed_ledger(copier: _Copier, the_plan: Plan, previous: Lock | None) -> None:
+    """What the plan's HEADs proved present: the blobs of every tag that names a known digest.
+
+    A registry stores a manifest only when the blobs (and children) it references are there,
+    so a tag resolving to the lock's digest, or to the digest the previous lock recorded for
+    it, vouches for those blobs in its repository. They are not looked up again, and serve
+    as mount sources for other repositories.
+    """
+    before = {entry.key: entry for entry in previous.entries} if previous else {}
+    for planned in the_plan.entries:
+        entry = planned.entry
+        if planned.content_present:
+            copier.holds(entry.destination, _content_manifests(entry))
+            continue
+        old = before.get(entry.key)
+        if old is not None and planned.current == old.digest:
+            copier.holds(old.destination, _content_manifests(old))
 
 
 def _copy_all(

@@ -51,6 +51,19 @@ _UPLOAD = re.compile(
 
 # -- helpers -------------------------------------------------------------------------------
 
+# Who copies an entry's content: the engine (small entries, the default here since the
+# sample is small) or skopeo (forced with a limit of 0). Tests of the copy run with both.
+COPIERS = {"engine": {}, "skopeo": {"engine_copy_max_bytes": 0}}
+
+
+@pytest.fixture(params=sorted(COPIERS))
+def copier(request) -> str:
+    return request.param
+
+
+def copier_args(copier: str) -> list[str]:
+    return [] if copier == "engine" else ["--engine-copy-max-bytes", "0"]
+
 
 @pytest.fixture(scope="module")
 def small() -> Sample:
@@ -126,8 +139,8 @@ def locked(spec_path: Path) -> Lock:
     return result
 
 
-def run_sync(spec_path: Path, destination, state: Path, **options) -> dict:
-    options = {"cosign": str(COSIGN), "backoff": 0.1, **options}
+def run_sync(spec_path: Path, destination, state: Path, copier: str = "engine", **options) -> dict:
+    options = {"cosign": str(COSIGN), "backoff": 0.1, **COPIERS[copier], **options}
     lock_path = spec_path.with_name("mirror.lock")
     lock_file = read_lock(lock_path)
     assert lock_file is not None
@@ -225,15 +238,17 @@ def sign(registry, repository: str, digest: str, directory: Path) -> None:
 
 
 def test_lab_list_cold_sync_then_noop(
-    distribution_factory, upstream, small, tmp_path, capsys
+    distribution_factory, upstream, small, tmp_path, capsys, copier
 ) -> None:
     target = distribution_factory()
     spec_path = lab_list(tmp_path, upstream.address)
     lock_file = locked(spec_path)
     state = tmp_path / "state.db"
 
-    report = run_sync(spec_path, target, state)
+    report = run_sync(spec_path, target, state, copier)
     assert (report["entries"], report["copied"], report["failed"]) == (12, 12, 0)
+    assert report["copies"] == {copier: 12}
+    assert report["tools"] == ({} if copier == "engine" else {"skopeo": 12})
     client = RegistryClient(target.url)
     expected = small.expected()
     for entry in lock_file.entries:
@@ -269,7 +284,7 @@ def test_lab_list_cold_sync_then_noop(
 
     # No-op: one HEAD per entry at the destination, nothing at all at the source.
     upstream_log = upstream.log()
-    again = run_sync(spec_path, target, state)
+    again = run_sync(spec_path, target, state, copier)
     assert (again["copied"], again["up_to_date"], again["bytes"]) == (0, 12, 0)
     assert again["requests"] == {
         "destination": {"total": 12, "by_method": {"HEAD": 12}},
@@ -325,7 +340,7 @@ def test_plan_json_counts_bytes_and_checks_blobs(
 
 
 def test_filter_mode_writes_the_index_the_lock_recorded(
-    distribution_factory, upstream, small, tmp_path
+    distribution_factory, upstream, small, tmp_path, copier
 ):
     target = distribution_factory()
     spec_path = write_list(
@@ -343,8 +358,9 @@ images:
     )
     (entry,) = locked(spec_path).entries
     assert entry.digest != entry.upstream_digest
-    report = run_sync(spec_path, target, tmp_path / "state.db")
+    report = run_sync(spec_path, target, tmp_path / "state.db", copier)
     assert report["copied"] == 1, report
+    assert report["copies"] == {copier: 1}
     client = RegistryClient(target.url)
     assert head(client, "filtered/base", "1.0.0") == entry.digest
     for child in entry.children:
@@ -367,7 +383,7 @@ images:
 
 
 def test_signed_image_signatures_copied_and_verified(
-    distribution_factory, own_upstream, small, tmp_path
+    distribution_factory, own_upstream, small, tmp_path, copier
 ):
     upstream = own_upstream
     cosign("generate-key-pair", cwd=tmp_path)
@@ -380,8 +396,9 @@ def test_signed_image_signatures_copied_and_verified(
     assert len(entry.signatures) == 3  # the index and both platforms (--recursive)
 
     target = distribution_factory()
-    report = run_sync(spec_path, target, tmp_path / "state.db")
-    assert (report["copied"], report["tools"]) == (2, {"cosign": 2, "skopeo": 2})
+    report = run_sync(spec_path, target, tmp_path / "state.db", copier)
+    tools = {"cosign": 2, **({"skopeo": 2} if copier == "skopeo" else {})}
+    assert (report["copied"], report["tools"], report["copies"]) == (2, tools, {copier: 2})
     client = RegistryClient(target.url)
     for signature in entry.signatures:
         assert head(client, "sample/app-001", signature.tag) == signature.digest
@@ -408,7 +425,7 @@ def test_signed_image_signatures_copied_and_verified(
     wrong = write_list(other, upstream.address, APP_001_SIGNED)
     locked(wrong)
     refused_target = distribution_factory()
-    refused = run_sync(wrong, refused_target, tmp_path / "refused.db", keep_going=True)
+    refused = run_sync(wrong, refused_target, tmp_path / "refused.db", copier, keep_going=True)
     assert (refused["copied"], refused["failed"], refused["tools"]) == (0, 2, {"cosign": 2})
     failure = next(r for r in refused["results"] if r["entry"] == "sample/app-001:2.0.0")
     assert failure["attempts"] == 1
@@ -451,14 +468,14 @@ def test_signature_appearing_later_is_copied(
 
 
 def test_moved_tags_move_only_the_new_blobs(
-    distribution_factory, own_upstream, small, tmp_path
+    distribution_factory, own_upstream, small, tmp_path, copier
 ) -> None:
     upstream = own_upstream
     target = distribution_factory()
     spec_path = lab_list(tmp_path, upstream.address)
     before = locked(spec_path)
     state = tmp_path / "state.db"
-    run_sync(spec_path, target, state)
+    run_sync(spec_path, target, state, copier)
 
     push(build(MOVED), RegistryClient(upstream.url))
     after = locked(spec_path)
@@ -469,8 +486,9 @@ def test_moved_tags_move_only_the_new_blobs(
     new_blobs = set(sizes) - old_blobs
 
     mark = len(settled_log(target))
-    report = run_sync(spec_path, target, state)
+    report = run_sync(spec_path, target, state, copier)
     assert {r["entry"] for r in report["results"] if r["result"] == "ok"} == moved
+    assert report["copies"] == {copier: 9}
     assert report["up_to_date"] == 3
     sent = [digest for _, digest in uploads(settled_log(target)[mark:])]
     assert sorted(sent) == sorted(new_blobs), "only the new blobs move, each once"
@@ -479,11 +497,71 @@ def test_moved_tags_move_only_the_new_blobs(
     assert verify(after, client)["failed"] == 0
 
 
+def test_relock_then_sync_in_one_process_fetches_no_manifest_twice(
+    distribution_factory, own_upstream, small, tmp_path, capsys
+) -> None:
+    upstream = own_upstream
+    target = distribution_factory()
+    spec_path = lab_list(tmp_path, upstream.address)
+    lock_path = spec_path.with_name("mirror.lock")
+    command = ["sync", "--relock", "--spec", str(spec_path), "--lock", str(lock_path)]
+    command += ["--registry", target.url, "--state", str(tmp_path / "state.db")]
+    command += ["--cosign", str(COSIGN)]
+
+    assert main(command) == 0
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)
+    assert "airgap lock: new lock" in captured.err
+    assert (first["relock"]["written"], first["copied"], first["failed"]) == (True, 12, 0)
+    lock_file = read_lock(lock_path)
+    assert verify(lock_file, RegistryClient(target.url))["failed"] == 0
+
+    push(build(MOVED), RegistryClient(upstream.url))
+    assert main(command) == 0
+    report = json.loads(capsys.readouterr().out)
+    after = read_lock(lock_path)
+    assert report["relock"]["changed"] and report["copies"] == {"engine": 9}
+    # The relock fetched every new manifest; the copies fetched blobs only, each new one once.
+    new_blobs = {b.digest for e in after.entries for b in e.blobs()} - {
+        b.digest for e in lock_file.entries for b in e.blobs()
+    }
+    assert report["requests"]["sources"]["upstream"]["by_method"] == {"GET": len(new_blobs)}
+    assert verify(after, RegistryClient(target.url))["failed"] == 0
+
+
+def test_heavy_entries_go_to_skopeo_light_ones_are_mounted_by_the_engine(
+    distribution_factory, upstream, tmp_path
+) -> None:
+    target = distribution_factory()
+    spec_path = write_list(
+        tmp_path,
+        upstream.address,
+        """images:
+  - {source: upstream, repository: sample/base, tags: ["1.0.0"], destination: mirror/a}
+  - {source: upstream, repository: sample/base, tags: ["1.0.0"], destination: mirror/b}
+""",
+    )
+    lock_file = locked(spec_path)
+    # One byte: any entry with something to upload is skopeo's; the second entry finds every
+    # blob in the first's repository (the ledger) and is only mounted.
+    report = run_sync(spec_path, target, tmp_path / "state.db", workers=1, engine_copy_max_bytes=1)
+    assert report["copies"] == {"engine": 1, "skopeo": 1}
+    by_entry = {r["entry"]: (r["copier"], r["bytes"]) for r in report["results"]}
+    assert by_entry["mirror/b:1.0.0"] == ("engine", 0)
+    log = settled_log(target)
+    assert [repository for repository, _ in uploads(log)] == ["mirror/a"] * len(
+        {b.digest for b in lock_file.entries[0].blobs()}
+    )
+    mounts = log.count('"POST /v2/mirror/b/blobs/uploads/?mount=sha256%3A')
+    assert mounts == len(lock_file.entries[1].blobs())
+    assert verify(lock_file, RegistryClient(target.url), deep=True)["failed"] == 0
+
+
 # -- failures ------------------------------------------------------------------------------
 
 
 def test_corrupted_upstream_blob_is_refused_and_nothing_tagged(
-    distribution_factory, own_upstream, small, tmp_path, capsys
+    distribution_factory, own_upstream, small, tmp_path, capsys, copier
 ) -> None:
     upstream = own_upstream
     target = distribution_factory()
@@ -508,6 +586,7 @@ def test_corrupted_upstream_blob_is_refused_and_nothing_tagged(
         str(COSIGN),
         "--backoff",
         "0.1",
+        *copier_args(copier),
     ]
     assert main(command) == 1
     captured = capsys.readouterr()
@@ -531,7 +610,7 @@ def test_corrupted_upstream_blob_is_refused_and_nothing_tagged(
 
 
 def test_first_failure_stops_the_run_without_keep_going(
-    distribution_factory, own_upstream, small, tmp_path
+    distribution_factory, own_upstream, small, tmp_path, copier
 ) -> None:
     upstream = own_upstream
     target = distribution_factory()
@@ -540,14 +619,15 @@ def test_first_failure_stops_the_run_without_keep_going(
     first = lock_file.entries[0]
     assert first.reference == "charts/demo:0.1.0"
     corrupt(upstream, first.manifest.layers[0].digest)
-    report = run_sync(spec_path, target, tmp_path / "state.db", workers=1)
+    report = run_sync(spec_path, target, tmp_path / "state.db", copier, workers=1)
     results = report["results"]
     assert [r["result"] for r in results] == ["failed"] + ["skipped"] * 11
     assert {r["detail"] for r in results[1:]} == {
         "not attempted: an earlier entry failed (use --keep-going to go on)"
     }
     assert (report["failed"], report["not_attempted"], report["copied"]) == (1, 11, 0)
-    assert report["tools"] == {"skopeo": 1}
+    assert report["tools"] == ({"skopeo": 1} if copier == "skopeo" else {})
+    assert report["copies"] == {}
     with StateStore(tmp_path / "state.db") as store:
         assert {(s.result, s.in_sync) for s in store.entries()} == {
             ("failed", False),
@@ -559,7 +639,7 @@ def test_first_failure_stops_the_run_without_keep_going(
 
 
 def test_killed_sync_resumes_and_never_tags_partial_content(
-    distribution_factory, own_upstream, small, tmp_path
+    distribution_factory, own_upstream, small, tmp_path, copier
 ) -> None:
     upstream = own_upstream
     cosign("generate-key-pair", cwd=tmp_path)
@@ -587,6 +667,7 @@ def test_killed_sync_resumes_and_never_tags_partial_content(
         "1",
         "--cosign",
         str(COSIGN),
+        *copier_args(copier),
     ]
 
     violations: list[str] = []
@@ -698,7 +779,9 @@ def _bcrypt(password: str) -> str:
     return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))
 
 
-def test_mutual_tls_both_sides_and_source_credentials(distribution_factory, pki, tmp_path) -> None:
+def test_mutual_tls_both_sides_and_source_credentials(
+    distribution_factory, pki, tmp_path, copier
+) -> None:
     sample = build(SampleSpec(repositories=0, base_layer_bytes=512))
     upstream = seeded(distribution_factory, sample, tls=pki)
     (tmp_path / "htpasswd").write_text(f"alice:{_bcrypt('s3cret')}\n")
@@ -752,7 +835,8 @@ charts:
         cert_file=str(pki.client_cert),
         key_file=str(pki.client_key),
     )
-    report = run_sync(spec_path, destination, tmp_path / "state.db")
+    report = run_sync(spec_path, destination, tmp_path / "state.db", copier)
     assert (report["copied"], report["failed"]) == (2, 0), report["errors"]
+    assert report["copies"] == {copier: 2}
     with destination.client() as client:
         assert verify(lock_file, client, deep=True)["failed"] == 0
