@@ -398,15 +398,18 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with RunLock.beside(args.state), StateStore(args.state) as store:
             manifests: dict[str, bytes] = {}
-            previous, relocked = None, None
-            if args.relock:
-                previous, locked, relocked = relock(spec, args.lock, manifests=manifests)
+            relocked: dict[str, Any] = {}
+            previous = read_lock(args.lock) if args.relock else None
+
+            def relock_now() -> Lock:
+                _, new, report = relock(spec, args.lock, manifests=manifests, previous=previous)
+                relocked.update(report)
                 if not args.quiet:
-                    print(f"airgap lock: {relocked['summary']}", file=sys.stderr, flush=True)
-            else:
-                locked = read_lock_file(args.lock)
+                    print(f"airgap lock: {report['summary']}", file=sys.stderr, flush=True)
+                return new
+
             report = sync(
-                locked,
+                relock_now if args.relock else read_lock_file(args.lock),
                 destination(args),
                 spec,
                 options=options,
@@ -416,7 +419,7 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
                 manifests=manifests,
                 previous=previous,
             )
-            if relocked is not None:
+            if args.relock:
                 report["relock"] = relocked
     except RunLockedError as exc:
         print(f"airgap: {exc}", file=sys.stderr)

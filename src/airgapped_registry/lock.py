@@ -583,12 +583,13 @@ class Resolver:
     classic Helm repository's files (default: urllib with the system trust).
 
     ``previous`` is the lock being replaced: a tag whose manifest digest at the source (one
-    ``HEAD``) is still the one recorded there, for the same source, repository, pin and
-    platform selection, keeps the recorded children, config and layers instead of fetching
-    them again (``reused`` counts those). Signature tags come from the tag list as always; a
-    recorded one costs a ``HEAD``, a new or moved one a ``GET``. Tags are resolved on
-    ``workers`` threads; the result does not depend on their order. ``manifests``, when
-    given, receives every manifest fetched, by digest (for a sync that follows to reuse).
+    ``GET`` of the manifest) is still the one recorded there, for the same source,
+    repository, pin and platform selection, keeps the recorded children, config and layers
+    instead of fetching them again (``reused`` counts those). Signature tags come from the
+    tag list as always; a recorded one costs a ``HEAD``, a new or moved one a ``GET``. Tags
+    are resolved on ``workers`` threads; the result does not depend on their order.
+    ``manifests``, when given, receives every manifest fetched, by digest (for a sync that
+    follows to reuse).
     """
 
     def __init__(
@@ -789,8 +790,14 @@ class Resolver:
             pins = [TagPin(tag) for tag in chosen]
         return state, pins, available
 
-    def _unchanged(self, entry: Entry, state: _SourceState, pin: TagPin) -> LockEntry | None:
-        """The previous lock's entry for this tag when the source still serves its digest."""
+    def _unchanged(
+        self, entry: Entry, state: _SourceState, pin: TagPin
+    ) -> tuple[LockEntry | None, tuple[bytes, str, str] | None]:
+        """The previous lock's entry for this tag when the source still serves its digest.
+
+        Asked with one ``GET`` (a registry does the same work for a ``HEAD``): when the tag
+        moved, its manifest is already here, returned second, for the new entry.
+        """
         assert entry.source is not None and entry.repository is not None
         previous = self._previous.get((entry.destination, pin.tag))
         if (
@@ -808,25 +815,23 @@ class Resolver:
             )
             or (not previous.children and previous.platform_mode is not None)
         ):
-            return None
-        found = self._head(state, entry.repository, pin.digest or pin.tag)
+            return None, None
+        fetched = self._get(state, entry.repository, pin.digest or pin.tag)
+        body, media_type, digest = fetched
         if (
-            found is None
-            or found.digest != previous.upstream_digest
-            or found.media_type != previous.manifest.media_type
-            or (
-                previous.digest == previous.upstream_digest and found.size != previous.manifest.size
-            )
+            digest != previous.upstream_digest
+            or media_type != previous.manifest.media_type
+            or (previous.digest == previous.upstream_digest and len(body) != previous.manifest.size)
         ):
-            return None
-        return previous
+            return None, fetched
+        return previous, None
 
     def _resolve_tag(
         self, entry: Entry, state: _SourceState, pin: TagPin, available: set[str]
     ) -> LockEntry:
         assert entry.source is not None and entry.repository is not None
         repository = entry.repository
-        previous = self._unchanged(entry, state, pin)
+        previous, fetched = self._unchanged(entry, state, pin)
         if previous is not None:
             where = f"{repository}:{pin.tag} ({previous.upstream_digest})"
             if previous.children and entry.kind == "image":
@@ -845,7 +850,7 @@ class Resolver:
                 children=previous.children,
                 recorded=previous.signatures,
             )
-        body, media_type, digest = self._get(state, repository, pin.digest or pin.tag)
+        body, media_type, digest = fetched or self._get(state, repository, pin.digest or pin.tag)
         where = f"{repository}:{pin.tag} ({digest})"
         document = _parse_manifest(body, where)
         upstream = Manifest(digest, media_type, len(body))
@@ -1172,7 +1177,7 @@ def lock(
 
     The report: ``changed`` (the file's bytes would change), ``written``, ``entries``,
     ``reused`` (tags whose digest had not moved, taken from the previous lock after one
-    ``HEAD``), ``diff`` (added / removed / moved / changed destination tags) and ``requests``
+    ``GET``), ``diff`` (added / removed / moved / changed destination tags) and ``requests``
     per source. The file is replaced atomically, so a reader never sees half a lock.
     """
     return relock(spec, lock_path, check=check, clients=clients, fetch_url=fetch_url)[2]
@@ -1186,20 +1191,22 @@ def relock(
     clients: Mapping[str, RegistryClient] | None = None,
     fetch_url: UrlFetcher | None = None,
     manifests: MutableMapping[str, bytes] | None = None,
+    previous: Lock | None = None,
 ) -> tuple[Lock | None, Lock, dict[str, Any]]:
     """:func:`lock`, returning ``(previous lock, new lock, report)`` for a caller that goes
-    on (``airgap sync --relock``); ``manifests`` receives the manifests fetched."""
+    on (``airgap sync --relock``); ``manifests`` receives the manifests fetched. A caller that
+    already read ``lock_path`` passes it as ``previous``."""
     path = Path(lock_path)
-    previous = read_lock(path)
+    if previous is None:
+        previous = read_lock(path)
     with Resolver(spec, clients, fetch_url, previous=previous, manifests=manifests) as resolver:
         new = resolver.resolve()
         requests = resolver.requests()
         reused = resolver.reused
-    text = new.to_json()
-    old_text = path.read_text(encoding="utf-8") if previous is not None else None
-    changed = text != old_text
+    # Equal content is no change (serialising a large lock only to compare costs more).
+    changed = new != previous
     if changed and not check:
-        _write_atomically(path, text)
+        _write_atomically(path, new.to_json())
     changes = diff(previous, new)
     return (
         previous,

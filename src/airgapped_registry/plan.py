@@ -28,6 +28,8 @@ from airgapped_registry.registry import ManifestRef, RegistryClient, digest_of
 
 COPY = "copy"
 SKIP = "skip"
+# HEADs are cheap for a registry and the plan waits on the network: more threads than copies.
+PLAN_WORKERS = 16
 
 
 def fingerprint(entry: LockEntry) -> str:
@@ -238,28 +240,36 @@ def plan(
     *,
     fingerprints: Mapping[str, str] | None = None,
     check_blobs: bool = False,
-    workers: int = 4,
+    workers: int = PLAN_WORKERS,
+    currents: Mapping[tuple[str, str], ManifestRef | None] | None = None,
 ) -> Plan:
     """Compare ``lock`` with ``destination``: one manifest HEAD per entry (see the module doc).
 
     ``fingerprints`` maps ``host[:port]/repository:tag`` to the fingerprint the state store
     recorded at the last sync. With ``check_blobs``, each distinct blob of the entries to copy
-    is HEADed once in its destination repository.
+    is HEADed once in its destination repository. ``currents``: HEADs already made (by
+    destination and tag) during this run, not made again; ``requests`` counts only the
+    plan's own.
     """
     before = RequestCount.of(destination)
     address = registry_address(destination)
     fingerprints = fingerprints or {}
     entries = lock.entries
+    known = currents or {}
+
+    def current(entry: LockEntry) -> ManifestRef | None:
+        if entry.key in known:
+            return known[entry.key]
+        return destination.head_manifest(entry.destination, entry.tag)
+
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        currents = list(
-            pool.map(lambda e: destination.head_manifest(e.destination, e.tag), entries)
-        )
+        currents_now = list(pool.map(current, entries))
         planned = []
-        for entry, current in zip(entries, currents, strict=True):
+        for entry, found in zip(entries, currents_now, strict=True):
             action, reason = decide(
-                entry, current, fingerprints.get(destination_reference(address, entry))
+                entry, found, fingerprints.get(destination_reference(address, entry))
             )
-            digest = current.digest if current else None
+            digest = found.digest if found else None
             blobs = blobs_to_move(entry, digest == entry.digest) if action == COPY else ()
             planned.append(PlannedEntry(entry, action, reason, digest, blobs))
         if check_blobs:

@@ -58,6 +58,7 @@ from airgapped_registry.lock import (
     source_client,
 )
 from airgapped_registry.plan import (
+    PLAN_WORKERS,
     Plan,
     PlannedEntry,
     RequestCount,
@@ -881,7 +882,7 @@ def _classify(exc: BaseException) -> tuple[bool, str]:
 
 
 def sync(
-    lock: Lock,
+    lock: Lock | Callable[[], Lock],
     destination: Destination,
     spec: MirrorSpec | None = None,
     *,
@@ -905,13 +906,34 @@ def sync(
     ``manifests`` (digest → bytes, e.g. what the relock just fetched) spares the engine's
     copies fetching those manifests again; ``previous`` (the lock this one replaced) tells
     which blobs a destination tag that still names a previous digest already holds.
+
+    ``lock`` may be a function making the lock (a relock against the sources): it is called
+    while the destination tags ``previous`` names are HEADed side by side, so that the
+    source and the destination work at the same time.
     """
     options = options or SyncOptions()
     started = time.monotonic()
     with destination.client() as client:
         before = RequestCount.of(client)
         fingerprints = state.fingerprints(destination.address) if state else None
-        the_plan = plan(lock, client, fingerprints=fingerprints, workers=options.workers)
+        currents: dict[tuple[str, str], Any] = {}
+        if callable(lock):
+            keys = [entry.key for entry in previous.entries] if previous else []
+            with ThreadPoolExecutor(PLAN_WORKERS, thread_name_prefix="airgap-plan") as pool:
+                heads = {key: pool.submit(client.head_manifest, *key) for key in keys}
+                try:
+                    lock = lock()
+                finally:
+                    for future in heads.values():
+                        future.cancel()
+                currents = {key: f.result() for key, f in heads.items() if not f.cancelled()}
+        the_plan = plan(
+            lock,
+            client,
+            fingerprints=fingerprints,
+            workers=max(options.workers, PLAN_WORKERS),
+            currents=currents,
+        )
         run_id = state.start_run(destination.url, lock_path) if state else None
         results: dict[tuple[str, str], EntryResult] = {}
         for planned in the_plan.up_to_date:
