@@ -55,6 +55,13 @@ options:
     description: Go on with the other entries after a failure.
     type: bool
     default: false
+  engine_copy_max_bytes:
+    description:
+      - An entry with at most this many bytes left to upload (after the blobs the
+        destination holds or can mount) is copied by the engine over its own connections;
+        a heavier one by skopeo. V(0) makes skopeo copy every entry.
+    type: int
+    default: 16777216
   state_db:
     description: The state database; the run lock C(sync.lock) lives beside it.
     type: path
@@ -145,6 +152,7 @@ def main():
             "auth_file": {"type": "path", "no_log": False},
             "workers": {"type": "int", "default": 4},
             "keep_going": {"type": "bool", "default": False},
+            "engine_copy_max_bytes": {"type": "int", "default": 16777216},
             "state_db": {"type": "path", "default": "/var/lib/airgapped-registry/state.db"},
         },
         ENGINE_IMPORT_ERROR,
@@ -175,7 +183,11 @@ def main():
                 result["diff"] = plan_diff(planned)
             module.exit_json(**result)
         spec = load(p["spec"])
-        options = SyncOptions(workers=p["workers"], keep_going=p["keep_going"])
+        options = SyncOptions(
+            workers=p["workers"],
+            keep_going=p["keep_going"],
+            engine_copy_max_bytes=p["engine_copy_max_bytes"],
+        )
         with RunLock.beside(p["state_db"]), StateStore(p["state_db"]) as store:
             report = sync(locked, target, spec, options=options, state=store, lock_path=p["lock"])
     except (AirgapError, ValueError, OSError) as exc:

@@ -151,7 +151,9 @@ class AuthenticatingClient(RegistryClient):
         if challenge is None:
             return first
         if challenge.scheme == "basic":
-            if self._basic is None or self._use_basic:
+            # Sent with the credentials already: they are refused. Sent without them while
+            # another thread switched to Basic: retried with them like the first one.
+            if self._basic is None or authorization == self._basic:
                 return first
             self._use_basic = True
         elif challenge.scheme == "bearer":

@@ -246,15 +246,19 @@ class RegistryClient:
 
         Returns ``mounted`` (``POST ?mount=&from=`` answered 201: nothing sent) or
         ``uploaded`` (``POST`` then one monolithic ``PUT`` with the bytes; a registry that
-        refuses the mount opens the upload session instead). For callers that know the blob
-        is absent or mountable (the sync's ledger); :meth:`push_blob` asks first.
+        refuses the mount opens the upload session instead). ``mount_from`` may be
+        ``repository`` itself: the blob is then found there or uploaded. For callers that
+        know the blob is absent or mountable (the sync's ledger); :meth:`push_blob` asks
+        first.
         """
         _check_repository(repository)
         _check_digest(digest)
         if mount_from:
             _check_repository(mount_from)
         uploads = f"/v2/{repository}/blobs/uploads/"
-        if mount_from and mount_from != repository:
+        if mount_from:
+            # From the repository itself too: one request that either finds the blob there
+            # (201) or opens the upload (202), where a HEAD would cost one more.
             query = urlencode({"mount": digest, "from": mount_from})
             response = self._call("POST", f"{uploads}?{query}", expect=(201, 202))
             if response.status == 201:

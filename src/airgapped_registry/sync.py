@@ -579,8 +579,11 @@ class _Copier:
         """Copy an entry's content with the engine's own requests, or None: skopeo's job.
 
         Each blob the ledger does not place in the destination repository is mounted from a
-        repository the ledger names, or else looked up (``HEAD``) and, if absent, fetched from
-        the source (digest-checked in memory) and uploaded (``POST`` + one ``PUT``). Then the
+        repository the ledger names, or else mounted from the destination repository itself
+        (found there: 201) and, where that opens an upload instead, fetched from the source
+        (digest-checked in memory) and uploaded (one ``PUT``). When those unknown blobs
+        together exceed the limit, each is first looked up (``HEAD``) to see what is really
+        missing. Then the
         children are written by digest; the top manifest is returned, digest-checked against
         the lock, for the caller to write under the tag last. Returns None, having sent
         nothing, when the bytes to upload exceed ``engine_copy_max_bytes``.
@@ -591,14 +594,24 @@ class _Copier:
         repository, upstream = entry.destination, entry.repository
         assert upstream is not None
         manifests = _content_manifests(entry)
-        todo: list[tuple[Blob, str | None]] = []
-        upload = 0
+        todo: list[tuple[Blob, str]] = []
+        unknown: list[Blob] = []
         for blob in {b.digest: b for m in manifests for b in _blobs_of(m)}.values():
             with self._lock:
                 if (repository, blob.digest) in self._held:
                     continue
                 mount_from = self._where.get(blob.digest)
             if mount_from is None:
+                unknown.append(blob)
+            else:
+                todo.append((blob, mount_from))
+        if sum(blob.size for blob in unknown) <= limit:
+            # Even if none is there, the engine may send them all: one mount-or-upload
+            # request each, from the repository itself.
+            todo += [(blob, repository) for blob in unknown]
+        else:
+            upload = 0
+            for blob in unknown:
                 if self.client.blob_exists(repository, blob.digest):
                     with self._lock:
                         self._held.add((repository, blob.digest))
@@ -606,7 +619,7 @@ class _Copier:
                 upload += blob.size
                 if upload > limit:
                     return None
-            todo.append((blob, mount_from))
+                todo.append((blob, repository))
         sent = 0
         for blob, mount_from in todo:
             fetch = functools.partial(self._source_blob, access, upstream, blob)
