@@ -167,6 +167,10 @@ class RegistryClient:
         """Fetch a manifest; returns ``(body, media_type, digest)`` with the digest verified."""
         path = _manifest_path(repository, reference)
         response = self._call("GET", path, headers={"Accept": ", ".join(accept)}, expect=(200,))
+        return self._checked_manifest(response, reference)
+
+    @staticmethod
+    def _checked_manifest(response: _Response, reference: str) -> tuple[bytes, str, str]:
         body = response.body
         media_type = _media_type(response) or _declared_media_type(body)
         if DIGEST_PATTERN.fullmatch(reference):
@@ -181,6 +185,23 @@ class RegistryClient:
                 "GET", response.url, response.status, announced, digest_of(body)
             )
         return body, media_type, digest
+
+    def get_manifest_unless(
+        self, repository: str, reference: str, digest: str
+    ) -> tuple[bytes, str, str] | None:
+        """:meth:`get_manifest`, or None when ``reference`` still names ``digest``.
+
+        One conditional ``GET`` (``If-None-Match``: the digest, which is the manifest's ETag
+        in Distribution): 304 means unchanged, and the registry skips reading the manifest.
+        A registry that ignores the condition answers 200, and the bytes decide.
+        """
+        path = _manifest_path(repository, reference)
+        _check_digest(digest)
+        headers = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES), "If-None-Match": f'"{digest}"'}
+        response = self._call("GET", path, headers=headers, expect=(200, 304))
+        if response.status == 304:
+            return None
+        return self._checked_manifest(response, reference)
 
     def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
         """Store a manifest under a tag or its digest; returns the digest the registry stored."""
