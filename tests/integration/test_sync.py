@@ -20,11 +20,13 @@ import sys
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
+from airgapped_registry.auth import AuthenticatingClient
 from airgapped_registry.cli import main
 from airgapped_registry.lock import Lock, LockEntry, lock, read_lock
 from airgapped_registry.registry import RegistryClient
@@ -779,19 +781,16 @@ def _bcrypt(password: str) -> str:
     return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))
 
 
-def test_mutual_tls_both_sides_and_source_credentials(
-    distribution_factory, pki, tmp_path, copier
-) -> None:
-    sample = build(SampleSpec(repositories=0, base_layer_bytes=512))
-    upstream = seeded(distribution_factory, sample, tls=pki)
-    (tmp_path / "htpasswd").write_text(f"alice:{_bcrypt('s3cret')}\n")
+def with_password(upstream, pki, directory: Path) -> None:
+    """Restart ``upstream`` (mutual TLS) asking for Basic credentials alice / s3cret."""
+    (directory / "htpasswd").write_text(f"alice:{_bcrypt('s3cret')}\n")
     upstream.stop()
     plain = upstream.write_config
 
     def write_config() -> None:
         plain()
         config = yaml.safe_load(upstream.config_path.read_text())
-        config["auth"] = {"htpasswd": {"realm": "airgap", "path": str(tmp_path / "htpasswd")}}
+        config["auth"] = {"htpasswd": {"realm": "airgap", "path": str(directory / "htpasswd")}}
         upstream.config_path.write_text(yaml.safe_dump(config))
 
     def answers_v2() -> bool:
@@ -808,6 +807,45 @@ def test_mutual_tls_both_sides_and_source_credentials(
     upstream.write_config = write_config
     upstream._answers_v2 = answers_v2
     upstream.start()
+
+
+def test_first_requests_racing_the_basic_challenge_all_get_in(
+    distribution_factory, pki, tmp_path
+) -> None:
+    """The engine's copies start on several threads at once: every request that met the 401
+    before the client switched to Basic is retried with the credentials."""
+    sample = build(SampleSpec(repositories=0, base_layer_bytes=512))
+    upstream = seeded(distribution_factory, sample, tls=pki)
+    with_password(upstream, pki, tmp_path)
+    artifact = sample.artifact("sample/base:1.0.0")
+    for _ in range(3):
+        client = AuthenticatingClient(
+            upstream.url,
+            username="alice",
+            password="s3cret",
+            ca_file=pki.ca_file,
+            cert_file=pki.client_cert,
+            key_file=pki.client_key,
+        )
+        start = threading.Barrier(8)
+
+        def first_request(client=client, start=start) -> str | None:
+            start.wait()
+            found = client.head_manifest(artifact.repository, artifact.digest)
+            return found.digest if found else None
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: first_request(), range(8)))
+        assert answers == [artifact.digest] * 8
+        client.close()
+
+
+def test_mutual_tls_both_sides_and_source_credentials(
+    distribution_factory, pki, tmp_path, copier
+) -> None:
+    sample = build(SampleSpec(repositories=0, base_layer_bytes=512))
+    upstream = seeded(distribution_factory, sample, tls=pki)
+    with_password(upstream, pki, tmp_path)
 
     certs = tmp_path / "certs"
     certs.mkdir()
