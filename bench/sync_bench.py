@@ -26,6 +26,7 @@ its list on every run. Counted for each run:
 
     .venv/bin/python bench/sync_bench.py                 # full scale (200 repositories)
     .venv/bin/python bench/sync_bench.py --repositories 10 --unique-layer-bytes 100000
+    .venv/bin/python bench/sync_bench.py --lab agr-relay --tls   # inside the lab's relay
 """
 
 from __future__ import annotations
@@ -117,8 +118,18 @@ class Tls:
         self.directory.mkdir(parents=True, exist_ok=True)
         run = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
         ca_key = self.directory / "ca.key"
+        # Key usage and key identifiers: Python 3.13 (Debian 13, the lab) verifies strictly.
+        ca_extensions = [
+            *("-addext", "basicConstraints=critical,CA:TRUE"),
+            *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
+            *("-addext", "subjectKeyIdentifier=hash"),
+        ]
         subprocess.run(
-            [*run, "-keyout", str(ca_key), "-out", str(self.ca), "-subj", "/CN=bench CA"],
+            [
+                *run,
+                *("-keyout", str(ca_key), "-out", str(self.ca), "-subj", "/CN=bench CA"),
+                *ca_extensions,
+            ],
             check=True,
             capture_output=True,
         )
@@ -132,7 +143,11 @@ class Tls:
             capture_output=True,
         )
         extensions = self.directory / "san.cnf"
-        extensions.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        extensions.write_text(
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+        )
         subprocess.run(
             [
                 *("openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.ca)),
@@ -561,9 +576,17 @@ def main() -> int:
         default=3,
         help="no-op runs per tool, alternating; the median is reported (default 3)",
     )
+    parser.add_argument(
+        "--lab",
+        metavar="CONTAINER",
+        help="run inside this lab container (e.g. agr-relay, after ./scripts/site): its "
+        "Distribution, skopeo, openssl and engine, with the other options",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the work directory")
     parser.add_argument("--workdir", help="where to work (default: a new temporary directory)")
     args = parser.parse_args()
+    if args.lab:
+        return run_in_lab(args.lab, sys.argv[1:])
 
     # Ctrl-C and SIGTERM unwind through the finally below: registries stopped, dirs removed.
     def interrupted(signum: int, frame: object) -> None:
@@ -586,6 +609,30 @@ def main() -> int:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in_lab(container: str, argv: list[str]) -> int:
+    """Run this script inside a lab container with the same options but ``--lab``.
+
+    The relay has everything the benchmark runs, installed by ``site.yml`` from Debian 13:
+    Distribution, skopeo, openssl, python3-yaml and the engine (``/usr/local/bin/airgap``).
+    The registries it starts listen on the container's loopback; nothing leaves it.
+    """
+    options: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--lab":
+            skip = True
+        elif not item.startswith("--lab="):
+            options.append(item)
+    # Not /tmp: the lab mounts a tmpfs there, which docker cp cannot see.
+    target = "/var/tmp/sync_bench.py"
+    subprocess.run(
+        ["docker", "cp", str(Path(__file__).resolve()), f"{container}:{target}"], check=True
+    )
+    return subprocess.run(["docker", "exec", container, "python3", target, *options]).returncode
 
 
 def bench(args: argparse.Namespace, work: Path, registries: list[Registry]) -> int:
