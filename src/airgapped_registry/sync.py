@@ -5,22 +5,27 @@ this order:
 
 1. when the entry's signature policy has keys: ``cosign verify`` the upstream digest at the
    source with each key until one verifies; none does → the entry fails, nothing is written;
-2. copy the content **by digest** with skopeo (``--preserve-digests``): an index with
-   ``--all`` (the index is written by skopeo after its children), a single manifest as it is;
-   a ``filter`` entry copies each kept child by digest, then writes the index the lock
-   recorded (:func:`~airgapped_registry.lock.filtered_index` of the upstream index, checked
-   against the lock's digest); a classic Helm chart is fetched, checked against the lock and
-   pushed as :func:`~airgapped_registry.lock.chart_manifest` by digest;
+2. copy the content **by digest**. An entry with at most ``engine_copy_max_bytes`` left to
+   upload is copied by the engine: blobs mounted where its ledger knows they are, else
+   mounted from the repository itself or uploaded (fetched from the source, digest-checked),
+   then the children by digest; the top manifest is kept for step 5. A heavier one is
+   copied by skopeo (``--preserve-digests``): an index with ``--all`` (the index is written
+   by skopeo after its children), a single manifest as it is; a ``filter`` entry copies each
+   kept child by digest, then writes the index the lock recorded
+   (:func:`~airgapped_registry.lock.filtered_index` of the upstream index, checked against
+   the lock's digest). A classic Helm chart is fetched, checked against the lock and pushed
+   as :func:`~airgapped_registry.lock.chart_manifest` by digest;
 3. copy the cosign signatures, attestations and SBOMs the lock lists (small manifests: read
    from the source into memory, digest-checked, pushed blob by blob, then tagged);
-4. check the destination holds the lock's manifest by digest (``GET``, the digest is
-   verified on the bytes) and that it lists the children / blobs the lock recorded;
+4. after skopeo, check the destination holds the lock's manifest by digest (``GET``, the
+   digest is verified on the bytes) and that it lists the children / blobs the lock
+   recorded (after the engine, the bytes it checked in step 2 are those);
 5. only then write ``destination:tag``: a ``PUT`` of those same bytes (same digest).
 
-skopeo checks every blob it copies against its digest (a corrupt upstream blob fails the
-copy) and skips blobs the destination already holds (a rerun after an interrupted one sends
-only what is missing); the registry refuses a manifest whose blobs or children it does not
-hold. A failure before step 5 leaves the tag where it was.
+Both copiers check every blob they copy against its digest (a corrupt upstream blob fails
+the copy) and skip blobs the destination already holds (a rerun after an interrupted one
+sends only what is missing); the registry refuses a manifest whose blobs or children it does
+not hold. A failure before step 5 leaves the tag where it was.
 
 Each entry is retried with exponential backoff on transient failures (network, 5xx); digest
 mismatches, failed signature verifications and stale locks are not retried. Without
@@ -623,7 +628,13 @@ class _Copier:
         sent = 0
         for blob, mount_from in todo:
             fetch = functools.partial(self._source_blob, access, upstream, blob)
-            how = self.client.place_blob(repository, blob.digest, fetch, mount_from)
+            try:
+                how = self.client.place_blob(repository, blob.digest, fetch, mount_from)
+            except RegistryError as exc:
+                if mount_from != repository or exc.status not in (400, 404, 405):
+                    raise
+                # A registry that refuses a mount from the repository itself: ask, then upload.
+                how = "uploaded" if self.client.push_blob(repository, blob.digest, fetch) else ""
             if how == "uploaded":
                 sent += blob.size
             with self._lock:
