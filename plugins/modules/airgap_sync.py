@@ -55,6 +55,12 @@ options:
     description: Go on with the other entries after a failure.
     type: bool
     default: false
+  force:
+    description:
+      - Copy every entry again, checking each blob and child, whatever its tag names
+        (repairs what M(airgap_verify) with O(airgap_verify#module:deep) found missing).
+    type: bool
+    default: false
   engine_copy_max_bytes:
     description:
       - An entry with at most this many bytes left to upload (after the blobs the
@@ -153,6 +159,7 @@ def main():
             "workers": {"type": "int", "default": 4},
             "keep_going": {"type": "bool", "default": False},
             "engine_copy_max_bytes": {"type": "int", "default": 16777216},
+            "force": {"type": "bool", "default": False},
             "state_db": {"type": "path", "default": "/var/lib/airgapped-registry/state.db"},
         },
         ENGINE_IMPORT_ERROR,
@@ -189,7 +196,15 @@ def main():
             engine_copy_max_bytes=p["engine_copy_max_bytes"],
         )
         with RunLock.beside(p["state_db"]), StateStore(p["state_db"]) as store:
-            report = sync(locked, target, spec, options=options, state=store, lock_path=p["lock"])
+            report = sync(
+                locked,
+                target,
+                spec,
+                options=options,
+                state=store,
+                lock_path=p["lock"],
+                force=p["force"],
+            )
     except (AirgapError, ValueError, OSError) as exc:
         module.fail_json(msg=f"sync {p['lock']} into {p['registry']}: {exc}")
 

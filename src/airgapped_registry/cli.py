@@ -316,6 +316,12 @@ def add_sync_commands(commands: argparse._SubParsersAction) -> None:
         "--keep-going", action="store_true", help="go on with the other entries after a failure"
     )
     sync_parser.add_argument(
+        "--force",
+        action="store_true",
+        help="copy every entry again, checking each blob and child (repairs what "
+        "verify --deep found missing)",
+    )
+    sync_parser.add_argument(
         "--relock",
         action="store_true",
         help="first resolve --spec against its sources and rewrite --lock if it changed "
@@ -418,6 +424,7 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
                 progress=progress,
                 manifests=manifests,
                 previous=previous,
+                force=args.force,
             )
             if args.relock:
                 report["relock"] = relocked

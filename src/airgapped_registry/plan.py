@@ -80,6 +80,7 @@ class PlannedEntry:
     blobs: tuple[Blob, ...] = ()
     missing_blobs: int | None = None
     missing_bytes: int | None = None
+    forced: bool = False
 
     @property
     def reference(self) -> str:
@@ -87,7 +88,8 @@ class PlannedEntry:
 
     @property
     def content_present(self) -> bool:
-        return self.current == self.entry.digest
+        """The tag names the lock's digest (and the run does not force a full copy)."""
+        return self.current == self.entry.digest and not self.forced
 
     @property
     def bytes(self) -> int:
@@ -242,6 +244,7 @@ def plan(
     check_blobs: bool = False,
     workers: int = PLAN_WORKERS,
     currents: Mapping[tuple[str, str], ManifestRef | None] | None = None,
+    force: bool = False,
 ) -> Plan:
     """Compare ``lock`` with ``destination``: one manifest HEAD per entry (see the module doc).
 
@@ -249,7 +252,8 @@ def plan(
     recorded at the last sync. With ``check_blobs``, each distinct blob of the entries to copy
     is HEADed once in its destination repository. ``currents``: HEADs already made (by
     destination and tag) during this run, not made again; ``requests`` counts only the
-    plan's own.
+    plan's own. ``force``: every entry is copied again in full, whatever its tag names (the
+    repair of content damaged behind the mirror's back: the copy checks every blob).
     """
     before = RequestCount.of(destination)
     address = registry_address(destination)
@@ -269,9 +273,12 @@ def plan(
             action, reason = decide(
                 entry, found, fingerprints.get(destination_reference(address, entry))
             )
+            if force and action == SKIP:
+                action, reason = COPY, "forced: every blob and child checked again"
             digest = found.digest if found else None
-            blobs = blobs_to_move(entry, digest == entry.digest) if action == COPY else ()
-            planned.append(PlannedEntry(entry, action, reason, digest, blobs))
+            present = digest == entry.digest and not force
+            blobs = blobs_to_move(entry, present) if action == COPY else ()
+            planned.append(PlannedEntry(entry, action, reason, digest, blobs, forced=force))
         if check_blobs:
             planned = _check_blobs(destination, planned, pool)
     return Plan(

@@ -569,7 +569,7 @@ class _Copier:
                 else:
                     sent, body = copied
                     copier = ENGINE
-            sent += self._copy_signatures(entry, access)
+            sent += self._copy_signatures(entry, access, check_all=planned.forced)
         if body is None:
             body = self._check_destination(entry)
         if not planned.content_present:
@@ -783,14 +783,20 @@ class _Copier:
         uploaded = uploaded_blobs(completed.stdout, completed.stderr)
         return sum(sizes.get(digest, 0) * count for digest, count in uploaded.items())
 
-    def _copy_signatures(self, entry: LockEntry, access: _SourceAccess) -> int:
-        """Signature manifests are small: the engine copies them, digest-checked, blob by blob."""
+    def _copy_signatures(
+        self, entry: LockEntry, access: _SourceAccess, check_all: bool = False
+    ) -> int:
+        """Signature manifests are small: the engine copies them, digest-checked, blob by blob.
+
+        A signature tag already naming the locked digest is skipped, unless ``check_all``
+        (``--force``): then each of its blobs is looked up and put back if missing.
+        """
         sent = 0
         for signature in entry.signatures:
             if not signature.copy:
                 continue
             current = self.client.head_manifest(entry.destination, signature.tag)
-            if current is not None and current.digest == signature.digest:
+            if current is not None and current.digest == signature.digest and not check_all:
                 continue
             assert entry.repository is not None
             body, _, _ = access.client.get_manifest(entry.repository, signature.digest)
@@ -918,6 +924,7 @@ def sync(
     progress: Progress | None = None,
     manifests: Mapping[str, bytes] | None = None,
     previous: Lock | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Bring ``destination`` in line with ``lock``; returns the run's report.
 
@@ -934,6 +941,9 @@ def sync(
     ``lock`` may be a function making the lock (a relock against the sources): it is called
     while the destination tags ``previous`` names are HEADed side by side, so that the
     source and the destination work at the same time.
+
+    ``force`` copies every entry again (see :func:`~airgapped_registry.plan.plan`) and
+    trusts no tag for the ledger: what a deep verify found missing is put back.
     """
     options = options or SyncOptions()
     started = time.monotonic()
@@ -957,6 +967,7 @@ def sync(
             fingerprints=fingerprints,
             workers=max(options.workers, PLAN_WORKERS),
             currents=currents,
+            force=force,
         )
         run_id = state.start_run(destination.url, lock_path) if state else None
         results: dict[tuple[str, str], EntryResult] = {}
@@ -979,7 +990,8 @@ def sync(
                 fetch_url or _fetch_url,
                 manifests,
             )
-            _seed_ledger(copier, the_plan, previous)
+            if not force:
+                _seed_ledger(copier, the_plan, previous)
             try:
                 _copy_all(the_plan, copier, options, results, state, run_id, progress)
             finally:

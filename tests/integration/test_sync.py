@@ -141,7 +141,14 @@ def locked(spec_path: Path) -> Lock:
     return result
 
 
-def run_sync(spec_path: Path, destination, state: Path, copier: str = "engine", **options) -> dict:
+def run_sync(
+    spec_path: Path,
+    destination,
+    state: Path,
+    copier: str = "engine",
+    force: bool = False,
+    **options,
+) -> dict:
     options = {"cosign": str(COSIGN), "backoff": 0.1, **COPIERS[copier], **options}
     lock_path = spec_path.with_name("mirror.lock")
     lock_file = read_lock(lock_path)
@@ -155,6 +162,7 @@ def run_sync(spec_path: Path, destination, state: Path, copier: str = "engine", 
             options=SyncOptions(**options),
             state=store,
             lock_path=str(lock_path),
+            force=force,
         )
 
 
@@ -557,6 +565,36 @@ def test_heavy_entries_go_to_skopeo_light_ones_are_mounted_by_the_engine(
     mounts = log.count('"POST /v2/mirror/b/blobs/uploads/?mount=sha256%3A')
     assert mounts == len(lock_file.entries[1].blobs())
     assert verify(lock_file, RegistryClient(target.url), deep=True)["failed"] == 0
+
+
+def test_force_puts_back_what_a_deep_verify_found_missing(
+    distribution_factory, upstream, small, tmp_path, copier
+) -> None:
+    target = distribution_factory()
+    spec_path = lab_list(tmp_path, upstream.address)
+    lock_file = locked(spec_path)
+    state = tmp_path / "state.db"
+    run_sync(spec_path, target, state, copier)
+    entry = lock_file.get("sample/vulnerable", "1.0.0")
+    (layer,) = entry.manifest.layers
+    # Damage behind the mirror's back: the repository loses its link to one of its layers.
+    repositories = target.storage / "docker/registry/v2/repositories"
+    link = repositories / "sample/vulnerable/_layers" / layer.digest.replace(":", "/") / "link"
+    link.unlink()
+    client = RegistryClient(target.url)
+    found = verify(lock_file, client, deep=True)
+    assert found["failed"] == 1 and layer.digest in found["problems"][0], found["problems"]
+
+    # A plain sync trusts the tag, which still names the locked digest: nothing to do.
+    assert run_sync(spec_path, target, state, copier)["copied"] == 0
+    mark = len(settled_log(target))
+    forced = run_sync(spec_path, target, state, copier, force=True)
+    assert (forced["copied"], forced["failed"]) == (len(lock_file.entries), 0)
+    assert {r["detail"] for r in forced["results"]} == {"copied"}
+    # Only the missing layer crossed again, into its repository.
+    assert uploads(settled_log(target)[mark:]) == [("sample/vulnerable", layer.digest)]
+    assert forced["bytes"] == layer.size
+    assert verify(lock_file, client, deep=True)["failed"] == 0
 
 
 # -- failures ------------------------------------------------------------------------------
