@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: ``airgap lock`` + ``airgap sync`` against ``skopeo sync``.
+"""Side-by-side benchmark: ``airgap sync --relock`` against ``skopeo sync``.
 
 Prints figures; it is not a test and asserts nothing about time. See docs/performance.md.
 
@@ -12,8 +12,8 @@ tool. Writes a ``mirror.yaml`` listing every sample repository and the equivalen
 2. no-op resync (ours: relock + sync; also ours with the current lock: sync only);
 3. delta after the top shared base layer of every platform changed (``base_generation=1``).
 
-Each of our figures includes ``airgap lock`` against the source, as skopeo sync re-resolves
-its list on every run. Counted for each run:
+Each of our figures includes re-resolving the lock against the source (``--relock``, in the
+same process), as skopeo sync re-resolves its list on every run. Counted for each run:
 
 - wall time of the run, and the 1-minute load average when it started;
 - requests at the source and at the destination: lines of each Distribution's access log;
