@@ -536,7 +536,7 @@ def source_client(spec: MirrorSpec, source: Source, timeout: float = 30) -> Regi
         return AuthenticatingClient(source.url, username=username, password=password, **options)
 
 
-class _Throttle:
+class Throttle:
     """Spaces calls to one source so they stay under ``rate`` per second."""
 
     def __init__(self, rate: float | None) -> None:
@@ -561,7 +561,7 @@ class _Throttle:
 @dataclass
 class _SourceState:
     client: RegistryClient
-    throttle: _Throttle
+    throttle: Throttle
     requests_before: int
     by_method_before: dict[str, int]
     tags: dict[str, list[str]] = field(default_factory=dict)
@@ -733,7 +733,7 @@ class Resolver:
                     self._made.append(client)
                 self._sources[name] = _SourceState(
                     client=client,
-                    throttle=_Throttle(self.spec.sources[name].rate_limit),
+                    throttle=Throttle(self.spec.sources[name].rate_limit),
                     requests_before=client.requests,
                     by_method_before=dict(client.requests_by_method),
                 )

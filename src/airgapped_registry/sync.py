@@ -57,6 +57,7 @@ from airgapped_registry.lock import (
     Lock,
     LockEntry,
     Manifest,
+    Throttle,
     _fetch_url,
     chart_manifest,
     filtered_index,
@@ -322,7 +323,11 @@ def _skopeo_failure(completed: subprocess.CompletedProcess[str]) -> EntryFailure
 
 @dataclass
 class _SourceAccess:
-    """A source as the engine (client), skopeo (flags) and cosign (flags, env) reach it."""
+    """A source as the engine (client), skopeo (flags) and cosign (flags, env) reach it.
+
+    ``get_manifest`` and ``get_blob`` are the engine's reads, spaced by the source's
+    ``rate_limit`` (skopeo's and cosign's requests are not).
+    """
 
     source: Source
     client: RegistryClient
@@ -330,6 +335,15 @@ class _SourceAccess:
     skopeo_options: list[str]
     cosign_options: list[str]
     cosign_env: dict[str, str]
+    throttle: Throttle
+
+    def get_manifest(self, repository: str, digest: str) -> bytes:
+        self.throttle.wait()
+        return self.client.get_manifest(repository, digest)[0]
+
+    def get_blob(self, repository: str, digest: str) -> bytes:
+        self.throttle.wait()
+        return self.client.get_blob(repository, digest)
 
 
 def _source_access(
@@ -393,7 +407,8 @@ def _source_access(
     # cosign reads credentials from $DOCKER_CONFIG only: the source's, or none at all.
     env = {key: value for key, value in os.environ.items() if key != "COSIGN_REPOSITORY"}
     env["DOCKER_CONFIG"] = str(docker_config)
-    return _SourceAccess(source, client, RequestCount.of(client), skopeo, cosign, env)
+    throttle = Throttle(source.rate_limit)
+    return _SourceAccess(source, client, RequestCount.of(client), skopeo, cosign, env, throttle)
 
 
 def _destination_options(destination: Destination, workdir: Path) -> list[str]:
@@ -656,7 +671,7 @@ class _Copier:
 
     def _source_blob(self, access: _SourceAccess, repository: str, blob: Blob) -> bytes:
         try:
-            data = access.client.get_blob(repository, blob.digest)
+            data = access.get_blob(repository, blob.digest)
         except DigestMismatchError as exc:
             raise EntryFailure(
                 f"blob {blob.digest}: the source served content with digest {exc.actual} "
@@ -676,7 +691,7 @@ class _Copier:
         digest = digest or manifest.digest
         body = self.manifests.get(digest)
         if body is None or digest_of(body) != digest:
-            body, _, _ = access.client.get_manifest(repository, digest)
+            body = access.get_manifest(repository, digest)
         if digest == manifest.digest and len(body) != manifest.size:
             raise EntryFailure(
                 f"manifest {digest}: {len(body)} bytes, the lock says {manifest.size}", True
@@ -753,7 +768,7 @@ class _Copier:
         if entry.children and entry.digest != entry.upstream_digest:
             kept = [child for child in entry.children if child.copy]
             sent = sum(self._skopeo(entry, access, child.digest, index=False) for child in kept)
-            upstream, _, _ = access.client.get_manifest(entry.repository, entry.upstream_digest)
+            upstream = access.get_manifest(entry.repository, entry.upstream_digest)
             body = filtered_index(upstream, {child.digest for child in kept})
             if digest_of(body) != entry.digest:
                 raise EntryFailure(
@@ -799,11 +814,11 @@ class _Copier:
             if current is not None and current.digest == signature.digest and not check_all:
                 continue
             assert entry.repository is not None
-            body, _, _ = access.client.get_manifest(entry.repository, signature.digest)
+            body = access.get_manifest(entry.repository, signature.digest)
             for blob in (signature.config, *signature.layers):
                 if blob is None:
                     continue
-                fetch = functools.partial(access.client.get_blob, entry.repository, blob.digest)
+                fetch = functools.partial(access.get_blob, entry.repository, blob.digest)
                 if self.client.push_blob(entry.destination, blob.digest, fetch):
                     sent += blob.size
             self.client.put_manifest(entry.destination, signature.tag, body, signature.media_type)

@@ -597,6 +597,25 @@ def test_force_puts_back_what_a_deep_verify_found_missing(
     assert verify(lock_file, client, deep=True)["failed"] == 0
 
 
+def test_rate_limit_spaces_the_engine_copies_source_reads(
+    distribution_factory, upstream, tmp_path
+) -> None:
+    target = distribution_factory()
+    spec_path = lab_list(
+        tmp_path,
+        upstream.address,
+        **{"    insecure: true\n": "    insecure: true\n    rate_limit: 100\n"},
+    )
+    locked(spec_path)
+    started = time.monotonic()
+    report = run_sync(spec_path, target, tmp_path / "state.db")
+    elapsed = time.monotonic() - started
+    assert report["copies"] == {"engine": 12}
+    reads = report["requests"]["sources"]["upstream"]["total"]
+    assert reads > 20
+    assert elapsed >= (reads - 1) / 100
+
+
 # -- failures ------------------------------------------------------------------------------
 
 
