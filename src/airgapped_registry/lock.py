@@ -101,6 +101,10 @@ class Manifest:
     config: Blob | None = None
     layers: tuple[Blob, ...] = ()
 
+    def blobs(self) -> list[Blob]:
+        """Its config (if any) then its layers: what it references, in order."""
+        return [blob for blob in (self.config, *self.layers) if blob is not None]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "digest": self.digest,
@@ -248,9 +252,8 @@ class LockEntry:
         manifests += [signature for signature in self.signatures if signature.copy]
         seen: dict[str, Blob] = {}
         for manifest in manifests:
-            for blob in (manifest.config, *manifest.layers):
-                if blob is not None:
-                    seen.setdefault(blob.digest, blob)
+            for blob in manifest.blobs():
+                seen.setdefault(blob.digest, blob)
         return list(seen.values())
 
     def to_json(self) -> dict[str, Any]:

@@ -230,9 +230,8 @@ def blobs_to_move(entry: LockEntry, content_present: bool) -> tuple[Blob, ...]:
     blobs: dict[str, Blob] = {}
     for signature in entry.signatures:
         if signature.copy:
-            for blob in (signature.config, *signature.layers):
-                if blob is not None:
-                    blobs.setdefault(blob.digest, blob)
+            for blob in signature.blobs():
+                blobs.setdefault(blob.digest, blob)
     return tuple(blobs.values())
 
 

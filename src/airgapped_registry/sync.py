@@ -479,10 +479,9 @@ class _Copier:
         """Record that ``repository`` holds the blobs of ``manifests`` (verified by a tag)."""
         with self._lock:
             for manifest in manifests:
-                for blob in (manifest.config, *manifest.layers):
-                    if blob is not None:
-                        self._held.add((repository, blob.digest))
-                        self._where.setdefault(blob.digest, repository)
+                for blob in manifest.blobs():
+                    self._held.add((repository, blob.digest))
+                    self._where.setdefault(blob.digest, repository)
 
     def source_requests(self) -> dict[str, dict[str, Any]]:
         return {
@@ -616,7 +615,7 @@ class _Copier:
         manifests = _content_manifests(entry)
         todo: list[tuple[Blob, str]] = []
         unknown: list[Blob] = []
-        for blob in {b.digest: b for m in manifests for b in _blobs_of(m)}.values():
+        for blob in {b.digest: b for m in manifests for b in m.blobs()}.values():
             with self._lock:
                 if (repository, blob.digest) in self._held:
                     continue
@@ -815,9 +814,7 @@ class _Copier:
                 continue
             assert entry.repository is not None
             body = access.get_manifest(entry.repository, signature.digest)
-            for blob in (signature.config, *signature.layers):
-                if blob is None:
-                    continue
+            for blob in signature.blobs():
                 fetch = functools.partial(access.get_blob, entry.repository, blob.digest)
                 if self.client.push_blob(entry.destination, blob.digest, fetch):
                     sent += blob.size
@@ -875,8 +872,7 @@ class _Copier:
                 document.get("config", {}).get("digest"),
                 *(item.get("digest") for item in layers),
             ]
-            blobs = (entry.manifest.config, *entry.manifest.layers)
-            expected = [blob.digest for blob in blobs if blob is not None]
+            expected = [blob.digest for blob in entry.manifest.blobs()]
         if listed != expected:
             raise EntryFailure(
                 f"destination manifest {entry.digest} lists {len(listed)} descriptors that differ "
@@ -903,10 +899,6 @@ def _content_manifests(entry: LockEntry) -> list[Manifest]:
     if entry.children:
         return [child for child in entry.children if child.copy]
     return [entry.manifest]
-
-
-def _blobs_of(manifest: Manifest) -> list[Blob]:
-    return [blob for blob in (manifest.config, *manifest.layers) if blob is not None]
 
 
 def _classify(exc: BaseException) -> tuple[bool, str]:

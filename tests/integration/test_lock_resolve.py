@@ -118,10 +118,8 @@ def manifests_fetched(locked: Lock) -> int:
 
 def described(manifest: Any) -> list[tuple[str, str, int]]:
     """Config then layers of a lock manifest or a sample artifact, as comparable tuples."""
-    if hasattr(manifest, "blobs") and not callable(manifest.blobs):
-        blobs = manifest.blobs
-    else:
-        blobs = [blob for blob in (manifest.config, *manifest.layers) if blob is not None]
+    # A sample artifact lists its blobs; a lock manifest derives them.
+    blobs = manifest.blobs() if callable(manifest.blobs) else manifest.blobs
     return [(blob.digest, blob.media_type, blob.size) for blob in blobs]
 
 
