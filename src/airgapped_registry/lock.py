@@ -761,10 +761,21 @@ class Resolver:
 
     def _get(self, state: _SourceState, repository: str, reference: str) -> tuple[bytes, str, str]:
         state.throttle.wait()
-        body, media_type, digest = state.client.get_manifest(repository, reference)
+        return self._kept(state.client.get_manifest(repository, reference))
+
+    def _get_unless(
+        self, state: _SourceState, repository: str, reference: str, digest: str
+    ) -> tuple[bytes, str, str] | None:
+        """:meth:`_get`, or None when ``reference`` still names ``digest`` (conditional)."""
+        state.throttle.wait()
+        fetched = state.client.get_manifest_unless(repository, reference, digest)
+        return self._kept(fetched) if fetched is not None else None
+
+    def _kept(self, fetched: tuple[bytes, str, str]) -> tuple[bytes, str, str]:
+        """A fetched manifest, also kept by digest in ``manifests`` for a sync to reuse."""
         if self.manifests is not None:
-            self.manifests[digest] = body
-        return body, media_type, digest
+            self.manifests[fetched[2]] = fetched[0]
+        return fetched
 
     def _resolve_registry_entry(self, entry: Entry) -> list[LockEntry]:
         state, pins, available = self._pins(entry)
@@ -820,15 +831,12 @@ class Resolver:
             or (not previous.children and previous.platform_mode is not None)
         ):
             return None, None
-        state.throttle.wait()
-        fetched = state.client.get_manifest_unless(
-            entry.repository, pin.digest or pin.tag, previous.upstream_digest
+        fetched = self._get_unless(
+            state, entry.repository, pin.digest or pin.tag, previous.upstream_digest
         )
         if fetched is None:  # 304: the tag still names the recorded digest
             return previous, None
         body, media_type, digest = fetched
-        if self.manifests is not None:
-            self.manifests[digest] = body
         if (
             digest != previous.upstream_digest
             or media_type != previous.manifest.media_type
