@@ -41,15 +41,6 @@ options:
       - URL of the registry holding the published lock, e.g.
         C(https://relay:443); required with O(mode=publish) and O(mode=fetch).
     type: str
-  ca_file:
-    description: CA bundle to verify an https O(registry) with.
-    type: path
-  cert_file:
-    description: Client certificate for a mutual TLS O(registry).
-    type: path
-  key_file:
-    description: Key of O(cert_file).
-    type: path
   repository:
     description: Repository of the lock artifact.
     type: str
@@ -68,6 +59,8 @@ options:
       - With O(mode=fetch), that source's C(registry) as the list writes it
         (C(host[:port])); default the host and port of O(registry).
     type: str
+extends_documentation_fragment:
+  - airgap_registry_tls
 attributes:
   check_mode:
     support: full

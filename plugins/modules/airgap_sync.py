@@ -35,15 +35,6 @@ options:
     description: URL of the destination registry, e.g. C(https://registry:443).
     type: str
     required: true
-  ca_file:
-    description: CA bundle to verify an https O(registry) with.
-    type: path
-  cert_file:
-    description: Client certificate for a mutual TLS O(registry).
-    type: path
-  key_file:
-    description: Key of O(cert_file).
-    type: path
   auth_file:
     description: An C(auth.json) with credentials for O(registry).
     type: path
@@ -72,6 +63,8 @@ options:
     description: The state database; the run lock C(sync.lock) lives beside it.
     type: path
     default: /var/lib/airgapped-registry/state.db
+extends_documentation_fragment:
+  - airgap_registry_tls
 attributes:
   check_mode:
     support: full

@@ -24,15 +24,6 @@ options:
     description: URL of the registry to check, e.g. C(https://registry:443).
     type: str
     required: true
-  ca_file:
-    description: CA bundle to verify an https O(registry) with.
-    type: path
-  cert_file:
-    description: Client certificate for a mutual TLS O(registry).
-    type: path
-  key_file:
-    description: Key of O(cert_file).
-    type: path
   deep:
     description: Also HEAD every blob of every entry.
     type: bool
@@ -41,6 +32,8 @@ options:
     description: Entries checked side by side.
     type: int
     default: 4
+extends_documentation_fragment:
+  - airgap_registry_tls
 attributes:
   check_mode:
     support: full

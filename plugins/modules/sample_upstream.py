@@ -23,15 +23,6 @@ options:
     description: Base URL of the registry, e.g. C(http://127.0.0.1:5000).
     type: str
     required: true
-  ca_file:
-    description: CA bundle to verify an https registry with.
-    type: path
-  cert_file:
-    description: Client certificate for an mTLS registry.
-    type: path
-  key_file:
-    description: Key of O(cert_file).
-    type: path
   seed:
     description:
       - Seed of the content; the same seed gives the same digests.
@@ -56,6 +47,8 @@ options:
   base_generation:
     description: Bump to change one shared base layer per platform.
     type: int
+extends_documentation_fragment:
+  - airgap_registry_tls
 attributes:
   check_mode:
     support: full
