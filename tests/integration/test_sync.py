@@ -166,6 +166,17 @@ def run_sync(
         )
 
 
+def sync_args(spec_path: Path, registry, state: Path, *options: str) -> list[str]:
+    """``airgap sync`` of the list beside its lock into ``registry``, then ``options``."""
+    lock_path = str(spec_path.with_name("mirror.lock"))
+    command = ["sync", "--lock", lock_path, "--spec", str(spec_path), "--registry", registry.url]
+    return [*command, "--state", str(state), *options]
+
+
+# The CLI as its own process, for tests that kill it or hold its run lock.
+CLI = [sys.executable, "-m", "airgapped_registry.cli"]
+
+
 def settled_log(registry) -> str:
     """The registry's log once its uploads stopped growing: Distribution writes an access-log
     line after the response has gone out, so a client can be faster than the log."""
@@ -514,9 +525,8 @@ def test_relock_then_sync_in_one_process_fetches_no_manifest_twice(
     target = distribution_factory()
     spec_path = lab_list(tmp_path, upstream.address)
     lock_path = spec_path.with_name("mirror.lock")
-    command = ["sync", "--relock", "--spec", str(spec_path), "--lock", str(lock_path)]
-    command += ["--registry", target.url, "--state", str(tmp_path / "state.db")]
-    command += ["--cosign", str(COSIGN)]
+    state = tmp_path / "state.db"
+    command = sync_args(spec_path, target, state, "--relock", "--cosign", str(COSIGN))
 
     assert main(command) == 0
     captured = capsys.readouterr()
@@ -629,24 +639,13 @@ def test_corrupted_upstream_blob_is_refused_and_nothing_tagged(
     (layer,) = entry.manifest.layers
     corrupt(upstream, layer.digest)
 
-    command = [
-        "sync",
-        "--lock",
-        str(spec_path.with_name("mirror.lock")),
-        "--spec",
-        str(spec_path),
-        "--registry",
-        target.url,
-        "--state",
-        str(tmp_path / "state.db"),
-        "--keep-going",
-        "--quiet",
-        "--cosign",
-        str(COSIGN),
-        "--backoff",
-        "0.1",
+    command = sync_args(
+        spec_path,
+        target,
+        tmp_path / "state.db",
+        *("--keep-going", "--quiet", "--cosign", str(COSIGN), "--backoff", "0.1"),
         *copier_args(copier),
-    ]
+    )
     assert main(command) == 1
     captured = capsys.readouterr()
     report = json.loads(captured.out)
@@ -710,22 +709,8 @@ def test_killed_sync_resumes_and_never_tags_partial_content(
     lock_file = locked(spec_path)
     state = tmp_path / "state.db"
     command = [
-        sys.executable,
-        "-m",
-        "airgapped_registry.cli",
-        "sync",
-        "--lock",
-        str(spec_path.with_name("mirror.lock")),
-        "--spec",
-        str(spec_path),
-        "--registry",
-        target.url,
-        "--state",
-        str(state),
-        "--workers",
-        "1",
-        "--cosign",
-        str(COSIGN),
+        *CLI,
+        *sync_args(spec_path, target, state, "--workers", "1", "--cosign", str(COSIGN)),
         *copier_args(copier),
     ]
 
@@ -797,21 +782,7 @@ def test_second_sync_is_refused_while_one_runs(
     spec_path = lab_list(tmp_path, upstream.address)
     locked(spec_path)
     state = tmp_path / "var" / "state.db"
-    command = [
-        sys.executable,
-        "-m",
-        "airgapped_registry.cli",
-        "sync",
-        "--lock",
-        str(spec_path.with_name("mirror.lock")),
-        "--spec",
-        str(spec_path),
-        "--registry",
-        target.url,
-        "--state",
-        str(state),
-        "--summary",
-    ]
+    command = [*CLI, *sync_args(spec_path, target, state, "--summary")]
     with RunLock.beside(state):
         refused = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == EXIT_LOCKED == 75
