@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+from mirror_lists import COSIGN, LAB_LIST, MOVED, SMALL, lab_list
 
 from airgapped_registry.auth import AuthenticatingClient
 from airgapped_registry.cli import main
@@ -49,14 +50,6 @@ from airgapped_registry.spec import load, loads
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-LAB_LIST = ROOT / "inventories" / "lab" / "mirror.yaml"
-COSIGN = ROOT / ".venv" / "bin" / "cosign"
-# The lab list names sample/app-001..003: three repositories of three tags each.
-SMALL = SampleSpec(
-    repositories=3, tags_per_repository=3, base_layer_bytes=2048, unique_layer_bytes=2048
-)
-MOVED = SampleSpec(**{**vars(SMALL), "base_generation": 1})
 # What the lab list selects from SMALL: semver >=1.0.0 leaves out 2.0.0-rc.1; the apps keep
 # their newest two tags of 1.0.0, 1.1.0, 2.0.0.
 LAB_SELECTION = {
@@ -82,17 +75,6 @@ def upstream(distribution_factory, small):
     push(small, RegistryClient(registry.url))
     yield registry
     registry.stop()
-
-
-def lab_list(directory: Path, address: str, **replacements: str) -> Path:
-    """The lab's mirror list with its upstream at ``address``."""
-    text = LAB_LIST.read_text().replace("registry: upstream:5000", f"registry: {address}")
-    for old, new in replacements.items():
-        assert old in text
-        text = text.replace(old, new)
-    path = directory / "mirror.yaml"
-    path.write_text(text)
-    return path
 
 
 def write_list(directory: Path, address: str, body: str, name: str = "mirror.yaml") -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mirror_lists import COSIGN, MOVED, SMALL, lab_list
 
 from airgapped_registry.auth import AuthenticatingClient
 from airgapped_registry.cli import main
@@ -38,13 +39,6 @@ from airgapped_registry.verify import verify
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-LAB_LIST = ROOT / "inventories" / "lab" / "mirror.yaml"
-COSIGN = ROOT / ".venv" / "bin" / "cosign"
-SMALL = SampleSpec(
-    repositories=3, tags_per_repository=3, base_layer_bytes=2048, unique_layer_bytes=2048
-)
-MOVED = SampleSpec(**{**vars(SMALL), "base_generation": 1})
 _UPLOAD = re.compile(
     r'"PUT /v2/(?P<repository>\S+?)/blobs/uploads/\S*digest=sha256%3A(?P<hex>[0-9a-f]{64})'
     r'\S* HTTP/1\.1" 201'
@@ -109,17 +103,6 @@ def seeded(distribution_factory, sample: Sample, **options):
     )
     push(sample, client)
     return registry
-
-
-def lab_list(directory: Path, address: str, **replacements: str) -> Path:
-    """The lab's mirror list with its upstream at ``address``."""
-    text = LAB_LIST.read_text().replace("registry: upstream:5000", f"registry: {address}")
-    for old, new in replacements.items():
-        assert old in text
-        text = text.replace(old, new)
-    path = directory / "mirror.yaml"
-    path.write_text(text)
-    return path
 
 
 def write_list(

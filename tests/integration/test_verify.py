@@ -12,22 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mirror_lists import SMALL, lab_list
 
 from airgapped_registry.cli import main
 from airgapped_registry.lock import Lock, lock, read_lock
 from airgapped_registry.registry import RegistryClient
-from airgapped_registry.sample import Sample, SampleSpec, build, push
+from airgapped_registry.sample import Sample, build, push
 from airgapped_registry.spec import load
 from airgapped_registry.sync import Destination, SyncOptions, sync
 from airgapped_registry.verify import verify
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-LAB_LIST = ROOT / "inventories" / "lab" / "mirror.yaml"
-SMALL = SampleSpec(
-    repositories=3, tags_per_repository=3, base_layer_bytes=2048, unique_layer_bytes=2048
-)
 
 
 @dataclass
@@ -54,9 +49,7 @@ def mirror(distribution_factory, tmp_path_factory) -> Mirror:
     sample = build(SMALL)
     upstream = distribution_factory()
     push(sample, RegistryClient(upstream.url))
-    text = LAB_LIST.read_text().replace("registry: upstream:5000", f"registry: {upstream.address}")
-    spec_path = directory / "mirror.yaml"
-    spec_path.write_text(text)
+    spec_path = lab_list(directory, upstream.address)
     lock_path = directory / "mirror.lock"
     lock(load(spec_path), lock_path)
     locked = read_lock(lock_path)
