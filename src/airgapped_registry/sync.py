@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,13 +475,13 @@ class _Copier:
         for access in self._sources.values():
             access.client.close()
 
-    def holds(self, repository: str, manifests: Sequence[Manifest]) -> None:
-        """Record that ``repository`` holds the blobs of ``manifests`` (verified by a tag)."""
+    def holds(self, repository: str, blobs: Iterable[Blob]) -> None:
+        """Record in the ledger that ``repository`` holds ``blobs`` (seen, placed, or vouched
+        for by a tag naming a manifest that references them)."""
         with self._lock:
-            for manifest in manifests:
-                for blob in manifest.blobs():
-                    self._held.add((repository, blob.digest))
-                    self._where.setdefault(blob.digest, repository)
+            for blob in blobs:
+                self._held.add((repository, blob.digest))
+                self._where.setdefault(blob.digest, repository)
 
     def source_requests(self) -> dict[str, dict[str, Any]]:
         return {
@@ -588,7 +588,7 @@ class _Copier:
             body = self._check_destination(entry)
         if not planned.content_present:
             self.client.put_manifest(entry.destination, entry.tag, body, entry.manifest.media_type)
-        self.holds(entry.destination, _content_manifests(entry))
+        self.holds(entry.destination, _content_blobs(entry))
         if copier:
             with self._lock:
                 self.copies[copier] += 1
@@ -602,10 +602,9 @@ class _Copier:
         (found there: 201) and, where that opens an upload instead, fetched from the source
         (digest-checked in memory) and uploaded (one ``PUT``). When those unknown blobs
         together exceed the limit, each is first looked up (``HEAD``) to see what is really
-        missing. Then the
-        children are written by digest; the top manifest is returned, digest-checked against
-        the lock, for the caller to write under the tag last. Returns None, having sent
-        nothing, when the bytes to upload exceed ``engine_copy_max_bytes``.
+        missing. Then the children are written by digest; the top manifest is returned,
+        digest-checked against the lock, for the caller to write under the tag last. Returns
+        None, having sent nothing, when the bytes to upload exceed ``engine_copy_max_bytes``.
         """
         limit = self.options.engine_copy_max_bytes
         if limit <= 0:
@@ -615,7 +614,7 @@ class _Copier:
         manifests = _content_manifests(entry)
         todo: list[tuple[Blob, str]] = []
         unknown: list[Blob] = []
-        for blob in {b.digest: b for m in manifests for b in m.blobs()}.values():
+        for blob in _content_blobs(entry):
             with self._lock:
                 if (repository, blob.digest) in self._held:
                     continue
@@ -632,8 +631,7 @@ class _Copier:
             upload = 0
             for blob in unknown:
                 if self.client.blob_exists(repository, blob.digest):
-                    with self._lock:
-                        self._held.add((repository, blob.digest))
+                    self.holds(repository, [blob])
                     continue
                 upload += blob.size
                 if upload > limit:
@@ -651,9 +649,7 @@ class _Copier:
                 how = "uploaded" if self.client.push_blob(repository, blob.digest, fetch) else ""
             if how == "uploaded":
                 sent += blob.size
-            with self._lock:
-                self._held.add((repository, blob.digest))
-                self._where.setdefault(blob.digest, repository)
+            self.holds(repository, [blob])
         if entry.children:
             for child in manifests:
                 body = self._source_manifest(access, upstream, child)
@@ -901,6 +897,11 @@ def _content_manifests(entry: LockEntry) -> list[Manifest]:
     return [entry.manifest]
 
 
+def _content_blobs(entry: LockEntry) -> list[Blob]:
+    """The configs and layers of :func:`_content_manifests`, each digest once."""
+    return list({b.digest: b for m in _content_manifests(entry) for b in m.blobs()}.values())
+
+
 def _classify(exc: BaseException) -> tuple[bool, str]:
     """``(permanent, message)`` of a failure: what a retry cannot fix is permanent."""
     if isinstance(exc, EntryFailure):
@@ -1056,11 +1057,11 @@ def _seed_ledger(copier: _Copier, the_plan: Plan, previous: Lock | None) -> None
     for planned in the_plan.entries:
         entry = planned.entry
         if planned.content_present:
-            copier.holds(entry.destination, _content_manifests(entry))
+            copier.holds(entry.destination, _content_blobs(entry))
             continue
         old = before.get(entry.key)
         if old is not None and planned.current == old.digest:
-            copier.holds(old.destination, _content_manifests(old))
+            copier.holds(old.destination, _content_blobs(old))
 
 
 def _copy_all(
