@@ -4,7 +4,7 @@
 Prints figures; it is not a test and asserts nothing about time. See docs/performance.md.
 
 Starts real Distribution instances on loopback (``/usr/bin/docker-registry``): one source
-seeded with :mod:`airgapped_registry.sample` at scale, and one fresh, empty destination per
+seeded with :mod:`airgap_lab.sample` at scale, and one fresh, empty destination per
 tool. Writes a ``mirror.yaml`` listing every sample repository and the equivalent
 ``skopeo sync --src yaml`` file, then measures, in one run on one machine:
 
@@ -51,9 +51,9 @@ from pathlib import Path
 
 import yaml
 
+import airgap_lab
 import airgapped_registry
-from airgapped_registry.registry import RegistryClient
-from airgapped_registry.sample import (
+from airgap_lab.sample import (
     BASE_REPOSITORY,
     BASE_TAGS,
     CHART_REPOSITORY,
@@ -66,6 +66,7 @@ from airgapped_registry.sample import (
     push,
     semver_series,
 )
+from airgapped_registry.transport.registry import RegistryClient
 
 DISTRIBUTION = "/usr/bin/docker-registry"
 SKOPEO = "/usr/bin/skopeo"
@@ -616,7 +617,9 @@ def run_in_lab(container: str, argv: list[str]) -> int:
 
     The relay has everything the benchmark runs, installed by ``site.yml`` from Debian 13:
     Distribution, skopeo, openssl, python3-yaml and the engine (``/usr/local/bin/airgap``).
-    The registries it starts listen on the container's loopback; nothing leaves it.
+    The sample generator is not part of the engine shipped to hosts: its package is copied
+    beside this script, where python3 finds it first. The registries it starts listen on the
+    container's loopback; nothing leaves it.
     """
     options: list[str] = []
     skip = False
@@ -632,6 +635,8 @@ def run_in_lab(container: str, argv: list[str]) -> int:
     subprocess.run(
         ["docker", "cp", str(Path(__file__).resolve()), f"{container}:{target}"], check=True
     )
+    lab_package = Path(airgap_lab.__file__).resolve().parent
+    subprocess.run(["docker", "cp", str(lab_package), f"{container}:/var/tmp/"], check=True)
     return subprocess.run(["docker", "exec", container, "python3", target, *options]).returncode
 
 

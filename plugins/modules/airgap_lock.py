@@ -116,11 +116,11 @@ import traceback
 from ansible.module_utils.airgap_engine import engine_module
 
 try:
-    from airgapped_registry import lockstore
     from airgapped_registry.errors import AirgapError
-    from airgapped_registry.lock import lock
-    from airgapped_registry.registry import RegistryClient
-    from airgapped_registry.spec import load
+    from airgapped_registry.mirror import lockstore
+    from airgapped_registry.mirror.lock import lock
+    from airgapped_registry.mirror.spec import load
+    from airgapped_registry.transport.registry import RegistryClient
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:

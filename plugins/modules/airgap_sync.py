@@ -112,11 +112,11 @@ from ansible.module_utils.airgap_engine import engine_module
 
 try:
     from airgapped_registry.errors import AirgapError
-    from airgapped_registry.lock import read_lock
-    from airgapped_registry.plan import plan
-    from airgapped_registry.spec import load
-    from airgapped_registry.state import RunLock, StateStore
-    from airgapped_registry.sync import Destination, SyncOptions, sync
+    from airgapped_registry.mirror.lock import read_lock
+    from airgapped_registry.mirror.plan import plan
+    from airgapped_registry.mirror.spec import load
+    from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
+    from airgapped_registry.state.store import RunLock, StateStore
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:

@@ -68,9 +68,9 @@ from ansible.module_utils.airgap_engine import engine_module
 
 try:
     from airgapped_registry.errors import AirgapError
-    from airgapped_registry.lock import read_lock
-    from airgapped_registry.registry import RegistryClient
-    from airgapped_registry.verify import verify
+    from airgapped_registry.mirror.lock import read_lock
+    from airgapped_registry.mirror.verify import verify
+    from airgapped_registry.transport.registry import RegistryClient
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:

@@ -7,7 +7,7 @@ DOCUMENTATION = r"""
 module: sample_upstream
 short_description: Seed a registry with the deterministic sample content
 description:
-  - Pushes the sample content of C(airgapped_registry.sample) (multi-arch
+  - Pushes the sample content of C(airgap_lab.sample) (multi-arch
     images sharing base layers, an arm/v7 child, an image with a known
     vulnerable package, an OCI Helm chart) into a registry.
   - Idempotent - a tag that already points at the expected digest costs one
@@ -96,9 +96,9 @@ import traceback
 from ansible.module_utils.airgap_engine import engine_module
 
 try:
+    from airgap_lab.sample import SampleSpec, build, push
     from airgapped_registry.errors import AirgapError
-    from airgapped_registry.registry import RegistryClient
-    from airgapped_registry.sample import SampleSpec, build, push
+    from airgapped_registry.transport.registry import RegistryClient
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airgapped_registry.sample import SampleSpec
+from airgap_lab.sample import SampleSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_LIST = ROOT / "inventories" / "lab" / "mirror.yaml"

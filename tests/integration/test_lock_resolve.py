@@ -27,9 +27,9 @@ import pytest
 import yaml
 from mirror_lists import COSIGN, LAB_LIST, MOVED, SMALL, lab_list
 
-from airgapped_registry.auth import AuthenticatingClient
+from airgap_lab.sample import BASE_REPOSITORY, CHART_REPOSITORY, Sample, SampleSpec, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.lock import (
+from airgapped_registry.mirror.lock import (
     Lock,
     LockError,
     chart_manifest,
@@ -37,16 +37,10 @@ from airgapped_registry.lock import (
     lock,
     read_lock,
 )
-from airgapped_registry.registry import RegistryClient, digest_of
-from airgapped_registry.sample import (
-    BASE_REPOSITORY,
-    CHART_REPOSITORY,
-    Sample,
-    SampleSpec,
-    build,
-    push,
-)
-from airgapped_registry.spec import load, loads
+from airgapped_registry.mirror.spec import load, loads
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.auth import AuthenticatingClient
+from airgapped_registry.transport.registry import RegistryClient
 
 pytestmark = pytest.mark.integration
 

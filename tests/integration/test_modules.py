@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from airgapped_registry.lock import read_lock
-from airgapped_registry.registry import RegistryClient
-from airgapped_registry.sample import build
+from airgap_lab.sample import build
+from airgapped_registry.mirror.lock import read_lock
+from airgapped_registry.transport.registry import RegistryClient
 from tests.integration.test_sync import SMALL, seeded, write_list
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from airgapped_registry.cli import main
-from airgapped_registry.errors import RegistryError
-from airgapped_registry.registry import OCI_INDEX, RegistryClient
-from airgapped_registry.sample import (
+from airgap_lab.cli import main
+from airgap_lab.sample import (
     BASE_REPOSITORY,
     BASE_TAGS,
     CHART_REPOSITORY,
@@ -26,10 +24,15 @@ from airgapped_registry.sample import (
     build,
     push,
 )
+from airgapped_registry.errors import RegistryError
+from airgapped_registry.oci.mediatypes import OCI_INDEX
+from airgapped_registry.transport.registry import RegistryClient
 
 pytestmark = pytest.mark.integration
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+PROJECT = Path(__file__).resolve().parents[2]
+SRC = PROJECT / "src"
+LAB = PROJECT / "lab"
 SMALL = SampleSpec(
     repositories=2, tags_per_repository=3, base_layer_bytes=4096, unique_layer_bytes=8192
 )
@@ -300,15 +303,15 @@ def test_cli_push_then_check_then_catalog(distribution, capsys) -> None:
     [
         (
             ["--repositories=-1"],
-            "airgap: sample repositories: expected an integer >= 0, got -1",
+            "airgap-lab: sample repositories: expected an integer >= 0, got -1",
         ),
         (
             [],
-            "airgap: HEAD http://{address}/v2/sample/base/manifests/1.0.0: connection refused",
+            "airgap-lab: HEAD http://{address}/v2/sample/base/manifests/1.0.0: connection refused",
         ),
         (
             ["--ca-file", "/nonexistent.pem"],
-            "airgap: CA file /nonexistent.pem: No such file or directory",
+            "airgap-lab: CA file /nonexistent.pem: No such file or directory",
         ),
     ],
 )
@@ -321,14 +324,14 @@ def test_cli_reports_failures_in_one_line(arguments: list[str], message: str) ->
         [
             sys.executable,
             "-m",
-            "airgapped_registry.cli",
+            "airgap_lab",
             "sample",
             "push",
             "--registry",
             f"{scheme}://{address}",
             *arguments,
         ],
-        env={**os.environ, "PYTHONPATH": str(SRC)},
+        env={**os.environ, "PYTHONPATH": f"{SRC}:{LAB}"},
         capture_output=True,
         text=True,
         timeout=60,

@@ -27,15 +27,15 @@ import pytest
 import yaml
 from mirror_lists import COSIGN, MOVED, SMALL, lab_list
 
-from airgapped_registry.auth import AuthenticatingClient
+from airgap_lab.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.lock import Lock, LockEntry, lock, read_lock
-from airgapped_registry.registry import RegistryClient
-from airgapped_registry.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
-from airgapped_registry.spec import load
-from airgapped_registry.state import EXIT_LOCKED, RunLock, StateStore
-from airgapped_registry.sync import Destination, SyncOptions, sync
-from airgapped_registry.verify import verify
+from airgapped_registry.mirror.lock import Lock, LockEntry, lock, read_lock
+from airgapped_registry.mirror.spec import load
+from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
+from airgapped_registry.mirror.verify import verify
+from airgapped_registry.state.store import EXIT_LOCKED, RunLock, StateStore
+from airgapped_registry.transport.auth import AuthenticatingClient
+from airgapped_registry.transport.registry import RegistryClient
 
 pytestmark = pytest.mark.integration
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from mirror_lists import SMALL, lab_list
 
+from airgap_lab.sample import Sample, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.lock import Lock, lock, read_lock
-from airgapped_registry.registry import RegistryClient
-from airgapped_registry.sample import Sample, build, push
-from airgapped_registry.spec import load
-from airgapped_registry.sync import Destination, SyncOptions, sync
-from airgapped_registry.verify import verify
+from airgapped_registry.mirror.lock import Lock, lock, read_lock
+from airgapped_registry.mirror.spec import load
+from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
+from airgapped_registry.mirror.verify import verify
+from airgapped_registry.transport.registry import RegistryClient
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from airgapped_registry.auth import Challenge, credentials_for, read_auths
 from airgapped_registry.errors import AirgapError
+from airgapped_registry.transport.auth import Challenge, credentials_for, read_auths
 
 
 def encoded(user: str, password: str) -> str:

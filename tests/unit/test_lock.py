@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from airgap_lab.sample import CHART_REPOSITORY, build, tar_layer
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.lock import (
+from airgapped_registry.mirror.lock import (
     LOCK_VERSION,
     Archive,
     Blob,
@@ -27,15 +28,14 @@ from airgapped_registry.lock import (
     read_lock,
     source_client,
 )
-from airgapped_registry.registry import OCI_INDEX, OCI_MANIFEST, digest_of
-from airgapped_registry.sample import (
-    CHART_REPOSITORY,
+from airgapped_registry.mirror.spec import loads
+from airgapped_registry.oci.mediatypes import (
     HELM_CHART_CONTENT,
     HELM_CONFIG,
-    build,
-    tar_layer,
+    OCI_INDEX,
+    OCI_MANIFEST,
 )
-from airgapped_registry.spec import loads
+from airgapped_registry.oci.reference import digest_of
 
 
 def digest(name: str) -> str:

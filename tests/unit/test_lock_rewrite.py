@@ -7,15 +7,16 @@ import json
 
 import pytest
 
-from airgapped_registry.lock import Archive, Blob, Child, Lock, Manifest, Signature, diff
-from airgapped_registry.lockstore import (
+from airgapped_registry.mirror.lock import Archive, Blob, Child, Lock, Manifest, Signature, diff
+from airgapped_registry.mirror.lockstore import (
     CONFIG_MEDIA_TYPE,
     LOCK_MEDIA_TYPE,
     artifact,
     registry_address,
     relay_lock,
 )
-from airgapped_registry.registry import OCI_INDEX, OCI_MANIFEST, digest_of
+from airgapped_registry.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from airgapped_registry.oci.reference import digest_of
 from tests.unit.test_lock import ENTRIES, digest, entry, image
 
 SIGNED = entry(

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from airgapped_registry.lock import Blob, Child, LockEntry, Manifest, Signature
-from airgapped_registry.plan import (
+from airgapped_registry.mirror.lock import Blob, Child, LockEntry, Manifest, Signature
+from airgapped_registry.mirror.plan import (
     COPY,
     SKIP,
     Plan,
@@ -21,8 +21,10 @@ from airgapped_registry.plan import (
     fingerprint,
     human_bytes,
 )
-from airgapped_registry.registry import OCI_INDEX, OCI_MANIFEST, ManifestRef, digest_of
-from airgapped_registry.sync import skopeo_copy_argv, tool_error, uploaded_blobs
+from airgapped_registry.mirror.sync import skopeo_copy_argv, tool_error, uploaded_blobs
+from airgapped_registry.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.registry import ManifestRef
 
 
 def digest(name: str) -> str:

@@ -8,7 +8,8 @@ import ssl
 import pytest
 
 from airgapped_registry.errors import AirgapError, RegistryError
-from airgapped_registry.registry import RegistryClient, digest_of, tls_context
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.registry import RegistryClient, tls_context
 
 DIGEST = "sha256:" + "0" * 64
 

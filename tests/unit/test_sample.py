@@ -15,17 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from airgapped_registry.registry import OCI_INDEX, OCI_MANIFEST
-from airgapped_registry.sample import (
+from airgap_lab.sample import (
     BASE_PLATFORMS,
     BASE_REPOSITORY,
     BASE_TAGS,
     CHART_REPOSITORY,
     CHART_TAGS,
-    HELM_CHART_CONTENT,
-    HELM_CONFIG,
-    OCI_CONFIG,
-    OCI_LAYER_GZIP,
     VULNERABLE_OS,
     VULNERABLE_PACKAGE,
     VULNERABLE_REPOSITORY,
@@ -36,6 +31,14 @@ from airgapped_registry.sample import (
     build,
     gzip_stored,
     semver_series,
+)
+from airgapped_registry.oci.mediatypes import (
+    HELM_CHART_CONTENT,
+    HELM_CONFIG,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
 )
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -82,7 +85,7 @@ def test_same_spec_builds_identical_digests(sample: Sample) -> None:
 def test_digests_are_the_same_in_another_process(sample: Sample) -> None:
     # A different hash seed shows no digest depends on str hashing or dict order.
     code = (
-        "import json; from airgapped_registry.sample import SampleSpec, build; "
+        "import json; from airgap_lab.sample import SampleSpec, build; "
         f"print(json.dumps(build(SampleSpec(**{SMALL.__dict__!r})).expected()))"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONHASHSEED": "12345"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airgapped_registry.spec import (
+from airgapped_registry.mirror.spec import (
     DEFAULT_PLATFORMS,
     SCHEMA,
     Selection,

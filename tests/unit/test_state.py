@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.state import (
+from airgapped_registry.state.store import (
     EntryState,
     RunLock,
     RunLockedError,
@@ -160,7 +160,7 @@ def test_run_lock_is_released_when_its_holder_is_killed(tmp_path) -> None:
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from airgapped_registry.state import RunLock\n"
+            "from airgapped_registry.state.store import RunLock\n"
             f"lock = RunLock.beside({str(state_path)!r}); lock.acquire()\n"
             "print('held', flush=True); time.sleep(60)\n",
         ],

@@ -17,7 +17,7 @@ import pytest
 import testinfra
 import yaml
 
-from airgapped_registry.sample import spec_fields
+from airgap_lab.sample import spec_fields
 
 PROJECT = Path(__file__).resolve().parents[3]
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from airgapped_registry.lock import Lock
-from airgapped_registry.registry import RegistryClient
-from airgapped_registry.sample import SampleSpec, build, push
+from airgap_lab.sample import SampleSpec, build, push
+from airgapped_registry.mirror.lock import Lock
+from airgapped_registry.transport.registry import RegistryClient
 
 STATE = "/var/lib/airgapped-registry"
 TLS = (

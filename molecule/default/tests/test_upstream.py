@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from airgapped_registry.sample import SampleSpec, build
+from airgap_lab.sample import SampleSpec, build
 
 ACCEPT = ",".join(
     [

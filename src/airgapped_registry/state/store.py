@@ -83,7 +83,7 @@ class EntryState:
     ``in_sync``: when the run ended, the destination held what the lock entry asks for
     (copied now, or found up to date). ``synced_at``: the last time it was.
     ``fingerprint``: the lock entry the destination was last brought in line with (see
-    :func:`airgapped_registry.plan.fingerprint`); kept from before when not in sync.
+    :func:`airgapped_registry.mirror.plan.fingerprint`); kept from before when not in sync.
     """
 
     reference: str

@@ -20,8 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.lock import Lock, LockEntry, LockError, _write_atomically, diff
-from airgapped_registry.registry import OCI_MANIFEST, RegistryClient, digest_of
+from airgapped_registry.mirror.lock import Lock, LockEntry, LockError, diff, write_atomically
+from airgapped_registry.oci.mediatypes import OCI_MANIFEST
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.registry import RegistryClient
 
 CONFIG_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.config.v1+json"
 LOCK_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.v1+json"
@@ -212,7 +214,7 @@ def fetch(
         previous = None  # an unreadable previous file is replaced; the diff shows all added
     changed = text != old_text
     if changed and not check:
-        _write_atomically(path, text)
+        write_atomically(path, text)
     changes = diff(previous, new)
     return {
         "lock": os.fspath(path),

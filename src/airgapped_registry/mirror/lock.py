@@ -1,6 +1,6 @@
 """The lock (``mirror.lock``): every entry of a mirror list resolved to digests.
 
-:func:`lock` runs on the relay side. For each entry of a :class:`~airgapped_registry.spec.
+:func:`lock` runs on the relay side. For each entry of a :class:`~airgapped_registry.mirror.spec.
 MirrorSpec` it lists the repository's tags once, selects the tags the entry asks for, fetches
 each selected manifest once (index, the children that will be copied) and records what a later
 ``plan``/``sync``/``verify`` needs: the digest the destination tag must resolve to, the
@@ -38,18 +38,8 @@ from urllib.parse import urljoin
 
 import yaml
 
-from airgapped_registry.auth import AuthenticatingClient, credentials_for, read_auths
 from airgapped_registry.errors import AirgapError, RegistryError
-from airgapped_registry.registry import (
-    DIGEST_PATTERN,
-    INDEX_MEDIA_TYPES,
-    OCI_MANIFEST,
-    RegistryClient,
-    digest_of,
-    tls_context,
-)
-from airgapped_registry.sample import HELM_CHART_CONTENT, HELM_CONFIG, canonical_json
-from airgapped_registry.spec import (
+from airgapped_registry.mirror.spec import (
     SIGNATURE_KINDS,
     Entry,
     MirrorSpec,
@@ -58,6 +48,15 @@ from airgapped_registry.spec import (
     parse_platform,
     tag_order_key,
 )
+from airgapped_registry.oci.mediatypes import (
+    HELM_CHART_CONTENT,
+    HELM_CONFIG,
+    INDEX_MEDIA_TYPES,
+    OCI_MANIFEST,
+)
+from airgapped_registry.oci.reference import DIGEST_PATTERN, canonical_json, digest_of
+from airgapped_registry.transport.auth import AuthenticatingClient, credentials_for, read_auths
+from airgapped_registry.transport.registry import RegistryClient, tls_context
 
 LOCK_VERSION = 1
 # Entries (tags) resolved at once; each thread keeps its own connection to a source.
@@ -610,7 +609,7 @@ class Resolver:
         self._given = dict(clients or {})
         self._made: list[RegistryClient] = []
         self._sources: dict[str, _SourceState] = {}
-        self._fetch = fetch_url or _fetch_url
+        self._fetch = fetch_url or read_url
         self.url_requests = 0
         self._urls: dict[str, bytes] = {}
         self._previous = {entry.key: entry for entry in (previous.entries if previous else ())}
@@ -1127,7 +1126,7 @@ class Resolver:
         )
 
 
-def _fetch_url(url: str) -> bytes:
+def read_url(url: str) -> bytes:
     context = tls_context(None, None, None) if url.startswith("https:") else None
     request = urllib.request.Request(url, headers={"User-Agent": "airgapped-registry"})
     try:
@@ -1225,7 +1224,7 @@ def relock(
     # Equal content is no change (serialising a large lock only to compare costs more).
     changed = new != previous
     if changed and not check:
-        _write_atomically(path, new.to_json())
+        write_atomically(path, new.to_json())
     changes = diff(previous, new)
     return (
         previous,
@@ -1244,7 +1243,7 @@ def relock(
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     directory = path.resolve().parent
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:

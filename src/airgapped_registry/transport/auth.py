@@ -11,7 +11,7 @@ sent once more. Tokens are kept per repository and sent up front on later reques
 pays the challenge once per repository. Credentials never go to another origin (a blob
 redirect to object storage carries its own signature).
 
-This subclasses :class:`~airgapped_registry.registry.RegistryClient` and overrides its
+This subclasses :class:`~airgapped_registry.transport.registry.RegistryClient` and overrides its
 private ``_send``; the client's module docstring names ``_send`` as the place for token
 authentication, and a public hook there would replace this override.
 """
@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from airgapped_registry.errors import AirgapError, RegistryError
-from airgapped_registry.registry import RegistryClient, _Response
+from airgapped_registry.transport.registry import RegistryClient, Response
 
 _CHALLENGE = re.compile(r"\s*(\w+)\s*(.*)", re.DOTALL)
 _PARAMETER = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
@@ -136,9 +136,7 @@ class AuthenticatingClient(RegistryClient):
     def __repr__(self) -> str:
         return f"AuthenticatingClient({self.base_url!r})"
 
-    def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None
-    ) -> _Response:
+    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
         parts = urlsplit(url)
         if (parts.scheme, parts.netloc) != self._auth_origin:
             return super()._send(method, url, headers, body)

@@ -13,7 +13,6 @@ be added when a registry needs it.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -29,18 +28,13 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from airgapped_registry import __version__
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
-
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MANIFEST_MEDIA_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST)
-INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-
-_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-REPOSITORY_PATTERN = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-TAG_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-DIGEST_PATTERN = re.compile(r"(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
+from airgapped_registry.oci.mediatypes import MANIFEST_MEDIA_TYPES
+from airgapped_registry.oci.reference import (
+    DIGEST_PATTERN,
+    REPOSITORY_PATTERN,
+    TAG_PATTERN,
+    digest_of,
+)
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -54,11 +48,6 @@ _DROPPED_CONNECTION = (
 )
 
 
-def digest_of(data: bytes, algorithm: str = "sha256") -> str:
-    """The content digest of ``data`` in ``algorithm:hex`` form."""
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
-
 @dataclass(frozen=True)
 class ManifestRef:
     """What a registry says a manifest reference resolves to, without its body."""
@@ -69,7 +58,9 @@ class ManifestRef:
 
 
 @dataclass(frozen=True)
-class _Response:
+class Response:
+    """An answer as the client hands it to its subclasses (see ``transport.auth``)."""
+
     method: str
     url: str
     status: int
@@ -170,7 +161,7 @@ class RegistryClient:
         return self._checked_manifest(response, reference)
 
     @staticmethod
-    def _checked_manifest(response: _Response, reference: str) -> tuple[bytes, str, str]:
+    def _checked_manifest(response: Response, reference: str) -> tuple[bytes, str, str]:
         body = response.body
         media_type = _media_type(response) or _declared_media_type(body)
         if DIGEST_PATTERN.fullmatch(reference):
@@ -347,7 +338,7 @@ class RegistryClient:
         expect: tuple[int, ...],
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
-    ) -> _Response:
+    ) -> Response:
         url = urljoin(self.base_url + "/", target)
         response = self._send(method, url, headers or {}, body)
         redirects = 0
@@ -366,9 +357,7 @@ class RegistryClient:
             raise RegistryError(method, response.url, response.status, response.body)
         return response
 
-    def _send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None
-    ) -> _Response:
+    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
         parts = urlsplit(url)
         path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": f"airgapped-registry/{__version__}", **headers}
@@ -397,7 +386,7 @@ class RegistryClient:
                 raise RegistryError(method, url, None, cause=_describe(exc, self.timeout)) from exc
             if not own_origin:
                 connection.close()
-            return _Response(method, url, response.status, response.headers, data)
+            return Response(method, url, response.status, response.headers, data)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def _thread_connection(self) -> http.client.HTTPConnection:
@@ -471,7 +460,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _media_type(response: _Response) -> str:
+def _media_type(response: Response) -> str:
     value = response.header("Content-Type") or ""
     return value.split(";", 1)[0].strip()
 

@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import json
 import re
 import struct
 import tarfile
@@ -34,12 +33,16 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.registry import OCI_INDEX, OCI_MANIFEST, RegistryClient, digest_of
-
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
-HELM_CHART_CONTENT = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+from airgapped_registry.oci.mediatypes import (
+    HELM_CHART_CONTENT,
+    HELM_CONFIG,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+)
+from airgapped_registry.oci.reference import canonical_json, digest_of
+from airgapped_registry.transport.registry import RegistryClient
 
 APP_REPOSITORY_PREFIX = "sample/app-"
 BASE_REPOSITORY = "sample/base"
@@ -631,10 +634,6 @@ def platform_json(platform: str) -> dict[str, str]:
     if variant:
         document["variant"] = variant[0]
     return document
-
-
-def canonical_json(document: object) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def pseudo_random_bytes(size: int, key: Iterable[object]) -> bytes:

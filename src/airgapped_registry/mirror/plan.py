@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from airgapped_registry.lock import Blob, Lock, LockEntry
-from airgapped_registry.registry import ManifestRef, RegistryClient, digest_of
+from airgapped_registry.mirror.lock import Blob, Lock, LockEntry
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.registry import ManifestRef, RegistryClient
 
 COPY = "copy"
 SKIP = "skip"

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airgapped_registry.errors import DigestMismatchError, RegistryError
-from airgapped_registry.lock import Lock, LockEntry
-from airgapped_registry.plan import RequestCount
-from airgapped_registry.registry import RegistryClient, digest_of
+from airgapped_registry.mirror.lock import Lock, LockEntry
+from airgapped_registry.mirror.plan import RequestCount
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.registry import RegistryClient
 
 
 @dataclass

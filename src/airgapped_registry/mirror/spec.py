@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.registry import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
+from airgapped_registry.oci.reference import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
 
 SPEC_VERSION = 1
 DEFAULT_PLATFORMS = ("linux/amd64", "linux/arm64")

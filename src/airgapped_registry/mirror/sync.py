@@ -12,9 +12,9 @@ this order:
    copied by skopeo (``--preserve-digests``): an index with ``--all`` (the index is written
    by skopeo after its children), a single manifest as it is; a ``filter`` entry copies each
    kept child by digest, then writes the index the lock recorded
-   (:func:`~airgapped_registry.lock.filtered_index` of the upstream index, checked against
+   (:func:`~airgapped_registry.mirror.lock.filtered_index` of the upstream index, checked against
    the lock's digest). A classic Helm chart is fetched, checked against the lock and pushed
-   as :func:`~airgapped_registry.lock.chart_manifest` by digest;
+   as :func:`~airgapped_registry.mirror.lock.chart_manifest` by digest;
 3. copy the cosign signatures, attestations and SBOMs the lock lists (small manifests: read
    from the source into memory, digest-checked, pushed blob by blob, then tagged);
 4. after skopeo, check the destination holds the lock's manifest by digest (``GET``, the
@@ -50,20 +50,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from airgapped_registry.auth import AuthenticatingClient, credentials_for, read_auths
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
-from airgapped_registry.lock import (
+from airgapped_registry.mirror.lock import (
     Blob,
     Lock,
     LockEntry,
     Manifest,
     Throttle,
-    _fetch_url,
     chart_manifest,
     filtered_index,
+    read_url,
     source_client,
 )
-from airgapped_registry.plan import (
+from airgapped_registry.mirror.plan import (
     PLAN_WORKERS,
     Plan,
     PlannedEntry,
@@ -72,9 +71,11 @@ from airgapped_registry.plan import (
     fingerprint,
     plan,
 )
-from airgapped_registry.registry import RegistryClient, digest_of
-from airgapped_registry.spec import MirrorSpec, Source
-from airgapped_registry.state import EntryState, StateStore, summary_line
+from airgapped_registry.mirror.spec import MirrorSpec, Source
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.state.store import EntryState, StateStore, summary_line
+from airgapped_registry.transport.auth import AuthenticatingClient, credentials_for, read_auths
+from airgapped_registry.transport.registry import RegistryClient
 
 OK = "ok"
 FAILED = "failed"
@@ -950,7 +951,7 @@ def sync(
     while the destination tags ``previous`` names are HEADed side by side, so that the
     source and the destination work at the same time.
 
-    ``force`` copies every entry again (see :func:`~airgapped_registry.plan.plan`) and
+    ``force`` copies every entry again (see :func:`~airgapped_registry.mirror.plan.plan`) and
     trusts no tag for the ledger: what a deep verify found missing is put back.
     """
     options = options or SyncOptions()
@@ -995,7 +996,7 @@ def sync(
                 options,
                 Path(workdir),
                 runner,
-                fetch_url or _fetch_url,
+                fetch_url or read_url,
                 manifests,
             )
             if not force:

@@ -1,0 +1,32 @@
+"""The ``airgap`` command: the engine's entry point for operators, cron and the modules' peers.
+
+Each command group lives in its own module and registers its subcommands through one
+``add_*_commands`` function that sets ``run`` on each parser; :func:`main` only builds the
+parser and hands it to :func:`~airgapped_registry.cli.run.run`, which dispatches and turns
+expected failures into one line on stderr and exit status 1. Reports go to stdout as JSON.
+Nothing below the CLI imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from airgapped_registry import __version__
+from airgapped_registry.cli.mirror import add_mirror_commands, add_sync_commands
+from airgapped_registry.cli.run import run
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="airgap", description="Airgapped Registry engine: mirror, verify, gate."
+    )
+    root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_mirror_commands(commands)
+    add_sync_commands(commands)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(parser(), argv)

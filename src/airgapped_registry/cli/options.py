@@ -1,0 +1,29 @@
+"""Options shared by command groups: a registry endpoint and the TLS files to reach it."""
+
+from __future__ import annotations
+
+import argparse
+
+from airgapped_registry.transport.registry import RegistryClient
+
+
+def registry_options() -> argparse.ArgumentParser:
+    """Options naming a registry endpoint and the TLS files to reach it."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("registry")
+    group.add_argument("--registry", required=True, metavar="URL", help="http(s)://host[:port]")
+    group.add_argument("--ca-file", metavar="PEM", help="CA bundle trusted for the registry")
+    group.add_argument("--cert-file", metavar="PEM", help="client certificate for mutual TLS")
+    group.add_argument("--key-file", metavar="PEM", help="key of the client certificate")
+    group.add_argument("--timeout", type=float, default=30, metavar="SECONDS")
+    return parser
+
+
+def registry_client(args: argparse.Namespace) -> RegistryClient:
+    return RegistryClient(
+        args.registry,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        timeout=args.timeout,
+    )
