@@ -10,16 +10,12 @@ Every refusal names the file, the line and the entry, e.g.
 ``mirror.yaml:14: images[3] 'nginx:latest': floating tag, pin a version or a digest``; all
 problems of a file are reported at once (:class:`SpecError`).
 
-The small semver implementation (:class:`Version`, :class:`VersionRange`) lives here because
-selecting tags by range is part of what a mirror list means; it follows semver 2.0.0 for
-precedence and node-semver for ranges, including its rule that a pre-release is selected only
-by a range that names a pre-release of the same ``major.minor.patch``.
+Tags are selected by semver range with :mod:`airgapped_registry.mirror.semver`.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +26,7 @@ from typing import Any
 import yaml
 
 from airgapped_registry.errors import AirgapError
+from airgapped_registry.mirror.semver import Version, VersionRange, tag_order_key
 from airgapped_registry.registry import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
 
 SPEC_VERSION = 1
@@ -98,220 +95,6 @@ class SpecError(AirgapError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-# -- semver --------------------------------------------------------------------------------
-
-_NUMBER = r"0|[1-9]\d*"
-_PRE_PART = r"0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*"
-_VERSION = re.compile(
-    rf"v?(?P<major>{_NUMBER})\.(?P<minor>{_NUMBER})\.(?P<patch>{_NUMBER})"
-    rf"(?:-(?P<pre>(?:{_PRE_PART})(?:\.(?:{_PRE_PART}))*))?"
-    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-)
-_WILDCARD = r"x|X|\*"
-_PARTIAL = re.compile(
-    rf"v?(?P<major>{_NUMBER}|{_WILDCARD})"
-    rf"(?:\.(?P<minor>{_NUMBER}|{_WILDCARD})(?:\.(?P<patch>{_NUMBER}|{_WILDCARD}))?)?"
-)
-_OPERATOR = re.compile(r"(>=|<=|>|<|=|\^|~)?(.*)")
-
-
-@functools.total_ordering
-@dataclass(frozen=True, eq=False)
-class Version:
-    """A semver 2.0.0 version (``1.2.3``, ``v1.2.3``, ``1.2.3-rc.1``); build data is kept
-    but, as the spec says, plays no part in precedence or equality."""
-
-    major: int
-    minor: int
-    patch: int
-    prerelease: tuple[int | str, ...] = ()
-    build: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Version | None:
-        """The version ``text`` spells, or None when it is not a semver version."""
-        match = _VERSION.fullmatch(text)
-        if not match:
-            return None
-        pre = match["pre"]
-        return cls(
-            int(match["major"]),
-            int(match["minor"]),
-            int(match["patch"]),
-            tuple(int(p) if p.isdigit() else p for p in pre.split(".")) if pre else (),
-            match["build"] or "",
-        )
-
-    @property
-    def release(self) -> tuple[int, int, int]:
-        return (self.major, self.minor, self.patch)
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        # A release sorts after its pre-releases; numeric identifiers sort before alphanumeric
-        # ones; a shorter identifier list sorts first when it is a prefix of the longer.
-        pre = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.prerelease)
-        return (*self.release, 0 if self.prerelease else 1, pre)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Version) and self.key == other.key
-
-    def __lt__(self, other: Version) -> bool:
-        return self.key < other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __str__(self) -> str:
-        text = ".".join(map(str, self.release))
-        if self.prerelease:
-            text += "-" + ".".join(map(str, self.prerelease))
-        return f"{text}+{self.build}" if self.build else text
-
-
-@dataclass(frozen=True)
-class _Comparator:
-    operator: str
-    version: Version
-
-    def test(self, version: Version) -> bool:
-        if self.operator == ">=":
-            return version >= self.version
-        if self.operator == ">":
-            return version > self.version
-        if self.operator == "<=":
-            return version <= self.version
-        if self.operator == "<":
-            return version < self.version
-        return version == self.version
-
-
-@dataclass(frozen=True)
-class _ComparatorSet:
-    comparators: tuple[_Comparator, ...]
-    # major.minor.patch of the pre-releases the range itself names: only those may match.
-    prerelease_releases: frozenset[tuple[int, int, int]]
-
-    def test(self, version: Version) -> bool:
-        if not all(comparator.test(version) for comparator in self.comparators):
-            return False
-        return not version.prerelease or version.release in self.prerelease_releases
-
-
-@dataclass(frozen=True)
-class VersionRange:
-    """A node-semver style range: space-separated comparators are ANDed, ``||`` ORs sets.
-
-    Operators ``>= > <= < =`` (none means ``=``), ``^`` (compatible: same major, or same
-    minor below 1.0.0) and ``~`` (same minor); partial versions (``1``, ``1.2``, ``1.x``)
-    stand for the versions they cover, ``*`` for any release.
-    """
-
-    text: str
-    sets: tuple[_ComparatorSet, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> VersionRange:
-        """Parse ``text``; a ValueError says which part is wrong."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("empty range")
-        sets = []
-        for alternative in text.split("||"):
-            # Allow a space between an operator and its version (">= 1.0.0").
-            tokens = re.sub(r"(>=|<=|>|<|=|\^|~)\s+", r"\1", alternative.strip()).split()
-            if not tokens:
-                raise ValueError("empty alternative around '||'")
-            comparators: list[_Comparator] = []
-            named: set[tuple[int, int, int]] = set()
-            for token in tokens:
-                comparators.extend(_desugar(token, named))
-            sets.append(_ComparatorSet(tuple(comparators), frozenset(named)))
-        return cls(text, tuple(sets))
-
-    def matches(self, version: Version) -> bool:
-        return any(comparator_set.test(version) for comparator_set in self.sets)
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def _desugar(token: str, named: set[tuple[int, int, int]]) -> list[_Comparator]:
-    match = _OPERATOR.fullmatch(token)
-    assert match is not None  # the pattern accepts any string
-    operator, operand = match[1] or "=", match[2]
-    if not operand:
-        raise ValueError(f"operator {operator!r} without a version")
-    full = Version.parse(operand)
-    if full is not None:
-        if full.prerelease:
-            named.add(full.release)
-        if operator in (">=", ">", "<=", "<", "="):
-            return [_Comparator(operator, full)]
-        major, minor, patch = full.release
-        if operator == "~":
-            upper = Version(major, minor + 1, 0)
-        elif major:
-            upper = Version(major + 1, 0, 0)
-        elif minor:
-            upper = Version(0, minor + 1, 0)
-        else:
-            upper = Version(0, 0, patch + 1)
-        return [_Comparator(">=", full), _Comparator("<", upper)]
-    partial = _PARTIAL.fullmatch(operand)
-    if not partial:
-        if re.match(r"[!~><=^]", operand):
-            raise ValueError(f"unknown operator in {token!r}")
-        raise ValueError(f"{operand!r} is not a version")
-    parts = [partial["major"], partial["minor"], partial["patch"]]
-    numbers = []
-    for part in parts:
-        if part is None or part in ("x", "X", "*"):
-            break
-        numbers.append(int(part))
-    if len(numbers) == 3:  # 1.2.x with an explicit patch is a full version: already handled
-        raise ValueError(f"{operand!r} is not a version")
-    if not numbers:
-        if operator in ("<", ">"):
-            raise ValueError(f"{token!r} matches nothing")
-        return [_Comparator(">=", Version(0, 0, 0))]
-    lower = Version(*numbers, *[0] * (3 - len(numbers)))
-    if len(numbers) == 1:
-        above = Version(numbers[0] + 1, 0, 0)
-    else:
-        above = Version(numbers[0], numbers[1] + 1, 0)
-    if operator in ("=", "~"):
-        return [_Comparator(">=", lower), _Comparator("<", above)]
-    if operator == "^":
-        if len(numbers) == 2 and numbers[0] == 0:
-            return [_Comparator(">=", lower), _Comparator("<", above)]
-        return [_Comparator(">=", lower), _Comparator("<", Version(numbers[0] + 1, 0, 0))]
-    if operator == ">=":
-        return [_Comparator(">=", lower)]
-    if operator == ">":
-        return [_Comparator(">=", above)]
-    if operator == "<":
-        return [_Comparator("<", lower)]
-    return [_Comparator("<", above)]  # "<="
-
-
-def tag_order_key(tag: str) -> tuple[Any, ...]:
-    """Order of tags from oldest to newest, for ``max_tags``.
-
-    Semver tags follow semver precedence and sort after every other tag; other tags follow
-    a natural order (digit runs compared as numbers: ``1.9`` before ``1.10``). The tag
-    itself breaks ties (``v1.0.0`` and ``1.0.0``), so the order is total and stable.
-    """
-    version = Version.parse(tag)
-    if version is not None:
-        return (1, version.key, tag)
-    natural = tuple(
-        (0, int(part), "") if part.isdigit() else (1, 0, part)
-        for part in re.split(r"(\d+)", tag)
-        if part
-    )
-    return (0, natural, tag)
 
 
 def is_floating(tag: str) -> bool:
