@@ -4,6 +4,10 @@
 (the reference for ``^``, ``~``, ``||`` and x-ranges), including its rule that a pre-release
 is selected only by a range that names a pre-release of the same ``major.minor.patch``.
 :func:`tag_order_key` orders any tags, semver or not, from oldest to newest.
+
+Where it parts from node-semver (refusing empty ranges, hyphen ranges, ``~>``, ranges that
+select nothing) is listed, with the reasons, in ``tests/unit/test_semver.py``, which compares
+both on every range it knows.
 """
 
 from __future__ import annotations
@@ -162,13 +166,13 @@ def _desugar(token: str, named: set[tuple[int, int, int]]) -> list[_Comparator]:
             return [_Comparator(operator, full)]
         major, minor, patch = full.release
         if operator == "~":
-            upper = Version(major, minor + 1, 0)
+            upper = _below(major, minor + 1, 0)
         elif major:
-            upper = Version(major + 1, 0, 0)
+            upper = _below(major + 1, 0, 0)
         elif minor:
-            upper = Version(0, minor + 1, 0)
+            upper = _below(0, minor + 1, 0)
         else:
-            upper = Version(0, 0, patch + 1)
+            upper = _below(0, 0, patch + 1)
         return [_Comparator(">=", full), _Comparator("<", upper)]
     partial = _PARTIAL.fullmatch(operand)
     if not partial:
@@ -181,6 +185,9 @@ def _desugar(token: str, named: set[tuple[int, int, int]]) -> list[_Comparator]:
         if part is None or part in ("x", "X", "*"):
             break
         numbers.append(int(part))
+    if any(part not in (None, "x", "X", "*") for part in parts[len(numbers) :]):
+        # node-semver refuses these too (but for ^ and ~): 1.x.3 is probably a typo
+        raise ValueError(f"{operand!r}: a number after x")
     if len(numbers) == 3:  # 1.2.x with an explicit patch is a full version: already handled
         raise ValueError(f"{operand!r} is not a version")
     if not numbers:
@@ -188,23 +195,27 @@ def _desugar(token: str, named: set[tuple[int, int, int]]) -> list[_Comparator]:
             raise ValueError(f"{token!r} matches nothing")
         return [_Comparator(">=", Version(0, 0, 0))]
     lower = Version(*numbers, *[0] * (3 - len(numbers)))
-    if len(numbers) == 1:
-        above = Version(numbers[0] + 1, 0, 0)
-    else:
-        above = Version(numbers[0], numbers[1] + 1, 0)
+    # The first release above what the partial version covers.
+    above = (numbers[0] + 1, 0, 0) if len(numbers) == 1 else (numbers[0], numbers[1] + 1, 0)
     if operator in ("=", "~"):
-        return [_Comparator(">=", lower), _Comparator("<", above)]
+        return [_Comparator(">=", lower), _Comparator("<", _below(*above))]
     if operator == "^":
         if len(numbers) == 2 and numbers[0] == 0:
-            return [_Comparator(">=", lower), _Comparator("<", above)]
-        return [_Comparator(">=", lower), _Comparator("<", Version(numbers[0] + 1, 0, 0))]
+            return [_Comparator(">=", lower), _Comparator("<", _below(*above))]
+        return [_Comparator(">=", lower), _Comparator("<", _below(numbers[0] + 1, 0, 0))]
     if operator == ">=":
         return [_Comparator(">=", lower)]
     if operator == ">":
-        return [_Comparator(">=", above)]
+        return [_Comparator(">=", Version(*above))]
     if operator == "<":
-        return [_Comparator("<", lower)]
-    return [_Comparator("<", above)]  # "<="
+        return [_Comparator("<", _below(*lower.release))]
+    return [_Comparator("<", _below(*above))]  # "<="
+
+
+def _below(major: int, minor: int, patch: int) -> Version:
+    """The lowest pre-release of a release (node-semver's ``-0``): as an upper bound it
+    keeps out every pre-release of that release, even one the range names elsewhere."""
+    return Version(major, minor, patch, (0,))
 
 
 def tag_order_key(tag: str) -> tuple[Any, ...]:
