@@ -89,12 +89,46 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORDS = re.compile(r"[-_.]")
 
 
-class SpecError(AirgapError):
-    """A mirror list was refused; ``problems`` holds one ``file:line: entry: cause`` each."""
+@dataclass(frozen=True)
+class Problem:
+    """One reason a mirror list is refused: where (file and line), which entry
+    (``images[3] 'nginx'``, ``sources.upstream``, or none for the file itself) and why."""
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
+    file: str
+    line: int
+    entry: str
+    cause: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where}: {self.entry}: {self.cause}" if self.entry else f"{where}: {self.cause}"
+
+
+class SpecError(AirgapError):
+    """A mirror list was refused; ``problems`` holds one ``file:line: entry: cause`` each,
+    in line order."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        ordered = sorted(problems, key=lambda problem: problem.line)
+        self.problems = list(dict.fromkeys(map(str, ordered)))
+        super().__init__("\n".join(self.problems))
+
+
+class Problems:
+    """Collects every problem of one file, so that all are reported at once."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.found: list[Problem] = []
+
+    def add(self, line: int, entry: str, cause: str) -> None:
+        self.found.append(Problem(self.file, line, entry, cause))
+
+    def __len__(self) -> int:
+        return len(self.found)
+
+    def refuse(self) -> SpecError:
+        return SpecError(self.found)
 
 
 def is_floating(tag: str) -> bool:
@@ -512,10 +546,9 @@ class Location:
     line: int
     entry: str
 
-    def problem(self, text: str, line: int | None = None, entry: str | None = None) -> str:
-        label = self.entry if entry is None else entry
-        where = f"{self.file}:{line or self.line}"
-        return f"{where}: {label}: {text}" if label else f"{where}: {text}"
+    def problem(self, cause: str) -> str:
+        """``cause`` as a message naming this entry, e.g. for a lock that cannot resolve it."""
+        return str(Problem(self.file, self.line, self.entry, cause))
 
 
 @dataclass(frozen=True)
@@ -684,7 +717,7 @@ def load(path: str | os.PathLike[str]) -> MirrorSpec:
     except OSError as exc:
         raise AirgapError(f"{name}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise SpecError([f"{name}:1: not UTF-8 text ({exc.reason})"]) from exc
+        raise SpecError([Problem(name, 1, "", f"not UTF-8 text ({exc.reason})")]) from exc
     return loads(text, name)
 
 
@@ -699,31 +732,24 @@ def loads(text: str, filename: str = "mirror.yaml") -> MirrorSpec:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         cause = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise SpecError([f"{filename}:{line}: malformed YAML: {cause}"]) from exc
+        raise SpecError([Problem(filename, line, "", f"malformed YAML: {cause}")]) from exc
     except yaml.YAMLError as exc:
-        raise SpecError([f"{filename}:1: malformed YAML: {exc}"]) from exc
+        raise SpecError([Problem(filename, 1, "", f"malformed YAML: {exc}")]) from exc
     return _Validator(filename).run(document)
 
 
 class _Validator:
     def __init__(self, filename: str) -> None:
         self.file = filename
-        self.problems: list[tuple[int, str]] = []
+        self.problems = Problems(filename)
         # Entries and sources with structural problems get no semantic checks.
         self.broken: set[tuple[str, int | str]] = set()
-
-    def report(self, line: int, entry: str, text: str) -> None:
-        self.problems.append((line, Location(self.file, line, entry).problem(text)))
-
-    def refuse(self) -> SpecError:
-        ordered = sorted(self.problems, key=lambda problem: problem[0])
-        return SpecError(list(dict.fromkeys(text for _, text in ordered)))
 
     def run(self, document: Any) -> MirrorSpec:
         if not isinstance(document, _Map):
             line = getattr(document, "line", 1)
-            self.report(line, "", "expected a mapping with version, sources, images, ...")
-            raise self.refuse()
+            self.problems.add(line, "", "expected a mapping with version, sources, images, ...")
+            raise self.problems.refuse()
         self.check(document, SCHEMA, document.line, "", "")
         # Semantic checks assume well-typed values: they skip what is structurally broken.
         raw_sources = document.get("sources") if isinstance(document.get("sources"), _Map) else {}
@@ -740,7 +766,7 @@ class _Validator:
                     entries.append(self.entry(kind, key, index, raw, sources, set(raw_sources)))
         self.check_destinations(entries)
         if self.problems:
-            raise self.refuse()
+            raise self.problems.refuse()
         return MirrorSpec(self.file, document["version"], sources, tuple(entries))
 
     # structural ------------------------------------------------------------------------
@@ -757,25 +783,25 @@ class _Validator:
             hint = ""
             if isinstance(value, int | float) and schema.type == "str":
                 hint = f" (quote it: YAML reads {value} as a number)"
-            self.report(line, entry, f"{prefix}expected {expected}, got {_show(value)}{hint}")
+            self.problems.add(line, entry, f"{prefix}expected {expected}, got {_show(value)}{hint}")
             return
         if schema.choices and value not in schema.choices:
             choices = ", ".join(map(str, schema.choices))
-            self.report(line, entry, f"{prefix}{_show(value)} is not one of: {choices}")
+            self.problems.add(line, entry, f"{prefix}{_show(value)} is not one of: {choices}")
             return
         if schema.minimum is not None and value <= schema.minimum and schema.type == "number":
-            self.report(line, entry, f"{prefix}must be greater than {schema.minimum}")
+            self.problems.add(line, entry, f"{prefix}must be greater than {schema.minimum}")
             return
         if schema.minimum is not None and value < schema.minimum:
-            self.report(line, entry, f"{prefix}must be at least {schema.minimum}")
+            self.problems.add(line, entry, f"{prefix}must be at least {schema.minimum}")
             return
         if schema.type == "str" and not value.strip():
-            self.report(line, entry, f"{prefix}must not be empty")
+            self.problems.add(line, entry, f"{prefix}must not be empty")
             return
         if schema.check is not None:
             problem = schema.check(value)
             if problem:
-                self.report(line, entry, f"{prefix}{problem}")
+                self.problems.add(line, entry, f"{prefix}{problem}")
                 return
         if schema.type == "list":
             self.check_list(value, schema, entry, key)
@@ -787,7 +813,9 @@ class _Validator:
                 item_line = value.lines[name]
                 before = len(self.problems)
                 if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
-                    self.report(item_line, entry, f"{prefix}{_show(name)} is not a valid name")
+                    self.problems.add(
+                        item_line, entry, f"{prefix}{_show(name)} is not a valid name"
+                    )
                 else:
                     label = f"{key}.{name}" if key else name
                     self.check(item, schema.elements, item_line, label, "")
@@ -797,7 +825,7 @@ class _Validator:
     def check_list(self, value: _Seq, schema: Field, entry: str, key: str) -> None:
         assert schema.elements is not None
         if not value and not schema.empty_ok:
-            self.report(value.line, entry, f"{key}: must not be empty")
+            self.problems.add(value.line, entry, f"{key}: must not be empty")
             return
         seen: dict[Any, int] = {}
         top_level = not entry
@@ -808,7 +836,7 @@ class _Validator:
             else:
                 item_entry, item_key = entry, f"{key}[{index}]"
             if isinstance(item, str) and item in seen:
-                self.report(
+                self.problems.add(
                     item_line, item_entry, f"{item_key}: '{item}' repeats line {seen[item]}"
                 )
                 continue
@@ -828,7 +856,7 @@ class _Validator:
                 continue
             where = value.lines[name]
             if isinstance(name, str) and name.lower() in SECRET_KEYS:
-                self.report(
+                self.problems.add(
                     where,
                     entry,
                     f"{prefix}{name}: inline secret refused; reference an auth.json with "
@@ -838,19 +866,19 @@ class _Validator:
                 close = difflib.get_close_matches(str(name), list(known), n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 expected = ", ".join(known)
-                self.report(
+                self.problems.add(
                     where,
                     entry,
                     f"{prefix}{name}: unknown key ({hint}expected one of: {expected})",
                 )
         for name, option in known.items():
             if option.required and name not in value:
-                self.report(value.line, entry, f"{prefix}{name}: required key missing")
+                self.problems.add(value.line, entry, f"{prefix}{name}: required key missing")
         for group in schema.rules.one_of:
             present = [name for name in group if name in value]
             if len(present) != 1:
                 found = ", ".join(present) if present else "none"
-                self.report(
+                self.problems.add(
                     value.line,
                     entry,
                     f"{prefix}exactly one of {', '.join(group)} is required (found: {found})",
@@ -859,12 +887,12 @@ class _Validator:
             if name in value:
                 for other in needed:
                     if other not in value:
-                        self.report(value.line, entry, f"{prefix}{name} requires {other}")
+                        self.problems.add(value.line, entry, f"{prefix}{name} requires {other}")
         for name, excluded in schema.rules.forbids.items():
             if name in value:
                 for other in excluded:
                     if other in value:
-                        self.report(
+                        self.problems.add(
                             value.lines[name], entry, f"{prefix}{name} cannot be used with {other}"
                         )
         for name, item in value.items():
@@ -878,7 +906,7 @@ class _Validator:
         if raw.get("insecure"):
             for key in ("ca_file", "cert_dir"):
                 if key in raw:
-                    self.report(
+                    self.problems.add(
                         raw.lines[key], f"sources.{name}", f"{key} cannot be used with insecure"
                     )
         return Source(
@@ -908,10 +936,10 @@ class _Validator:
         source = sources.get(raw["source"]) if "source" in raw else None
         if "source" in raw and raw["source"] not in names:
             known = ", ".join(sorted(names)) or "none defined"
-            self.add(
-                location,
-                f"unknown source '{raw['source']}' (sources: {known})",
+            self.problems.add(
                 raw.lines["source"],
+                location.entry,
+                f"unknown source '{raw['source']}' (sources: {known})",
             )
         repository = raw.get("repository")
         listed = raw.get("tags", raw.get("versions"))
@@ -919,11 +947,10 @@ class _Validator:
         name = repository or raw.get("name", "")
         for pin, line in zip(pins, listed.lines if listed else [], strict=True):
             if pin.digest is None and is_floating(pin.tag):
-                self.add(
-                    location,
-                    f"floating tag, pin a version or a digest ({pin.tag}@sha256:...)",
+                self.problems.add(
                     line,
                     f"{key}[{index}] '{name}:{pin.tag}'",
+                    f"floating tag, pin a version or a digest ({pin.tag}@sha256:...)",
                 )
         semver = raw.get("semver")
         regex = raw.get("regex")
@@ -942,8 +969,9 @@ class _Validator:
         else:
             policy = SignaturePolicy()
             if source is not None:
-                self.add(
-                    location,
+                self.problems.add(
+                    location.line,
+                    location.entry,
                     "no signature policy: set signatures: {keys: [...]} or signatures: none "
                     f"on the entry or on source '{source.name}'",
                 )
@@ -974,16 +1002,12 @@ class _Validator:
                 first = owner.setdefault(target, entry)
                 if first is entry:
                     continue
-                self.add(
-                    entry.location,
+                self.problems.add(
+                    entry.location.line,
+                    entry.location.entry,
                     f"duplicate destination '{entry.destination}:{pin.tag}', also written "
                     f"by {first.location.entry} (line {first.location.line})",
                 )
-
-    def add(
-        self, location: Location, text: str, line: int | None = None, entry: str | None = None
-    ) -> None:
-        self.problems.append((line or location.line, location.problem(text, line, entry)))
 
 
 def _policy(raw: Any) -> SignaturePolicy:
