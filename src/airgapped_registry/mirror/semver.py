@@ -29,7 +29,8 @@ _PARTIAL = re.compile(
     rf"v?(?P<major>{_NUMBER}|{_WILDCARD})"
     rf"(?:\.(?P<minor>{_NUMBER}|{_WILDCARD})(?:\.(?P<patch>{_NUMBER}|{_WILDCARD}))?)?"
 )
-_OPERATOR = re.compile(r"(>=|<=|>|<|=|\^|~)?(.*)")
+# Two-character operators first: ">=1" is ">=" then "1", not ">" then "=1".
+_OPERATORS = (">=", "<=", ">", "<", "=", "^", "~")
 
 
 @functools.total_ordering
@@ -153,9 +154,8 @@ class VersionRange:
 
 
 def _desugar(token: str, named: set[tuple[int, int, int]]) -> list[_Comparator]:
-    match = _OPERATOR.fullmatch(token)
-    assert match is not None  # the pattern accepts any string
-    operator, operand = match[1] or "=", match[2]
+    written = next((operator for operator in _OPERATORS if token.startswith(operator)), "")
+    operator, operand = written or "=", token[len(written) :]
     if not operand:
         raise ValueError(f"operator {operator!r} without a version")
     full = Version.parse(operand)
