@@ -1,40 +1,67 @@
-"""The mirror list (``mirror.yaml``): its schema, defined once, and its validation.
+"""The mirror list (``mirror.yaml``): loading, checking and the model of what it says.
 
-``SCHEMA`` is the single definition of what a mirror list may hold. :func:`load` checks a file
-against it, then checks what a schema cannot say (floating tags, unknown sources, duplicate
-destinations, the signature policy) and returns a :class:`MirrorSpec`. :func:`argument_spec`
-derives an Ansible-style argument spec from the same ``SCHEMA``, so the module that takes a
-mirror list inline cannot drift from the file format.
+:func:`load` reads a file, checks it against the format (:data:`SCHEMA`, defined once in
+:mod:`airgapped_registry.mirror.spec_schema`), then checks what a schema cannot say
+(floating tags, unknown sources, duplicate destinations, the signature policy) and returns a
+:class:`MirrorSpec`: sources and entries with every default applied.
 
 Every refusal names the file, the line and the entry, e.g.
 ``mirror.yaml:14: images[3] 'nginx:latest': floating tag, pin a version or a digest``; all
 problems of a file are reported at once (:class:`SpecError`).
 
-The small semver implementation (:class:`Version`, :class:`VersionRange`) lives here because
-selecting tags by range is part of what a mirror list means; it follows semver 2.0.0 for
-precedence and node-semver for ranges, including its rule that a pre-release is selected only
-by a range that names a pre-release of the same ``major.minor.patch``.
+Tags are selected by semver range with :mod:`airgapped_registry.mirror.semver`.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.oci.reference import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
+from airgapped_registry.mirror.document import LineList, LineMap, parse
+from airgapped_registry.mirror.problems import Problem, Problems, SpecError
+from airgapped_registry.mirror.schema import Checker, Field
+from airgapped_registry.mirror.semver import Version, VersionRange, tag_order_key
+from airgapped_registry.mirror.spec_schema import (
+    DEFAULT_PLATFORMS,
+    ENTRY_KINDS,
+    SCHEMA,
+    argument_spec,
+    parse_platform,
+)
 
-SPEC_VERSION = 1
-DEFAULT_PLATFORMS = ("linux/amd64", "linux/arm64")
-PLATFORM_MODES = ("preserve-index", "filter")
+# What the engine and its tests import from here, including names that now live in mirror/.
+__all__ = [
+    "COSIGN_TAG",
+    "DEFAULT_PLATFORMS",
+    "FLOATING_WORDS",
+    "SCHEMA",
+    "SECRET_KEYS",
+    "SIGNATURE_KINDS",
+    "Credentials",
+    "Entry",
+    "Location",
+    "MirrorSpec",
+    "Problem",
+    "Selection",
+    "SignaturePolicy",
+    "Source",
+    "SpecError",
+    "TagPin",
+    "Version",
+    "VersionRange",
+    "argument_spec",
+    "is_floating",
+    "load",
+    "loads",
+    "parse_platform",
+    "tag_order_key",
+]
+
 SIGNATURE_KINDS = ("sig", "att", "sbom")
 
 # Tags that name a channel rather than a release: what they point at moves by design. A tag is
@@ -84,234 +111,7 @@ SECRET_KEYS = frozenset(
 # cosign's tag scheme: sha256-<hex>.sig / .att / .sbom in the signed image's repository.
 COSIGN_TAG = re.compile(r"sha256-([a-f0-9]{64})\.(sig|att|sbom)")
 
-_PLATFORM = re.compile(r"([a-z0-9]+)/([a-z0-9_]+)(?:/([a-z0-9]+))?")
-_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_REGISTRY = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::\d{{1,5}})?")
-_SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORDS = re.compile(r"[-_.]")
-
-
-class SpecError(AirgapError):
-    """A mirror list was refused; ``problems`` holds one ``file:line: entry: cause`` each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-# -- semver --------------------------------------------------------------------------------
-
-_NUMBER = r"0|[1-9]\d*"
-_PRE_PART = r"0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*"
-_VERSION = re.compile(
-    rf"v?(?P<major>{_NUMBER})\.(?P<minor>{_NUMBER})\.(?P<patch>{_NUMBER})"
-    rf"(?:-(?P<pre>(?:{_PRE_PART})(?:\.(?:{_PRE_PART}))*))?"
-    r"(?:\+(?P<build>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
-)
-_WILDCARD = r"x|X|\*"
-_PARTIAL = re.compile(
-    rf"v?(?P<major>{_NUMBER}|{_WILDCARD})"
-    rf"(?:\.(?P<minor>{_NUMBER}|{_WILDCARD})(?:\.(?P<patch>{_NUMBER}|{_WILDCARD}))?)?"
-)
-_OPERATOR = re.compile(r"(>=|<=|>|<|=|\^|~)?(.*)")
-
-
-@functools.total_ordering
-@dataclass(frozen=True, eq=False)
-class Version:
-    """A semver 2.0.0 version (``1.2.3``, ``v1.2.3``, ``1.2.3-rc.1``); build data is kept
-    but, as the spec says, plays no part in precedence or equality."""
-
-    major: int
-    minor: int
-    patch: int
-    prerelease: tuple[int | str, ...] = ()
-    build: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> Version | None:
-        """The version ``text`` spells, or None when it is not a semver version."""
-        match = _VERSION.fullmatch(text)
-        if not match:
-            return None
-        pre = match["pre"]
-        return cls(
-            int(match["major"]),
-            int(match["minor"]),
-            int(match["patch"]),
-            tuple(int(p) if p.isdigit() else p for p in pre.split(".")) if pre else (),
-            match["build"] or "",
-        )
-
-    @property
-    def release(self) -> tuple[int, int, int]:
-        return (self.major, self.minor, self.patch)
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        # A release sorts after its pre-releases; numeric identifiers sort before alphanumeric
-        # ones; a shorter identifier list sorts first when it is a prefix of the longer.
-        pre = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.prerelease)
-        return (*self.release, 0 if self.prerelease else 1, pre)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Version) and self.key == other.key
-
-    def __lt__(self, other: Version) -> bool:
-        return self.key < other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __str__(self) -> str:
-        text = ".".join(map(str, self.release))
-        if self.prerelease:
-            text += "-" + ".".join(map(str, self.prerelease))
-        return f"{text}+{self.build}" if self.build else text
-
-
-@dataclass(frozen=True)
-class _Comparator:
-    operator: str
-    version: Version
-
-    def test(self, version: Version) -> bool:
-        if self.operator == ">=":
-            return version >= self.version
-        if self.operator == ">":
-            return version > self.version
-        if self.operator == "<=":
-            return version <= self.version
-        if self.operator == "<":
-            return version < self.version
-        return version == self.version
-
-
-@dataclass(frozen=True)
-class _ComparatorSet:
-    comparators: tuple[_Comparator, ...]
-    # major.minor.patch of the pre-releases the range itself names: only those may match.
-    prerelease_releases: frozenset[tuple[int, int, int]]
-
-    def test(self, version: Version) -> bool:
-        if not all(comparator.test(version) for comparator in self.comparators):
-            return False
-        return not version.prerelease or version.release in self.prerelease_releases
-
-
-@dataclass(frozen=True)
-class VersionRange:
-    """A node-semver style range: space-separated comparators are ANDed, ``||`` ORs sets.
-
-    Operators ``>= > <= < =`` (none means ``=``), ``^`` (compatible: same major, or same
-    minor below 1.0.0) and ``~`` (same minor); partial versions (``1``, ``1.2``, ``1.x``)
-    stand for the versions they cover, ``*`` for any release.
-    """
-
-    text: str
-    sets: tuple[_ComparatorSet, ...]
-
-    @classmethod
-    def parse(cls, text: str) -> VersionRange:
-        """Parse ``text``; a ValueError says which part is wrong."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("empty range")
-        sets = []
-        for alternative in text.split("||"):
-            # Allow a space between an operator and its version (">= 1.0.0").
-            tokens = re.sub(r"(>=|<=|>|<|=|\^|~)\s+", r"\1", alternative.strip()).split()
-            if not tokens:
-                raise ValueError("empty alternative around '||'")
-            comparators: list[_Comparator] = []
-            named: set[tuple[int, int, int]] = set()
-            for token in tokens:
-                comparators.extend(_desugar(token, named))
-            sets.append(_ComparatorSet(tuple(comparators), frozenset(named)))
-        return cls(text, tuple(sets))
-
-    def matches(self, version: Version) -> bool:
-        return any(comparator_set.test(version) for comparator_set in self.sets)
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def _desugar(token: str, named: set[tuple[int, int, int]]) -> list[_Comparator]:
-    match = _OPERATOR.fullmatch(token)
-    assert match is not None  # the pattern accepts any string
-    operator, operand = match[1] or "=", match[2]
-    if not operand:
-        raise ValueError(f"operator {operator!r} without a version")
-    full = Version.parse(operand)
-    if full is not None:
-        if full.prerelease:
-            named.add(full.release)
-        if operator in (">=", ">", "<=", "<", "="):
-            return [_Comparator(operator, full)]
-        major, minor, patch = full.release
-        if operator == "~":
-            upper = Version(major, minor + 1, 0)
-        elif major:
-            upper = Version(major + 1, 0, 0)
-        elif minor:
-            upper = Version(0, minor + 1, 0)
-        else:
-            upper = Version(0, 0, patch + 1)
-        return [_Comparator(">=", full), _Comparator("<", upper)]
-    partial = _PARTIAL.fullmatch(operand)
-    if not partial:
-        if re.match(r"[!~><=^]", operand):
-            raise ValueError(f"unknown operator in {token!r}")
-        raise ValueError(f"{operand!r} is not a version")
-    parts = [partial["major"], partial["minor"], partial["patch"]]
-    numbers = []
-    for part in parts:
-        if part is None or part in ("x", "X", "*"):
-            break
-        numbers.append(int(part))
-    if len(numbers) == 3:  # 1.2.x with an explicit patch is a full version: already handled
-        raise ValueError(f"{operand!r} is not a version")
-    if not numbers:
-        if operator in ("<", ">"):
-            raise ValueError(f"{token!r} matches nothing")
-        return [_Comparator(">=", Version(0, 0, 0))]
-    lower = Version(*numbers, *[0] * (3 - len(numbers)))
-    if len(numbers) == 1:
-        above = Version(numbers[0] + 1, 0, 0)
-    else:
-        above = Version(numbers[0], numbers[1] + 1, 0)
-    if operator in ("=", "~"):
-        return [_Comparator(">=", lower), _Comparator("<", above)]
-    if operator == "^":
-        if len(numbers) == 2 and numbers[0] == 0:
-            return [_Comparator(">=", lower), _Comparator("<", above)]
-        return [_Comparator(">=", lower), _Comparator("<", Version(numbers[0] + 1, 0, 0))]
-    if operator == ">=":
-        return [_Comparator(">=", lower)]
-    if operator == ">":
-        return [_Comparator(">=", above)]
-    if operator == "<":
-        return [_Comparator("<", lower)]
-    return [_Comparator("<", above)]  # "<="
-
-
-def tag_order_key(tag: str) -> tuple[Any, ...]:
-    """Order of tags from oldest to newest, for ``max_tags``.
-
-    Semver tags follow semver precedence and sort after every other tag; other tags follow
-    a natural order (digit runs compared as numbers: ``1.9`` before ``1.10``). The tag
-    itself breaks ties (``v1.0.0`` and ``1.0.0``), so the order is total and stable.
-    """
-    version = Version.parse(tag)
-    if version is not None:
-        return (1, version.key, tag)
-    natural = tuple(
-        (0, int(part), "") if part.isdigit() else (1, 0, part)
-        for part in re.split(r"(\d+)", tag)
-        if part
-    )
-    return (0, natural, tag)
 
 
 def is_floating(tag: str) -> bool:
@@ -319,403 +119,6 @@ def is_floating(tag: str) -> bool:
     if Version.parse(tag) is not None:
         return False
     return any(word.lower() in FLOATING_WORDS for word in _WORDS.split(tag))
-
-
-def parse_platform(text: str) -> tuple[str, str, str | None] | None:
-    """``linux/arm/v7`` → ``("linux", "arm", "v7")``; None when not ``os/arch[/variant]``."""
-    match = _PLATFORM.fullmatch(text)
-    return (match[1], match[2], match[3]) if match else None
-
-
-# -- the schema ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rules:
-    """Relations between the keys of one mapping.
-
-    ``one_of``: exactly one key of each group; ``requires``: a key needs these others;
-    ``forbids``: a key excludes these others. They map onto Ansible's ``required_one_of`` +
-    ``mutually_exclusive``, ``required_by`` and ``mutually_exclusive``.
-    """
-
-    one_of: tuple[tuple[str, ...], ...] = ()
-    requires: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    forbids: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Field:
-    """One node of the schema.
-
-    ``type`` is ``str``, ``int``, ``number``, ``bool``, ``list`` (items follow ``elements``),
-    ``dict`` (keys from ``options``), or ``map`` (free names, values follow ``elements``).
-    ``literal`` names a string accepted in place of a ``dict`` (``signatures: none``).
-    ``check`` returns a problem for a well-typed value, or None. ``empty_ok`` accepts an
-    empty (or null) list or mapping, which otherwise is refused as a probable mistake.
-    """
-
-    type: str
-    help: str
-    required: bool = False
-    default: Any = None
-    choices: tuple[Any, ...] = ()
-    minimum: int | float | None = None
-    elements: Field | None = None
-    options: Mapping[str, Field] | None = None
-    rules: Rules = field(default_factory=Rules)
-    literal: str | None = None
-    check: Callable[[Any], str | None] | None = None
-    empty_ok: bool = False
-
-
-def _check_registry(value: str) -> str | None:
-    if "://" in value:
-        return f"'{value}': expected host[:port] without a scheme (plain http: insecure: true)"
-    if not _REGISTRY.fullmatch(value):
-        return f"'{value}' is not host[:port]"
-    return None
-
-
-def _check_repository(value: str) -> str | None:
-    if not REPOSITORY_PATTERN.fullmatch(value):
-        return f"'{value}' is not a repository path (lowercase, [a-z0-9._-] parts joined by /)"
-    return None
-
-
-def _check_tag(value: str) -> str | None:
-    tag, _, digest = value.partition("@")
-    if not TAG_PATTERN.fullmatch(tag):
-        return f"'{value}' is not a valid tag"
-    if "@" in value and not DIGEST_PATTERN.fullmatch(digest):
-        return f"'{value}': the pin after @ must be sha256:<64 hex> or sha512:<128 hex>"
-    return None
-
-
-def _check_version(value: str) -> str | None:
-    tag = value.partition("@")[0]
-    problem = _check_tag(value)
-    if problem or "@" in value:
-        return problem
-    if Version.parse(tag) is None:
-        return f"'{value}' is not a semver version"
-    return None
-
-
-def _check_semver(value: str) -> str | None:
-    try:
-        VersionRange.parse(value)
-    except ValueError as exc:
-        return f"bad semver range '{value}': {exc}"
-    return None
-
-
-def _check_regex(value: str) -> str | None:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        return f"bad regex '{value}': {exc}"
-    return None
-
-
-def _check_platform(value: str) -> str | None:
-    if parse_platform(value) is None:
-        return f"bad platform '{value}': expected os/arch[/variant], e.g. linux/arm/v7"
-    return None
-
-
-def _check_env(value: str) -> str | None:
-    if not _ENV_NAME.fullmatch(value):
-        return f"'{value}' is not an environment variable name"
-    return None
-
-
-def _check_url(value: str) -> str | None:
-    if not re.fullmatch(r"https?://[^\s/]+(?:/\S*)?", value):
-        return f"'{value}' is not an http(s) URL"
-    return None
-
-
-_PATH = Field("str", "a path; relative paths are relative to the mirror list's directory")
-
-_SIGNATURES = Field(
-    "dict",
-    "upstream signature policy: `none`, or the cosign public keys one of which must verify",
-    literal="none",
-    options={
-        "keys": Field(
-            "list",
-            "cosign public key files (PEM)",
-            required=True,
-            elements=_PATH,
-        )
-    },
-)
-
-_DESTINATION = Field(
-    "str",
-    "repository in the mirror (default: the upstream path)",
-    check=_check_repository,
-)
-
-_SELECTION = {
-    "tags": Field(
-        "list",
-        "exact tags; `tag@sha256:<hex>` pins a tag to a digest (required for floating tags)",
-        elements=Field("str", "a tag", check=_check_tag),
-    ),
-    "semver": Field(
-        "str", "semver range selecting tags, e.g. '>=1.0.0 <3.0.0'", check=_check_semver
-    ),
-    "regex": Field(
-        "str",
-        "regex selecting tags (searched, anchor it with ^...$); floating and cosign tags "
-        "never match",
-        check=_check_regex,
-    ),
-    "max_tags": Field("int", "keep only the newest N selected tags", minimum=1),
-}
-_SELECTION_RULES = Rules(one_of=(("tags", "semver", "regex"),), forbids={"max_tags": ("tags",)})
-
-SOURCE = Field(
-    "dict",
-    "an upstream registry",
-    options={
-        "registry": Field("str", "host[:port]", required=True, check=_check_registry),
-        "insecure": Field("bool", "plain http instead of https (lab only)", default=False),
-        "ca_file": Field("str", "CA bundle trusted for the registry (instead of the system's)"),
-        "cert_dir": Field(
-            "str",
-            "skopeo-style certificate directory: *.crt CAs, one *.cert + *.key client pair",
-        ),
-        "credentials": Field(
-            "dict",
-            "where a docker-style auth.json is read from; never the secret itself",
-            options={
-                "file": Field("str", "path of an auth.json file"),
-                "env": Field(
-                    "str",
-                    "environment variable holding an auth.json document",
-                    check=_check_env,
-                ),
-            },
-            rules=Rules(one_of=(("file", "env"),)),
-        ),
-        "rate_limit": Field("number", "maximum requests per second to this source", minimum=0),
-        "signatures": _SIGNATURES,
-    },
-)
-
-IMAGE = Field(
-    "dict",
-    "a container image repository and the tags to mirror",
-    options={
-        "source": Field("str", "name of a source", required=True),
-        "repository": Field(
-            "str", "repository path at the source", required=True, check=_check_repository
-        ),
-        **_SELECTION,
-        "platforms": Field(
-            "list",
-            "platforms to mirror, os/arch[/variant]",
-            default=list(DEFAULT_PLATFORMS),
-            elements=Field("str", "a platform", check=_check_platform),
-        ),
-        "platform_mode": Field(
-            "str",
-            "preserve-index: copy the upstream index and all its children unchanged (digest "
-            "and signatures stay valid); filter: copy only the selected platforms under a new "
-            "index digest",
-            default="preserve-index",
-            choices=PLATFORM_MODES,
-        ),
-        "destination": _DESTINATION,
-        "signatures": _SIGNATURES,
-    },
-    rules=_SELECTION_RULES,
-)
-
-CHART = Field(
-    "dict",
-    "a Helm chart: OCI (source + repository) or classic repository (url + name)",
-    options={
-        "source": Field("str", "name of a source (OCI chart)"),
-        "repository": Field(
-            "str", "repository path at the source (OCI chart)", check=_check_repository
-        ),
-        "url": Field("str", "classic Helm repository URL (serves index.yaml)", check=_check_url),
-        "name": Field("str", "chart name in the classic repository's index.yaml"),
-        "versions": Field(
-            "list", "exact chart versions", elements=Field("str", "a version", check=_check_version)
-        ),
-        "semver": _SELECTION["semver"],
-        "max_versions": Field("int", "keep only the newest N selected versions", minimum=1),
-        "destination": _DESTINATION,
-        "signatures": _SIGNATURES,
-    },
-    rules=Rules(
-        one_of=(("source", "url"), ("versions", "semver")),
-        requires={"source": ("repository",), "url": ("name", "destination")},
-        forbids={
-            "source": ("name",),
-            "url": ("repository", "signatures"),
-            "max_versions": ("versions",),
-        },
-    ),
-)
-
-ARTIFACT = Field(
-    "dict",
-    "an OCI artifact (e.g. the Trivy DB) mirrored as one manifest",
-    options={
-        "source": Field("str", "name of a source", required=True),
-        "repository": Field(
-            "str", "repository path at the source", required=True, check=_check_repository
-        ),
-        **_SELECTION,
-        "destination": _DESTINATION,
-        "signatures": _SIGNATURES,
-    },
-    rules=_SELECTION_RULES,
-)
-
-SCHEMA = Field(
-    "dict",
-    "a mirror list",
-    options={
-        "version": Field("int", "format version", required=True, choices=(SPEC_VERSION,)),
-        "sources": Field("map", "upstream registries by name", elements=SOURCE, empty_ok=True),
-        "images": Field("list", "container images", elements=IMAGE, empty_ok=True),
-        "charts": Field("list", "Helm charts", elements=CHART, empty_ok=True),
-        "artifacts": Field("list", "OCI artifacts", elements=ARTIFACT, empty_ok=True),
-    },
-)
-"""The mirror list format: the only definition (the Ansible argument spec derives from it)."""
-
-_ENTRY_KINDS = {"images": "image", "charts": "chart", "artifacts": "artifact"}
-
-_ANSIBLE_TYPES = {
-    "str": "str",
-    "int": "int",
-    "number": "float",
-    "bool": "bool",
-    "list": "list",
-    "dict": "dict",
-    "map": "dict",
-}
-
-
-def argument_spec(schema: Field = SCHEMA) -> dict[str, Any]:
-    """The Ansible ``argument_spec`` of a mapping of the schema (the mirror list by default)."""
-    assert schema.options is not None
-    return {name: _ansible_option(option) for name, option in schema.options.items()}
-
-
-def _ansible_option(option: Field) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "type": "raw" if option.literal else _ANSIBLE_TYPES[option.type],
-        "required": option.required,
-    }
-    if option.default is not None:
-        spec["default"] = option.default
-    if option.choices:
-        spec["choices"] = list(option.choices)
-    element = option.elements
-    if option.type == "list" and element is not None:
-        spec["elements"] = _ANSIBLE_TYPES[element.type]
-        if element.options is not None:
-            spec["options"] = argument_spec(element)
-            spec.update(_ansible_rules(element.rules))
-    elif option.type == "dict" and option.options is not None and not option.literal:
-        spec["options"] = argument_spec(option)
-        spec.update(_ansible_rules(option.rules))
-    return spec
-
-
-def _ansible_rules(rules: Rules) -> dict[str, Any]:
-    exclusive = [list(group) for group in rules.one_of]
-    exclusive += [[key, other] for key, others in rules.forbids.items() for other in others]
-    result: dict[str, Any] = {}
-    if rules.one_of:
-        result["required_one_of"] = [list(group) for group in rules.one_of]
-    if exclusive:
-        result["mutually_exclusive"] = exclusive
-    if rules.requires:
-        result["required_by"] = {key: list(value) for key, value in rules.requires.items()}
-    return result
-
-
-# -- YAML with line numbers ----------------------------------------------------------------
-
-
-class _Map(dict):
-    """A YAML mapping that remembers its own line and the line of each key."""
-
-    line: int
-    lines: dict[Any, int]
-
-
-class _Seq(list):
-    """A YAML sequence that remembers its own line and the line of each item."""
-
-    line: int
-    lines: list[int]
-
-
-class _DuplicateKeyError(yaml.MarkedYAMLError):
-    pass
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences carry 1-based line numbers."""
-
-
-class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """The same on libyaml's parser when PyYAML has it (Debian's python3-yaml does): a list
-    of a few hundred entries parses in milliseconds instead of a tenth of a second. Its error
-    messages are worded differently, so a list it refuses is parsed again by :class:`_Loader`
-    for the message."""
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, list | dict):
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a scalar", key_node.start_mark
-            )
-        if key in seen:
-            raise _DuplicateKeyError(
-                None,
-                None,
-                f"duplicate key '{key}' (first on line {seen[key]})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark.line + 1
-    loader.flatten_mapping(node)
-    mapping = _Map()
-    mapping.line = node.start_mark.line + 1
-    mapping.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        mapping[key] = loader.construct_object(value_node, deep=True)
-        mapping.lines[key] = key_node.start_mark.line + 1
-    return mapping
-
-
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
-    sequence = _Seq(loader.construct_object(child, deep=True) for child in node.value)
-    sequence.line = node.start_mark.line + 1
-    sequence.lines = [child.start_mark.line + 1 for child in node.value]
-    return sequence
-
-
-for _loader in (_Loader, _FastLoader):
-    _loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-    _loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
 # -- the validated mirror list -------------------------------------------------------------
@@ -729,10 +132,9 @@ class Location:
     line: int
     entry: str
 
-    def problem(self, text: str, line: int | None = None, entry: str | None = None) -> str:
-        label = self.entry if entry is None else entry
-        where = f"{self.file}:{line or self.line}"
-        return f"{where}: {label}: {text}" if label else f"{where}: {text}"
+    def problem(self, cause: str) -> str:
+        """``cause`` as a message naming this entry, e.g. for a lock that cannot resolve it."""
+        return str(Problem(self.file, self.line, self.entry, cause))
 
 
 @dataclass(frozen=True)
@@ -901,201 +303,67 @@ def load(path: str | os.PathLike[str]) -> MirrorSpec:
     except OSError as exc:
         raise AirgapError(f"{name}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise SpecError([f"{name}:1: not UTF-8 text ({exc.reason})"]) from exc
+        raise SpecError([Problem(name, 1, "", f"not UTF-8 text ({exc.reason})")]) from exc
     return loads(text, name)
 
 
 def loads(text: str, filename: str = "mirror.yaml") -> MirrorSpec:
     """Validate a mirror list given as text; ``filename`` appears in the messages."""
-    try:
-        try:
-            document = yaml.load(text, Loader=_FastLoader)
-        except yaml.YAMLError:
-            document = yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        cause = " ".join(part for part in (exc.context, exc.problem) if part)
-        raise SpecError([f"{filename}:{line}: malformed YAML: {cause}"]) from exc
-    except yaml.YAMLError as exc:
-        raise SpecError([f"{filename}:1: malformed YAML: {exc}"]) from exc
-    return _Validator(filename).run(document)
+    return _Validator(filename).run(parse(text, filename))
 
 
-class _Validator:
+class _Validator(Checker):
+    """The schema's checks, then what a schema cannot say, on entries without problems."""
+
     def __init__(self, filename: str) -> None:
+        super().__init__(Problems(filename))
         self.file = filename
-        self.problems: list[tuple[int, str]] = []
-        # Entries and sources with structural problems get no semantic checks.
-        self.broken: set[tuple[str, int | str]] = set()
 
-    def report(self, line: int, entry: str, text: str) -> None:
-        self.problems.append((line, Location(self.file, line, entry).problem(text)))
+    def entry_label(self, key: str, index: int, item: Any) -> str:
+        return _entry_label(key, index, item)
 
-    def refuse(self) -> SpecError:
-        ordered = sorted(self.problems, key=lambda problem: problem[0])
-        return SpecError(list(dict.fromkeys(text for _, text in ordered)))
+    def unknown_key(self, name: Any, known: Mapping[str, Field]) -> str:
+        if isinstance(name, str) and name.lower() in SECRET_KEYS:
+            return (
+                "inline secret refused; reference an auth.json with "
+                "credentials: {file: PATH} or {env: VARIABLE}"
+            )
+        return super().unknown_key(name, known)
 
     def run(self, document: Any) -> MirrorSpec:
-        if not isinstance(document, _Map):
+        if not isinstance(document, LineMap):
             line = getattr(document, "line", 1)
-            self.report(line, "", "expected a mapping with version, sources, images, ...")
-            raise self.refuse()
+            self.problems.add(line, "", "expected a mapping with version, sources, images, ...")
+            raise self.problems.refuse()
         self.check(document, SCHEMA, document.line, "", "")
         # Semantic checks assume well-typed values: they skip what is structurally broken.
-        raw_sources = document.get("sources") if isinstance(document.get("sources"), _Map) else {}
+        raw_sources = (
+            document.get("sources") if isinstance(document.get("sources"), LineMap) else {}
+        )
         sources = {
             name: self.source(name, raw, raw_sources.lines[name])
             for name, raw in raw_sources.items()
             if ("sources", name) not in self.broken
         }
         entries = []
-        for key, kind in _ENTRY_KINDS.items():
+        for key, kind in ENTRY_KINDS.items():
             items = document.get(key)
-            for index, raw in enumerate(items if isinstance(items, _Seq) else ()):
+            for index, raw in enumerate(items if isinstance(items, LineList) else ()):
                 if (key, index) not in self.broken:
                     entries.append(self.entry(kind, key, index, raw, sources, set(raw_sources)))
         self.check_destinations(entries)
         if self.problems:
-            raise self.refuse()
+            raise self.problems.refuse()
         return MirrorSpec(self.file, document["version"], sources, tuple(entries))
-
-    # structural ------------------------------------------------------------------------
-
-    def check(self, value: Any, schema: Field, line: int, entry: str, key: str) -> None:
-        """Report every way ``value`` does not fit ``schema``; ``key`` is its path in entry."""
-        prefix = f"{key}: " if key else ""
-        if schema.literal is not None and value == schema.literal:
-            return
-        if schema.empty_ok and value is None:
-            return
-        expected = _describe_type(schema)
-        if not _has_type(value, schema.type):
-            hint = ""
-            if isinstance(value, int | float) and schema.type == "str":
-                hint = f" (quote it: YAML reads {value} as a number)"
-            self.report(line, entry, f"{prefix}expected {expected}, got {_show(value)}{hint}")
-            return
-        if schema.choices and value not in schema.choices:
-            choices = ", ".join(map(str, schema.choices))
-            self.report(line, entry, f"{prefix}{_show(value)} is not one of: {choices}")
-            return
-        if schema.minimum is not None and value <= schema.minimum and schema.type == "number":
-            self.report(line, entry, f"{prefix}must be greater than {schema.minimum}")
-            return
-        if schema.minimum is not None and value < schema.minimum:
-            self.report(line, entry, f"{prefix}must be at least {schema.minimum}")
-            return
-        if schema.type == "str" and not value.strip():
-            self.report(line, entry, f"{prefix}must not be empty")
-            return
-        if schema.check is not None:
-            problem = schema.check(value)
-            if problem:
-                self.report(line, entry, f"{prefix}{problem}")
-                return
-        if schema.type == "list":
-            self.check_list(value, schema, entry, key)
-        elif schema.type == "dict":
-            self.check_dict(value, schema, entry, key)
-        elif schema.type == "map":
-            assert schema.elements is not None
-            for name, item in value.items():
-                item_line = value.lines[name]
-                before = len(self.problems)
-                if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
-                    self.report(item_line, entry, f"{prefix}{_show(name)} is not a valid name")
-                else:
-                    label = f"{key}.{name}" if key else name
-                    self.check(item, schema.elements, item_line, label, "")
-                if len(self.problems) > before:
-                    self.broken.add((key, name))
-
-    def check_list(self, value: _Seq, schema: Field, entry: str, key: str) -> None:
-        assert schema.elements is not None
-        if not value and not schema.empty_ok:
-            self.report(value.line, entry, f"{key}: must not be empty")
-            return
-        seen: dict[Any, int] = {}
-        top_level = not entry
-        for index, item in enumerate(value):
-            item_line = value.lines[index]
-            if top_level:
-                item_entry, item_key = _entry_label(key, index, item), ""
-            else:
-                item_entry, item_key = entry, f"{key}[{index}]"
-            if isinstance(item, str) and item in seen:
-                self.report(
-                    item_line, item_entry, f"{item_key}: '{item}' repeats line {seen[item]}"
-                )
-                continue
-            if isinstance(item, str):
-                seen[item] = item_line
-            before = len(self.problems)
-            self.check(item, schema.elements, item_line, item_entry, item_key)
-            if top_level and len(self.problems) > before:
-                self.broken.add((key, index))
-
-    def check_dict(self, value: _Map, schema: Field, entry: str, key: str) -> None:
-        assert schema.options is not None
-        prefix = f"{key}." if key else ""
-        known = schema.options
-        for name in value:
-            if name in known:
-                continue
-            where = value.lines[name]
-            if isinstance(name, str) and name.lower() in SECRET_KEYS:
-                self.report(
-                    where,
-                    entry,
-                    f"{prefix}{name}: inline secret refused; reference an auth.json with "
-                    "credentials: {file: PATH} or {env: VARIABLE}",
-                )
-            else:
-                close = difflib.get_close_matches(str(name), list(known), n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                expected = ", ".join(known)
-                self.report(
-                    where,
-                    entry,
-                    f"{prefix}{name}: unknown key ({hint}expected one of: {expected})",
-                )
-        for name, option in known.items():
-            if option.required and name not in value:
-                self.report(value.line, entry, f"{prefix}{name}: required key missing")
-        for group in schema.rules.one_of:
-            present = [name for name in group if name in value]
-            if len(present) != 1:
-                found = ", ".join(present) if present else "none"
-                self.report(
-                    value.line,
-                    entry,
-                    f"{prefix}exactly one of {', '.join(group)} is required (found: {found})",
-                )
-        for name, needed in schema.rules.requires.items():
-            if name in value:
-                for other in needed:
-                    if other not in value:
-                        self.report(value.line, entry, f"{prefix}{name} requires {other}")
-        for name, excluded in schema.rules.forbids.items():
-            if name in value:
-                for other in excluded:
-                    if other in value:
-                        self.report(
-                            value.lines[name], entry, f"{prefix}{name} cannot be used with {other}"
-                        )
-        for name, item in value.items():
-            if name in known:
-                self.check(item, known[name], value.lines[name], entry, f"{prefix}{name}")
 
     # semantic --------------------------------------------------------------------------
 
-    def source(self, name: str, raw: _Map, line: int) -> Source:
+    def source(self, name: str, raw: LineMap, line: int) -> Source:
         credentials = raw.get("credentials")
         if raw.get("insecure"):
             for key in ("ca_file", "cert_dir"):
                 if key in raw:
-                    self.report(
+                    self.problems.add(
                         raw.lines[key], f"sources.{name}", f"{key} cannot be used with insecure"
                     )
         return Source(
@@ -1117,7 +385,7 @@ class _Validator:
         kind: str,
         key: str,
         index: int,
-        raw: _Map,
+        raw: LineMap,
         sources: dict[str, Source],
         names: set[str],
     ) -> Entry:
@@ -1125,10 +393,10 @@ class _Validator:
         source = sources.get(raw["source"]) if "source" in raw else None
         if "source" in raw and raw["source"] not in names:
             known = ", ".join(sorted(names)) or "none defined"
-            self.add(
-                location,
-                f"unknown source '{raw['source']}' (sources: {known})",
+            self.problems.add(
                 raw.lines["source"],
+                location.entry,
+                f"unknown source '{raw['source']}' (sources: {known})",
             )
         repository = raw.get("repository")
         listed = raw.get("tags", raw.get("versions"))
@@ -1136,11 +404,10 @@ class _Validator:
         name = repository or raw.get("name", "")
         for pin, line in zip(pins, listed.lines if listed else [], strict=True):
             if pin.digest is None and is_floating(pin.tag):
-                self.add(
-                    location,
-                    f"floating tag, pin a version or a digest ({pin.tag}@sha256:...)",
+                self.problems.add(
                     line,
                     f"{key}[{index}] '{name}:{pin.tag}'",
+                    f"floating tag, pin a version or a digest ({pin.tag}@sha256:...)",
                 )
         semver = raw.get("semver")
         regex = raw.get("regex")
@@ -1159,8 +426,9 @@ class _Validator:
         else:
             policy = SignaturePolicy()
             if source is not None:
-                self.add(
-                    location,
+                self.problems.add(
+                    location.line,
+                    location.entry,
                     "no signature policy: set signatures: {keys: [...]} or signatures: none "
                     f"on the entry or on source '{source.name}'",
                 )
@@ -1191,16 +459,12 @@ class _Validator:
                 first = owner.setdefault(target, entry)
                 if first is entry:
                     continue
-                self.add(
-                    entry.location,
+                self.problems.add(
+                    entry.location.line,
+                    entry.location.entry,
                     f"duplicate destination '{entry.destination}:{pin.tag}', also written "
                     f"by {first.location.entry} (line {first.location.line})",
                 )
-
-    def add(
-        self, location: Location, text: str, line: int | None = None, entry: str | None = None
-    ) -> None:
-        self.problems.append((line or location.line, location.problem(text, line, entry)))
 
 
 def _policy(raw: Any) -> SignaturePolicy:
@@ -1214,43 +478,3 @@ def _entry_label(key: str, index: int, raw: Any) -> str:
         if isinstance(name, str):
             return f"{label} '{name}'"
     return label
-
-
-def _has_type(value: Any, kind: str) -> bool:
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "list":
-        return isinstance(value, _Seq)
-    return isinstance(value, _Map)
-
-
-def _describe_type(schema: Field) -> str:
-    names = {
-        "str": "a string",
-        "int": "an integer",
-        "number": "a number",
-        "bool": "true or false",
-        "list": "a list",
-        "dict": "a mapping",
-        "map": "a mapping of names",
-    }
-    text = names[schema.type]
-    return f"'{schema.literal}' or {text}" if schema.literal else text
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f"'{value}'"
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
