@@ -27,7 +27,7 @@ from airgapped_registry.state.store import (
 )
 
 
-def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
+def add_mirror_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     spec = commands.add_parser("spec", help="the mirror list (mirror.yaml)")
     actions = spec.add_subparsers(dest="action", required=True, metavar="ACTION")
     check_parser = actions.add_parser(
@@ -158,7 +158,7 @@ def read_lock_file(path: str) -> Lock:
     return found
 
 
-def add_sync_commands(commands: argparse._SubParsersAction) -> None:
+def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = [registry_options(), destination_options()]
     plan_parser = commands.add_parser(
         "plan",

@@ -31,14 +31,14 @@ def parse(text: str, filename: str) -> Any:
         raise SpecError([Problem(filename, 1, "", f"malformed YAML: {exc}")]) from exc
 
 
-class LineMap(dict):
+class LineMap(dict[Any, Any]):
     """A YAML mapping that remembers its own line and the line of each key."""
 
     line: int
     lines: dict[Any, int]
 
 
-class LineList(list):
+class LineList(list[Any]):
     """A YAML sequence that remembers its own line and the line of each item."""
 
     line: int
@@ -53,6 +53,7 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader whose mappings and sequences carry 1-based line numbers."""
 
 
+# mypy cannot check a base class chosen at run time (misc: "Unsupported dynamic base class").
 class _FastLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """The same on libyaml's parser when PyYAML has it (Debian's python3-yaml does): a list
     of a few hundred entries parses in milliseconds instead of a tenth of a second. Its error

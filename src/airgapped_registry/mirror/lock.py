@@ -1005,7 +1005,8 @@ class Resolver:
         children = []
         for descriptor, platform, selected, refers_to in listed:
             copy = mode == PRESERVE_INDEX or selected or refers_to in chosen
-            config, layers = None, ()
+            config: Blob | None = None
+            layers: tuple[Blob, ...] = ()
             if copy:
                 child_where = f"{where} child {descriptor.digest}"
                 body, media_type, _ = self._get(state, entry.repository, descriptor.digest)
@@ -1131,7 +1132,8 @@ def read_url(url: str) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "airgapped-registry"})
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as response:
-            return response.read()
+            body: bytes = response.read()
+            return body
     except urllib.error.HTTPError as exc:
         raise LockError(f"GET {url}: {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError, ssl.SSLError) as exc:

@@ -194,7 +194,8 @@ def _desugar(token: str, named: set[tuple[int, int, int]]) -> list[_Comparator]:
         if operator in ("<", ">"):
             raise ValueError(f"{token!r} matches nothing")
         return [_Comparator(">=", Version(0, 0, 0))]
-    lower = Version(*numbers, *[0] * (3 - len(numbers)))
+    major, minor, patch = (*numbers, 0, 0)[:3]
+    lower = Version(major, minor, patch)
     # The first release above what the partial version covers.
     above = (numbers[0] + 1, 0, 0) if len(numbers) == 1 else (numbers[0], numbers[1] + 1, 0)
     if operator in ("=", "~"):

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror.document import LineList, LineMap, parse
@@ -337,9 +337,8 @@ class _Validator(Checker):
             raise self.problems.refuse()
         self.check(document, SCHEMA, document.line, "", "")
         # Semantic checks assume well-typed values: they skip what is structurally broken.
-        raw_sources = (
-            document.get("sources") if isinstance(document.get("sources"), LineMap) else {}
-        )
+        found = document.get("sources")
+        raw_sources = found if isinstance(found, LineMap) else LineMap()
         sources = {
             name: self.source(name, raw, raw_sources.lines[name])
             for name, raw in raw_sources.items()
@@ -437,7 +436,8 @@ class _Validator(Checker):
             kind=kind,
             location=location,
             selection=selection,
-            destination=raw.get("destination") or repository,
+            # The schema requires a repository with a source, a destination with a url.
+            destination=cast(str, raw.get("destination") or repository),
             signatures=policy,
             source=raw.get("source"),
             repository=repository,

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
@@ -764,7 +764,8 @@ class _Copier:
         if entry.children and entry.digest != entry.upstream_digest:
             kept = [child for child in entry.children if child.copy]
             sent = sum(self._skopeo(entry, access, child.digest, index=False) for child in kept)
-            upstream = access.get_manifest(entry.repository, entry.upstream_digest)
+            # An entry with children is an image, so it has a source repository.
+            upstream = access.get_manifest(cast(str, entry.repository), entry.upstream_digest)
             body = filtered_index(upstream, {child.digest for child in kept})
             if digest_of(body) != entry.digest:
                 raise EntryFailure(

@@ -78,9 +78,9 @@ def read_auths(file: str | os.PathLike[str] | None, env: str | None) -> dict[str
     except json.JSONDecodeError as exc:
         # The position only: the content is a secret.
         raise AirgapError(f"{where}: not JSON (line {exc.lineno})") from None
-    if not isinstance(document, dict) or not isinstance(document.get("auths"), dict):
+    if not isinstance(document, dict) or not isinstance(auths := document.get("auths"), dict):
         raise AirgapError(f"{where}: expected an auth.json document with an 'auths' mapping")
-    return document["auths"]
+    return auths
 
 
 def credentials_for(auths: dict[str, Any], registry: str) -> tuple[str, str] | None:
