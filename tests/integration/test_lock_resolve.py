@@ -29,15 +29,11 @@ from mirror_lists import COSIGN, LAB_LIST, MOVED, SMALL, lab_list
 
 from airgap_lab.sample import BASE_REPOSITORY, CHART_REPOSITORY, Sample, SampleSpec, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.mirror.lock import (
-    Lock,
-    LockError,
-    chart_manifest,
-    filtered_index,
-    lock,
-    read_lock,
-)
+from airgapped_registry.mirror.lock import Lock, LockError, read_lock
+from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load, loads
+from airgapped_registry.oci.helm import chart_manifest
+from airgapped_registry.oci.manifest import filtered_index
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.auth import AuthenticatingClient
 from airgapped_registry.transport.registry import RegistryClient

@@ -29,7 +29,8 @@ from mirror_lists import COSIGN, MOVED, SMALL, lab_list
 
 from airgap_lab.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.mirror.lock import Lock, LockEntry, lock, read_lock
+from airgapped_registry.mirror.lock import Lock, LockEntry, read_lock
+from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify

@@ -12,9 +12,10 @@ from airgapped_registry.cli.options import registry_client, registry_options
 from airgapped_registry.cli.run import finish
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror import lockstore
-from airgapped_registry.mirror.lock import Lock, lock, read_lock, relock
+from airgapped_registry.mirror.lock import Lock, read_lock
 from airgapped_registry.mirror.lockstore import DEFAULT_REPOSITORY, DEFAULT_TAG
 from airgapped_registry.mirror.plan import human_bytes, plan
+from airgapped_registry.mirror.relock import lock, relock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, EntryResult, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify

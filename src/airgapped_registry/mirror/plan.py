@@ -16,7 +16,6 @@ exact at the price of one blob HEAD per distinct blob per repository (``missing_
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 
 from airgapped_registry.mirror.lock import Blob, Lock, LockEntry
 from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import ManifestRef, RegistryClient
 
 COPY = "copy"
@@ -47,22 +47,6 @@ def registry_address(client: RegistryClient) -> str:
 def destination_reference(address: str, entry: LockEntry) -> str:
     """``host[:port]/repository:tag``: the key of an entry in the state store."""
     return f"{address}/{entry.destination}:{entry.tag}"
-
-
-@dataclass(frozen=True)
-class RequestCount:
-    """A snapshot of a client's counters, to report the requests made between two points."""
-
-    total: int
-    by_method: Counter[str]
-
-    @classmethod
-    def of(cls, client: RegistryClient) -> RequestCount:
-        return cls(client.requests, client.requests_by_method.copy())
-
-    def since(self, client: RegistryClient) -> dict[str, Any]:
-        by_method = client.requests_by_method - self.by_method
-        return {"total": client.requests - self.total, "by_method": dict(sorted(by_method.items()))}
 
 
 @dataclass(frozen=True)

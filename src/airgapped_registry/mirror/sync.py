@@ -51,31 +51,26 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
-from airgapped_registry.mirror.lock import (
-    Blob,
-    Lock,
-    LockEntry,
-    Manifest,
-    Throttle,
-    chart_manifest,
-    filtered_index,
-    read_url,
-    source_client,
-)
+from airgapped_registry.mirror.lock import Blob, Lock, LockEntry, Manifest
 from airgapped_registry.mirror.plan import (
     PLAN_WORKERS,
     Plan,
     PlannedEntry,
-    RequestCount,
     destination_reference,
     fingerprint,
     plan,
 )
+from airgapped_registry.mirror.sources import source_access
 from airgapped_registry.mirror.spec import MirrorSpec, Source
+from airgapped_registry.oci.helm import chart_manifest
+from airgapped_registry.oci.manifest import filtered_index
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.state.store import EntryState, StateStore, summary_line
 from airgapped_registry.transport.auth import AuthenticatingClient, credentials_for, read_auths
+from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.throttle import Throttle
+from airgapped_registry.transport.urls import read_url
 
 OK = "ok"
 FAILED = "failed"
@@ -350,7 +345,8 @@ class _SourceAccess:
 def _source_access(
     spec: MirrorSpec, source: Source, workdir: Path, timeout: float
 ) -> _SourceAccess:
-    client = source_client(spec, source, timeout=timeout)  # validates TLS files, credentials
+    access = source_access(spec, source, timeout)
+    client = access.client()  # validates TLS files, credentials
     directory = workdir / f"source-{source.name}"
     directory.mkdir(mode=0o700)
     skopeo: list[str] = []
@@ -408,7 +404,7 @@ def _source_access(
     # cosign reads credentials from $DOCKER_CONFIG only: the source's, or none at all.
     env = {key: value for key, value in os.environ.items() if key != "COSIGN_REPOSITORY"}
     env["DOCKER_CONFIG"] = str(docker_config)
-    throttle = Throttle(source.rate_limit)
+    throttle = access.throttle()
     return _SourceAccess(source, client, RequestCount.of(client), skopeo, cosign, env, throttle)
 
 

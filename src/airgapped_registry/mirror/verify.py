@@ -16,8 +16,8 @@ from typing import Any
 
 from airgapped_registry.errors import DigestMismatchError, RegistryError
 from airgapped_registry.mirror.lock import Lock, LockEntry
-from airgapped_registry.mirror.plan import RequestCount
 from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import RegistryClient
 
 
