@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
+from airgapped_registry.tools.process import ToolError
 
 
 class EntryFailure(AirgapError):
@@ -15,7 +16,7 @@ class EntryFailure(AirgapError):
 
 def classify(exc: BaseException) -> tuple[bool, str]:
     """``(permanent, message)`` of a failure: what a retry cannot fix is permanent."""
-    if isinstance(exc, EntryFailure):
+    if isinstance(exc, EntryFailure | ToolError):
         return exc.permanent, str(exc)
     if isinstance(exc, DigestMismatchError):
         return True, str(exc)

@@ -249,6 +249,17 @@ class LockEntry:
                 seen.setdefault(blob.digest, blob)
         return list(seen.values())
 
+    def content_manifests(self) -> list[Manifest]:
+        """The manifests holding the entry's content: the children it copies, or itself."""
+        if self.children:
+            return [child for child in self.children if child.copy]
+        return [self.manifest]
+
+    def content_blobs(self) -> list[Blob]:
+        """The configs and layers of :meth:`content_manifests`, each digest once."""
+        blobs = (blob for manifest in self.content_manifests() for blob in manifest.blobs())
+        return list({blob.digest: blob for blob in blobs}.values())
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

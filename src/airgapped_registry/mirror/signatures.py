@@ -2,19 +2,25 @@
 
 Resolution finds them (:func:`find_signatures`: the tags ``sha256-<hex>.sig|att|sbom`` of a
 subject digest, named in the repository's tag list, so looking costs no request); the sync
-verifies the upstream signature against the entry's keys (:class:`SignatureCheck`) and copies
-them (:func:`copy_signatures`).
+verifies the upstream signature against the entry's keys (:class:`SignatureCheck`, with
+cosign) before it copies anything, and copies them (:func:`copy_signatures`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import replace
+from pathlib import Path
 
-from airgapped_registry.mirror.lock import Signature
-from airgapped_registry.mirror.sources import SourceReader
-from airgapped_registry.mirror.spec import SIGNATURE_KINDS
+from airgapped_registry.mirror.failure import EntryFailure
+from airgapped_registry.mirror.lock import LockEntry, Signature
+from airgapped_registry.mirror.sources import CopySource, SourceReader
+from airgapped_registry.mirror.spec import SIGNATURE_KINDS, MirrorSpec
 from airgapped_registry.oci.manifest import image_parts, parse_manifest
+from airgapped_registry.tools import cosign
+from airgapped_registry.tools.process import Tools, tool_error
+from airgapped_registry.transport.registry import RegistryClient
 
 
 def signature_tag(subject: str, kind: str) -> str:
@@ -68,3 +74,83 @@ def find_signatures(
                 )
             )
     return sorted(signatures, key=lambda signature: signature.tag)
+
+
+class SignatureCheck:
+    """The upstream signature policy of each lock entry, checked with ``cosign verify``."""
+
+    def __init__(self, spec: MirrorSpec, tools: Tools, cosign_path: str = "cosign") -> None:
+        self.spec = spec
+        self.tools = tools
+        self.cosign = cosign_path
+
+    def keys(self, entry: LockEntry) -> list[Path]:
+        """The public keys the entry's upstream signature must verify with (none: unchecked).
+
+        Those of the mirror list entry that selects the lock entry's tag; with a list of
+        sources only (the registry host's relay-source.yaml), the source's own policy.
+        """
+        for candidate in self.spec.entries:
+            if (
+                candidate.url is None
+                and candidate.kind == entry.kind
+                and candidate.source == entry.source
+                and candidate.repository == entry.repository
+                and candidate.destination == entry.destination
+                and entry.tag in candidate.selection.choose([entry.tag])
+            ):
+                return [self.spec.resolve_path(key) for key in candidate.signatures.keys]
+        source = self.spec.sources.get(entry.source or "")
+        if source is not None and not any(c.source == source.name for c in self.spec.entries):
+            # A list of sources only (the registry host's relay-source.yaml): the lock came
+            # from the previous hop, which applied the mirror list; the source's own policy,
+            # if any, applies (none: signatures are copied along unverified).
+            keys = source.signatures.keys if source.signatures else ()
+            return [self.spec.resolve_path(key) for key in keys]
+        raise EntryFailure(
+            f"no entry of {self.spec.path} selects {entry.repository}:{entry.tag} from source "
+            f"{entry.source!r} into {entry.destination}: the lock is older than the list, "
+            "lock again",
+            permanent=True,
+        )
+
+    def verify(self, entry: LockEntry, source: CopySource, keys: list[Path]) -> None:
+        """Pass when one of ``keys`` verifies the upstream digest's signature at the source."""
+        reference = f"{entry.registry}/{entry.repository}@{entry.upstream_digest}"
+        problems = []
+        for key in keys:
+            argv = cosign.verify_argv(self.cosign, key, reference, source.cosign_options)
+            completed = self.tools.run("cosign", argv, source.cosign_env)
+            if completed.returncode == 0:
+                return
+            problems.append(f"{key.name}: {tool_error(completed.stderr)}")
+        raise EntryFailure(
+            f"upstream signature of {reference} does not verify: {'; '.join(problems)}",
+            permanent=True,
+        )
+
+
+def copy_signatures(
+    entry: LockEntry, source: CopySource, client: RegistryClient, check_all: bool = False
+) -> int:
+    """Copy the entry's signatures; small manifests, so the engine copies them, digest-checked,
+    blob by blob. Returns the bytes sent.
+
+    A signature tag already naming the locked digest is skipped, unless ``check_all``
+    (``--force``): then each of its blobs is looked up and put back if missing.
+    """
+    sent = 0
+    for signature in entry.signatures:
+        if not signature.copy:
+            continue
+        current = client.head_manifest(entry.destination, signature.tag)
+        if current is not None and current.digest == signature.digest and not check_all:
+            continue
+        assert entry.repository is not None
+        body = source.get_manifest(entry.repository, signature.digest)
+        for blob in signature.blobs():
+            fetch = functools.partial(source.get_blob, entry.repository, blob.digest)
+            if client.push_blob(entry.destination, blob.digest, fetch):
+                sent += blob.size
+        client.put_manifest(entry.destination, signature.tag, body, signature.media_type)
+    return sent

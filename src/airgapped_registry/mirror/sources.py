@@ -4,7 +4,8 @@
 onto the transport's :class:`~airgapped_registry.transport.access.RegistryAccess`, the one
 description of how a source is reached (resolution, the engine copier, skopeo and cosign all
 start from it). :class:`SourceReader` is one source during a resolution: its client, its
-throttle, the tag lists read so far and the requests made.
+throttle, the tag lists read so far and the requests made; :class:`CopySource` is one source
+during a sync: the engine's reads, skopeo's flags, cosign's flags and environment.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import threading
 from collections.abc import MutableMapping
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from airgapped_registry.mirror.spec import MirrorSpec, Source
+from airgapped_registry.tools import cosign, skopeo
 from airgapped_registry.transport.access import RegistryAccess
 from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import ManifestRef, RegistryClient
@@ -108,3 +112,45 @@ class SourceReader:
         if self.manifests is not None:
             self.manifests[fetched[2]] = fetched[0]
         return fetched
+
+
+@dataclass
+class CopySource:
+    """A source as a sync reaches it: the engine (client), skopeo (flags), cosign (flags, env).
+
+    ``get_manifest`` and ``get_blob`` are the engine's reads, spaced by the source's
+    ``rate_limit`` (skopeo's and cosign's requests are not).
+    """
+
+    access: RegistryAccess
+    client: RegistryClient
+    before: RequestCount
+    throttle: Throttle
+    skopeo_options: list[str]
+    cosign_options: list[str]
+    cosign_env: dict[str, str]
+
+    @classmethod
+    def open(cls, access: RegistryAccess, directory: Path) -> CopySource:
+        """Make the client (which checks the TLS files and credentials), then write the files
+        skopeo and cosign need into ``directory`` (created, 0700)."""
+        client = access.client()
+        directory.mkdir(mode=0o700)
+        cosign_options, cosign_env = cosign.registry_flags(access, directory)
+        return cls(
+            access,
+            client,
+            RequestCount.of(client),
+            access.throttle(),
+            skopeo.source_flags(access, directory),
+            cosign_options,
+            cosign_env,
+        )
+
+    def get_manifest(self, repository: str, digest: str) -> bytes:
+        self.throttle.wait()
+        return self.client.get_manifest(repository, digest)[0]
+
+    def get_blob(self, repository: str, digest: str) -> bytes:
+        self.throttle.wait()
+        return self.client.get_blob(repository, digest)
