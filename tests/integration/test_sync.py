@@ -34,7 +34,8 @@ from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
-from airgapped_registry.state.store import EXIT_LOCKED, RunLock, StateStore
+from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock
+from airgapped_registry.state.store import StateStore
 from airgapped_registry.transport.auth import AuthenticatingClient
 from airgapped_registry.transport.registry import RegistryClient
 

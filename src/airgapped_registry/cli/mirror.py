@@ -19,13 +19,8 @@ from airgapped_registry.mirror.relock import lock, relock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, EntryResult, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
-from airgapped_registry.state.store import (
-    DEFAULT_STATE_PATH,
-    EXIT_LOCKED,
-    RunLock,
-    RunLockedError,
-    StateStore,
-)
+from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
+from airgapped_registry.state.store import DEFAULT_STATE_PATH, StateStore
 
 
 def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
