@@ -162,7 +162,11 @@ class LockEntry:
     ``manifest`` is what ``destination:tag`` must resolve to in the mirror; for an image index
     in ``filter`` mode with platforms left out this is the filtered index, and
     ``upstream_digest`` keeps the upstream one. ``pinned`` is the digest the mirror list
-    pinned the tag to, if any.
+    pinned the tag to, if any. ``signature_keys``: the public keys the mirror list's policy
+    named for the entry when it was locked (as written there, relative to its directory; empty:
+    ``signatures: none``), so that the sync need not look the entry up in the list again;
+    None when not recorded (a lock written before 0.2, a lock fetched from the previous hop,
+    a classic Helm chart): the sync then takes the policy from the mirror list it is given.
     """
 
     kind: str
@@ -179,6 +183,7 @@ class LockEntry:
     children: tuple[Child, ...] = ()
     signatures: tuple[Signature, ...] = ()
     archive: Archive | None = None
+    signature_keys: tuple[str, ...] | None = None
 
     @property
     def digest(self) -> str:
@@ -276,11 +281,15 @@ class LockEntry:
             "children": [child.to_json() for child in self.children],
             "signatures": [signature.to_json() for signature in self.signatures],
             "archive": self.archive.to_json() if self.archive else None,
+            "signature_keys": (
+                list(self.signature_keys) if self.signature_keys is not None else None
+            ),
         }
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> LockEntry:
         archive = document.get("archive")
+        keys = document.get("signature_keys")  # absent in locks written before 0.2
         return cls(
             kind=document["kind"],
             destination=document["destination"],
@@ -296,6 +305,9 @@ class LockEntry:
             children=tuple(Child.from_json(child) for child in document.get("children", ())),
             signatures=tuple(Signature.from_json(sig) for sig in document.get("signatures", ())),
             archive=Archive.from_json(archive) if archive else None,
+            signature_keys=tuple(keys)
+            if (keys := document.get("signature_keys")) is not None
+            else None,
         )
 
 

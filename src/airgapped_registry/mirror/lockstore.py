@@ -160,6 +160,8 @@ def relay_entry(entry: LockEntry, source: str, registry: str) -> LockEntry:
     What the relay stores under ``destination@digest`` is what the entry resolves to, so that
     is the "upstream" of the next hop: a ``filter`` index is the filtered one (its left-out
     children are not on the relay and are dropped), a classic chart is its OCI manifest.
+    The signature keys are not carried: they are paths on the relay, whose sync verified
+    with them; the next hop's own mirror list (its source's policy) decides there.
     """
     children = entry.children
     if children and entry.digest != entry.upstream_digest:
@@ -172,6 +174,7 @@ def relay_entry(entry: LockEntry, source: str, registry: str) -> LockEntry:
         upstream_digest=entry.digest,
         children=children,
         archive=None,
+        signature_keys=None,
     )
 
 

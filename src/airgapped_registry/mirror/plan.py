@@ -34,8 +34,13 @@ PLAN_WORKERS = 16
 
 
 def fingerprint(entry: LockEntry) -> str:
-    """A digest of everything the lock says about an entry: equal means nothing to redo."""
-    text = json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":"))
+    """A digest of everything the lock says about an entry's content: equal means nothing to
+    redo. The signature policy's keys are left out: they say how the upstream was checked,
+    not what the destination holds (and a lock written before they were recorded keeps its
+    fingerprints)."""
+    document = entry.to_json()
+    del document["signature_keys"]
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return digest_of(text.encode())
 
 

@@ -299,6 +299,7 @@ class Resolver:
             platform_mode=platform_mode,
             platforms=entry.platforms,
             children=children,
+            signature_keys=entry.signatures.keys,
         )
         return self._with_signatures(entry, reader, resolved, available, where, None)
 

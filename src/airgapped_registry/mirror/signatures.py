@@ -9,6 +9,7 @@ cosign) before it copies anything, and copies them (:func:`copy_signatures`).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from airgapped_registry.mirror.failure import EntryFailure
 from airgapped_registry.mirror.lock import LockEntry, Signature
 from airgapped_registry.mirror.sources import CopySource, SourceReader
-from airgapped_registry.mirror.spec import SIGNATURE_KINDS, MirrorSpec
+from airgapped_registry.mirror.spec import SIGNATURE_KINDS, Entry, MirrorSpec
 from airgapped_registry.oci.manifest import image_parts, parse_manifest
 from airgapped_registry.tools import cosign
 from airgapped_registry.tools.process import Tools, tool_error
@@ -83,22 +84,22 @@ class SignatureCheck:
         self.spec = spec
         self.tools = tools
         self.cosign = cosign_path
+        self._candidates: dict[tuple[str, str | None, str | None, str], list[Entry]] | None = None
+        self._lock = threading.Lock()
 
     def keys(self, entry: LockEntry) -> list[Path]:
         """The public keys the entry's upstream signature must verify with (none: unchecked).
 
-        Those of the mirror list entry that selects the lock entry's tag; with a list of
-        sources only (the registry host's relay-source.yaml), the source's own policy.
+        Those the lock recorded for the entry, as the mirror list wrote them. A lock entry
+        without recorded keys (see :class:`~airgapped_registry.mirror.lock.LockEntry`) takes
+        those of the mirror list entry selecting its tag; with a list of sources only (the
+        registry host's relay-source.yaml), the source's own policy.
         """
-        for candidate in self.spec.entries:
-            if (
-                candidate.url is None
-                and candidate.kind == entry.kind
-                and candidate.source == entry.source
-                and candidate.repository == entry.repository
-                and candidate.destination == entry.destination
-                and entry.tag in candidate.selection.choose([entry.tag])
-            ):
+        if entry.signature_keys is not None:
+            return [self.spec.resolve_path(key) for key in entry.signature_keys]
+        key = (entry.kind, entry.source, entry.repository, entry.destination)
+        for candidate in self._by_destination().get(key, ()):
+            if entry.tag in candidate.selection.choose([entry.tag]):
                 return [self.spec.resolve_path(key) for key in candidate.signatures.keys]
         source = self.spec.sources.get(entry.source or "")
         if source is not None and not any(c.source == source.name for c in self.spec.entries):
@@ -113,6 +114,23 @@ class SignatureCheck:
             "lock again",
             permanent=True,
         )
+
+    def _by_destination(self) -> dict[tuple[str, str | None, str | None, str], list[Entry]]:
+        """The list's registry entries by (kind, source, repository, destination), once."""
+        with self._lock:
+            if self._candidates is None:
+                candidates: dict[tuple[str, str | None, str | None, str], list[Entry]] = {}
+                for candidate in self.spec.entries:
+                    if candidate.url is None:
+                        key = (
+                            candidate.kind,
+                            candidate.source,
+                            candidate.repository,
+                            candidate.destination,
+                        )
+                        candidates.setdefault(key, []).append(candidate)
+                self._candidates = candidates
+            return self._candidates
 
     def verify(self, entry: LockEntry, source: CopySource, keys: list[Path]) -> None:
         """Pass when one of ``keys`` verifies the upstream digest's signature at the source."""
