@@ -16,12 +16,9 @@ import pytest
 
 from airgap_lab.sample import build, push
 from airgapped_registry.cli import main
+from airgapped_registry.defaults import LOCK_REPOSITORY as DEFAULT_REPOSITORY
 from airgapped_registry.mirror.lock import read_lock
-from airgapped_registry.mirror.lockstore import (
-    CONFIG_MEDIA_TYPE,
-    DEFAULT_REPOSITORY,
-    LOCK_MEDIA_TYPE,
-)
+from airgapped_registry.mirror.lockstore import CONFIG_MEDIA_TYPE, LOCK_MEDIA_TYPE
 from airgapped_registry.oci.mediatypes import OCI_MANIFEST
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.registry import RegistryClient

@@ -8,19 +8,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from airgapped_registry import defaults
 from airgapped_registry.cli.options import registry_client, registry_options
 from airgapped_registry.cli.run import finish
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror import lockstore
 from airgapped_registry.mirror.lock import Lock, read_lock
-from airgapped_registry.mirror.lockstore import DEFAULT_REPOSITORY, DEFAULT_TAG
 from airgapped_registry.mirror.plan import human_bytes, plan
 from airgapped_registry.mirror.relock import lock, relock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, EntryResult, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
 from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
-from airgapped_registry.state.store import DEFAULT_STATE_PATH, StateStore
+from airgapped_registry.state.store import StateStore
 
 
 def add_mirror_commands(commands: argparse._SubParsersAction) -> None:
@@ -68,9 +68,9 @@ def add_lock_transport_commands(lock_parser: argparse.ArgumentParser) -> None:
     actions = lock_parser.add_subparsers(dest="action", metavar="ACTION")
     artifact = argparse.ArgumentParser(add_help=False)
     artifact.add_argument(
-        "--repository", default=DEFAULT_REPOSITORY, help="where the lock artifact is stored"
+        "--repository", default=defaults.LOCK_REPOSITORY, help="where the lock artifact is stored"
     )
-    artifact.add_argument("--tag", default=DEFAULT_TAG, help="the lock artifact's tag")
+    artifact.add_argument("--tag", default=defaults.LOCK_TAG, help="the lock artifact's tag")
     artifact.add_argument(
         "--check", action="store_true", help="write nothing; report what would change"
     )
@@ -131,7 +131,11 @@ def destination_options() -> argparse.ArgumentParser:
         "--auth-file", metavar="FILE", help="auth.json with credentials for the destination"
     )
     parser.add_argument(
-        "--workers", type=int, default=4, metavar="N", help="entries handled side by side"
+        "--workers",
+        type=int,
+        default=defaults.SYNC_WORKERS,
+        metavar="N",
+        help="entries handled side by side",
     )
     return parser
 
@@ -169,7 +173,7 @@ def add_sync_commands(commands: argparse._SubParsersAction) -> None:
     )
     plan_parser.add_argument(
         "--state",
-        default=str(DEFAULT_STATE_PATH),
+        default=str(defaults.STATE_PATH),
         metavar="DB",
         help="sync state read, if it exists, to spot lock entries changed since the last sync",
     )
@@ -185,32 +189,32 @@ def add_sync_commands(commands: argparse._SubParsersAction) -> None:
     )
     sync_parser.add_argument(
         "--state",
-        default=str(DEFAULT_STATE_PATH),
+        default=str(defaults.STATE_PATH),
         metavar="DB",
         help="the state database; the run lock sync.lock lives beside it",
     )
-    defaults = SyncOptions()
+    sync_defaults = SyncOptions()
     sync_parser.add_argument(
-        "--attempts", type=int, default=defaults.attempts, metavar="N", help="tries per entry"
+        "--attempts", type=int, default=sync_defaults.attempts, metavar="N", help="tries per entry"
     )
     sync_parser.add_argument(
         "--backoff",
         type=float,
-        default=defaults.backoff,
+        default=sync_defaults.backoff,
         metavar="SECONDS",
         help="first wait between tries, doubled after each",
     )
     sync_parser.add_argument(
         "--retry-times",
         type=int,
-        default=defaults.retry_times,
+        default=sync_defaults.retry_times,
         metavar="N",
         help="skopeo's own retries within one try",
     )
     sync_parser.add_argument(
         "--tool-timeout",
         type=float,
-        default=defaults.timeout,
+        default=sync_defaults.timeout,
         metavar="SECONDS",
         help="longest one skopeo or cosign run may take",
     )
@@ -232,13 +236,13 @@ def add_sync_commands(commands: argparse._SubParsersAction) -> None:
     sync_parser.add_argument(
         "--engine-copy-max-bytes",
         type=int,
-        default=defaults.engine_copy_max_bytes,
+        default=sync_defaults.engine_copy_max_bytes,
         metavar="BYTES",
         help="entries with at most this much left to upload are copied by the engine, "
         "heavier ones by skopeo; 0: skopeo copies every entry",
     )
-    sync_parser.add_argument("--skopeo", default=defaults.skopeo, metavar="PATH")
-    sync_parser.add_argument("--cosign", default=defaults.cosign, metavar="PATH")
+    sync_parser.add_argument("--skopeo", default=sync_defaults.skopeo, metavar="PATH")
+    sync_parser.add_argument("--cosign", default=sync_defaults.cosign, metavar="PATH")
     sync_parser.add_argument(
         "--summary",
         action="store_true",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from airgapped_registry import defaults
 from airgapped_registry.transport.registry import RegistryClient
 
 
@@ -15,7 +16,7 @@ def registry_options() -> argparse.ArgumentParser:
     group.add_argument("--ca-file", metavar="PEM", help="CA bundle trusted for the registry")
     group.add_argument("--cert-file", metavar="PEM", help="client certificate for mutual TLS")
     group.add_argument("--key-file", metavar="PEM", help="key of the client certificate")
-    group.add_argument("--timeout", type=float, default=30, metavar="SECONDS")
+    group.add_argument("--timeout", type=float, default=defaults.REQUEST_TIMEOUT, metavar="SECONDS")
     return parser
 
 

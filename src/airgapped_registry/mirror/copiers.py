@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Protocol
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import DigestMismatchError, RegistryError
 from airgapped_registry.mirror.failure import EntryFailure
 from airgapped_registry.mirror.ledger import BlobLedger
@@ -180,7 +181,7 @@ class SkopeoCopier:
         destination_options: list[str],
         *,
         skopeo_path: str = "skopeo",
-        retry_times: int = 2,
+        retry_times: int = defaults.SKOPEO_RETRY_TIMES,
     ) -> None:
         self.client = client
         self.tools = tools

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from airgapped_registry import defaults
 from airgapped_registry.mirror.lock import Blob, Lock, LockEntry
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.counters import RequestCount
@@ -29,8 +30,6 @@ from airgapped_registry.transport.registry import ManifestRef, RegistryClient
 
 COPY = "copy"
 SKIP = "skip"
-# HEADs are cheap for a registry and the plan waits on the network: more threads than copies.
-PLAN_WORKERS = 16
 
 
 def fingerprint(entry: LockEntry) -> str:
@@ -231,7 +230,7 @@ def plan(
     *,
     fingerprints: Mapping[str, str] | None = None,
     check_blobs: bool = False,
-    workers: int = PLAN_WORKERS,
+    workers: int = defaults.PLAN_WORKERS,
     currents: Mapping[tuple[str, str], ManifestRef | None] | None = None,
     force: bool = False,
 ) -> Plan:

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import ContentError, RegistryError, UrlError
 from airgapped_registry.mirror.helmrepo import ChartRepositories
 from airgapped_registry.mirror.lock import (
@@ -45,8 +46,6 @@ from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.registry import RegistryClient
 from airgapped_registry.transport.urls import UrlFetcher, read_url
 
-# Entries (tags) resolved at once; each thread keeps its own connection to a source.
-WORKERS = 8
 # docker buildx stores provenance/SBOM manifests in the index with this annotation.
 REFERENCE_DIGEST = "vnd.docker.reference.digest"
 # What resolving an entry may raise, reported with the entry's file, line and name.
@@ -78,7 +77,7 @@ class Resolver:
         fetch_url: UrlFetcher | None = None,
         *,
         previous: Lock | None = None,
-        workers: int = WORKERS,
+        workers: int = defaults.RESOLVE_WORKERS,
         manifests: MutableMapping[str, bytes] | None = None,
     ) -> None:
         self.spec = spec

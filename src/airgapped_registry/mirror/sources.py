@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airgapped_registry import defaults
 from airgapped_registry.mirror.spec import MirrorSpec, Source
 from airgapped_registry.tools import cosign, skopeo
 from airgapped_registry.transport.access import RegistryAccess
@@ -27,7 +28,9 @@ from airgapped_registry.transport.throttle import Throttle
 Fetched = tuple[bytes, str, str]  # (body, media type, digest)
 
 
-def source_access(spec: MirrorSpec, source: Source, timeout: float = 30) -> RegistryAccess:
+def source_access(
+    spec: MirrorSpec, source: Source, timeout: float = defaults.REQUEST_TIMEOUT
+) -> RegistryAccess:
     """How ``source`` is reached: its files resolved against the mirror list's directory.
 
     A plain-http (``insecure``) source is reached without TLS files.

@@ -50,6 +50,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 from urllib.parse import urlsplit
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror.copiers import (
     ENGINE,
@@ -63,7 +64,6 @@ from airgapped_registry.mirror.helmrepo import copy_classic_chart
 from airgapped_registry.mirror.ledger import BlobLedger
 from airgapped_registry.mirror.lock import Lock, LockEntry
 from airgapped_registry.mirror.plan import (
-    PLAN_WORKERS,
     Plan,
     PlannedEntry,
     destination_reference,
@@ -84,9 +84,6 @@ from airgapped_registry.transport.urls import UrlFetcher, read_url
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
-# Above this, per entry, skopeo streams the blobs; below, its start-up, pings and per-blob
-# checks cost more than the bytes (see docs/performance.md).
-ENGINE_COPY_MAX_BYTES = 16 * 1024 * 1024
 
 Progress = Callable[["EntryResult", int, int], None]
 
@@ -104,7 +101,7 @@ class Destination:
     cert_file: str | None = None
     key_file: str | None = None
     auth_file: str | None = None
-    timeout: float = 30
+    timeout: float = defaults.REQUEST_TIMEOUT
 
     @property
     def address(self) -> str:
@@ -142,15 +139,15 @@ class SyncOptions:
     by skopeo. 0: skopeo copies every entry.
     """
 
-    workers: int = 4
-    attempts: int = 3
-    backoff: float = 1.0
-    retry_times: int = 2
+    workers: int = defaults.SYNC_WORKERS
+    attempts: int = defaults.SYNC_ATTEMPTS
+    backoff: float = defaults.SYNC_BACKOFF
+    retry_times: int = defaults.SKOPEO_RETRY_TIMES
     keep_going: bool = False
-    timeout: float = 3600
+    timeout: float = defaults.TOOL_TIMEOUT
     skopeo: str = "skopeo"
     cosign: str = "cosign"
-    engine_copy_max_bytes: int = ENGINE_COPY_MAX_BYTES
+    engine_copy_max_bytes: int = defaults.ENGINE_COPY_MAX_BYTES
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.attempts < 1 or self.retry_times < 0:
@@ -422,7 +419,9 @@ def sync(
         currents: dict[tuple[str, str], Any] = {}
         if callable(lock):
             keys = [entry.key for entry in previous.entries] if previous else []
-            with ThreadPoolExecutor(PLAN_WORKERS, thread_name_prefix="airgap-plan") as pool:
+            with ThreadPoolExecutor(
+                defaults.PLAN_WORKERS, thread_name_prefix="airgap-plan"
+            ) as pool:
                 heads = {key: pool.submit(client.head_manifest, *key) for key in keys}
                 try:
                     lock = lock()
@@ -434,7 +433,7 @@ def sync(
             lock,
             client,
             fingerprints=fingerprints,
-            workers=max(options.workers, PLAN_WORKERS),
+            workers=max(options.workers, defaults.PLAN_WORKERS),
             currents=currents,
             force=force,
         )

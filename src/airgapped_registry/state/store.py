@@ -23,9 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError
 
-DEFAULT_STATE_PATH = Path("/var/lib/airgapped-registry/state.db")
 RESULTS = ("ok", "failed", "skipped")
 
 # Each item brings the schema from the version before it to its own number (its position,
@@ -162,7 +162,7 @@ class StateStore:
     records results from its main thread as workers finish.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STATE_PATH) -> None:
+    def __init__(self, path: str | os.PathLike[str] = defaults.STATE_PATH) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

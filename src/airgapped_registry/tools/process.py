@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError
 
 Runner = Callable[
@@ -45,7 +46,9 @@ def run_command(
 class Tools:
     """Runs tools through ``runner`` with a time limit, counting the runs of each tool."""
 
-    def __init__(self, runner: Runner = run_command, timeout: float = 3600) -> None:
+    def __init__(
+        self, runner: Runner = run_command, timeout: float = defaults.TOOL_TIMEOUT
+    ) -> None:
         self.runner = runner
         self.timeout = timeout
         self.runs: Counter[str] = Counter()

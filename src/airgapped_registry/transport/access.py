@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.transport.auth import AuthenticatingClient, credentials_for, read_auths
 from airgapped_registry.transport.registry import RegistryClient
@@ -49,7 +50,7 @@ class RegistryAccess:
     credentials_env: str | None = None
     credentials_label: str | None = None
     rate_limit: float | None = None
-    timeout: float = 30
+    timeout: float = defaults.REQUEST_TIMEOUT
     anonymous_tokens: bool = False
 
     @property

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from email.message import Message
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
-from airgapped_registry import __version__
+from airgapped_registry import __version__, defaults
 from airgapped_registry.errors import DigestMismatchError, RegistryError
 from airgapped_registry.oci.mediatypes import MANIFEST_MEDIA_TYPES
 from airgapped_registry.oci.reference import (
@@ -86,7 +86,7 @@ class RegistryClient:
         ca_file: str | os.PathLike[str] | None = None,
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
-        timeout: float = 30,
+        timeout: float = defaults.REQUEST_TIMEOUT,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import UrlError
 from airgapped_registry.transport.tls import tls_context
 
@@ -18,7 +19,9 @@ def read_url(url: str) -> bytes:
     context = tls_context(None, None, None) if url.startswith("https:") else None
     request = urllib.request.Request(url, headers={"User-Agent": "airgapped-registry"})
     try:
-        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+        with urllib.request.urlopen(
+            request, timeout=defaults.REQUEST_TIMEOUT, context=context
+        ) as response:
             return response.read()
     except urllib.error.HTTPError as exc:
         raise UrlError(f"GET {url}: {exc.code} {exc.reason}") from exc
