@@ -1,10 +1,11 @@
-"""Options shared by command groups: a registry endpoint and the TLS files to reach it."""
+"""Options shared by command groups: a registry endpoint, the files to reach it, a client."""
 
 from __future__ import annotations
 
 import argparse
 
 from airgapped_registry import defaults
+from airgapped_registry.transport.access import RegistryAccess
 from airgapped_registry.transport.registry import RegistryClient
 
 
@@ -16,15 +17,24 @@ def registry_options() -> argparse.ArgumentParser:
     group.add_argument("--ca-file", metavar="PEM", help="CA bundle trusted for the registry")
     group.add_argument("--cert-file", metavar="PEM", help="client certificate for mutual TLS")
     group.add_argument("--key-file", metavar="PEM", help="key of the client certificate")
+    group.add_argument(
+        "--auth-file", metavar="FILE", help="auth.json with credentials for the registry"
+    )
     group.add_argument("--timeout", type=float, default=defaults.REQUEST_TIMEOUT, metavar="SECONDS")
     return parser
 
 
-def registry_client(args: argparse.Namespace) -> RegistryClient:
-    return RegistryClient(
+def registry_access(args: argparse.Namespace) -> RegistryAccess:
+    """How to reach ``--registry``: TLS files and credentials, as a sync destination is."""
+    return RegistryAccess.endpoint(
         args.registry,
         ca_file=args.ca_file,
         cert_file=args.cert_file,
         key_file=args.key_file,
+        auth_file=args.auth_file,
         timeout=args.timeout,
     )
+
+
+def registry_client(args: argparse.Namespace) -> RegistryClient:
+    return registry_access(args).client()

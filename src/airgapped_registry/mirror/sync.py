@@ -112,15 +112,14 @@ class Destination:
         return urlsplit(self.url).scheme == "http"
 
     def access(self) -> RegistryAccess:
-        return RegistryAccess(
+        return RegistryAccess.endpoint(
             self.url,
-            name="destination",
-            ca_files=(Path(self.ca_file),) if self.ca_file else (),
-            cert_file=Path(self.cert_file) if self.cert_file else None,
-            key_file=Path(self.key_file) if self.key_file else None,
-            credentials_file=Path(self.auth_file) if self.auth_file else None,
-            credentials_label=f"credentials file {self.auth_file}" if self.auth_file else None,
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            auth_file=self.auth_file,
             timeout=self.timeout,
+            name="destination",
         )
 
     def client(self) -> RegistryClient:

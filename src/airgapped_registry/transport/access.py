@@ -53,6 +53,31 @@ class RegistryAccess:
     timeout: float = defaults.REQUEST_TIMEOUT
     anonymous_tokens: bool = False
 
+    @classmethod
+    def endpoint(
+        cls,
+        url: str,
+        *,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        auth_file: str | os.PathLike[str] | None = None,
+        timeout: float = defaults.REQUEST_TIMEOUT,
+        name: str = "registry",
+    ) -> RegistryAccess:
+        """A registry named by a command line or a module: one CA file, one client pair,
+        credentials in an auth.json file."""
+        return cls(
+            url,
+            name=name,
+            ca_files=(Path(ca_file),) if ca_file else (),
+            cert_file=Path(cert_file) if cert_file else None,
+            key_file=Path(key_file) if key_file else None,
+            credentials_file=Path(auth_file) if auth_file else None,
+            credentials_label=f"credentials file {os.fspath(auth_file)}" if auth_file else None,
+            timeout=timeout,
+        )
+
     @property
     def address(self) -> str:
         """``host[:port]`` of the URL, as skopeo, cosign and the state name the registry."""
