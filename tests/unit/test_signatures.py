@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from airgapped_registry.mirror.failure import EntryFailure
 from airgapped_registry.mirror.lock import Lock
 from airgapped_registry.mirror.lockstore import relay_entry
+from airgapped_registry.mirror.outcome import EntryFailure
 from airgapped_registry.mirror.plan import fingerprint
 from airgapped_registry.mirror.signatures import SignatureCheck
 from airgapped_registry.mirror.spec import loads

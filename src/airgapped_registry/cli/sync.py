@@ -17,10 +17,11 @@ from airgapped_registry.cli.options import registry_options
 from airgapped_registry.cli.run import finish
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror.lock import Lock, read_lock
+from airgapped_registry.mirror.outcome import EntryResult
 from airgapped_registry.mirror.plan import human_bytes, plan
 from airgapped_registry.mirror.relock import relock
 from airgapped_registry.mirror.spec import load
-from airgapped_registry.mirror.sync import Destination, EntryResult, SyncOptions, sync
+from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
 from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
 from airgapped_registry.state.store import StateStore

@@ -15,9 +15,9 @@ from typing import Protocol
 
 from airgapped_registry import defaults
 from airgapped_registry.errors import DigestMismatchError, RegistryError
-from airgapped_registry.mirror.failure import EntryFailure
 from airgapped_registry.mirror.ledger import BlobLedger
 from airgapped_registry.mirror.lock import Blob, LockEntry, Manifest
+from airgapped_registry.mirror.outcome import EntryFailure
 from airgapped_registry.mirror.sources import CopySource
 from airgapped_registry.oci.manifest import filtered_index
 from airgapped_registry.oci.reference import digest_of

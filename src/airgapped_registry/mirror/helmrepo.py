@@ -15,8 +15,8 @@ from urllib.parse import urljoin
 
 import yaml
 
-from airgapped_registry.mirror.failure import EntryFailure
 from airgapped_registry.mirror.lock import Archive, Blob, LockEntry, LockError, Manifest
+from airgapped_registry.mirror.outcome import EntryFailure
 from airgapped_registry.mirror.spec import Entry, tag_order_key
 from airgapped_registry.oci.helm import chart_manifest
 from airgapped_registry.oci.mediatypes import HELM_CHART_CONTENT, HELM_CONFIG, OCI_MANIFEST

@@ -21,6 +21,7 @@ from typing import Any
 from airgapped_registry import defaults
 from airgapped_registry.errors import ContentError, RegistryError, UrlError
 from airgapped_registry.mirror.helmrepo import ChartRepositories
+from airgapped_registry.mirror.indexes import check_platforms, index_children
 from airgapped_registry.mirror.lock import (
     FILTER,
     PRESERVE_INDEX,
@@ -29,25 +30,20 @@ from airgapped_registry.mirror.lock import (
     LockEntry,
     LockError,
     Manifest,
-    Signature,
 )
-from airgapped_registry.mirror.signatures import find_signatures, signature_tag
+from airgapped_registry.mirror.signatures import with_signatures
 from airgapped_registry.mirror.sources import Fetched, SourceReader, source_access
 from airgapped_registry.mirror.spec import Entry, MirrorSpec, TagPin
 from airgapped_registry.oci.manifest import (
-    descriptor,
     filtered_index,
     image_parts,
     parse_manifest,
 )
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES
-from airgapped_registry.oci.platform import platform_matches, platform_text
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.registry import RegistryClient
 from airgapped_registry.transport.urls import UrlFetcher, read_url
 
-# docker buildx stores provenance/SBOM manifests in the index with this annotation.
-REFERENCE_DIGEST = "vnd.docker.reference.digest"
 # What resolving an entry may raise, reported with the entry's file, line and name.
 _ENTRY_FAILURES = (RegistryError, LockError, ContentError, UrlError)
 
@@ -205,23 +201,8 @@ class Resolver:
         assert entry.source is not None and entry.repository is not None
         reader = self._reader(entry.source)
         listed = reader.tags(entry.repository)
-        available = set(listed)
-        if entry.selection.exact:
-            pins = list(entry.selection.tags)
-            for pin in pins:
-                if pin.digest is None and pin.tag not in available:
-                    raise LockError(
-                        f"tag {pin.tag} not found at {self.spec.sources[entry.source].registry} "
-                        f"({len(listed)} tags listed)"
-                    )
-        else:
-            chosen = entry.selection.choose(listed)
-            if not chosen:
-                raise LockError(
-                    f"no tag matches {entry.selection.describe()} ({len(listed)} tags listed)"
-                )
-            pins = [TagPin(tag) for tag in chosen]
-        return reader, pins, available
+        registry = self.spec.sources[entry.source].registry
+        return reader, select_tags(entry, listed, registry), set(listed)
 
     def _unchanged(
         self, entry: Entry, reader: SourceReader, pin: TagPin
@@ -267,7 +248,9 @@ class Resolver:
             with self._guard:
                 self.reused += 1
             resolved = replace(previous, tag=pin.tag, pinned=pin.digest, platforms=entry.platforms)
-            return self._with_signatures(entry, reader, resolved, available, where, previous)
+            return with_signatures(
+                resolved, reader, available, where, entry.signatures.required, previous
+            )
         body, media_type, digest = fetched or reader.get(repository, pin.digest or pin.tag)
         where = f"{repository}:{pin.tag} ({digest})"
         document = parse_manifest(body, where)
@@ -277,7 +260,7 @@ class Resolver:
         top = upstream
         if media_type in INDEX_MEDIA_TYPES or "manifests" in document:
             platform_mode = entry.platform_mode or PRESERVE_INDEX
-            children = self._children(entry, reader, document, where, platform_mode)
+            children = index_children(entry, reader, document, where, platform_mode)
             kept = {child.digest for child in children if child.copy}
             if platform_mode == FILTER and len(kept) < len(children):
                 filtered = filtered_index(body, kept)
@@ -300,101 +283,22 @@ class Resolver:
             children=children,
             signature_keys=entry.signatures.keys,
         )
-        return self._with_signatures(entry, reader, resolved, available, where, None)
+        return with_signatures(resolved, reader, available, where, entry.signatures.required)
 
-    def _with_signatures(
-        self,
-        entry: Entry,
-        reader: SourceReader,
-        resolved: LockEntry,
-        available: set[str],
-        where: str,
-        previous: LockEntry | None,
-    ) -> LockEntry:
-        """``resolved`` with the signatures the tag list names for it and its children."""
-        assert resolved.repository is not None
-        upstream = resolved.upstream_digest
-        subjects = [(upstream, resolved.digest == upstream)]
-        subjects += [(child.digest, True) for child in resolved.children if child.copy]
-        recorded: tuple[Signature, ...] = previous.signatures if previous else ()
-        signatures = find_signatures(reader, resolved.repository, subjects, available, recorded)
-        if entry.signatures.required and not any(
-            s.kind == "sig" and s.subject == upstream for s in signatures
-        ):
-            raise LockError(
-                f"{where}: the signature policy asks for a signature, but upstream has none "
-                f"({signature_tag(upstream, 'sig')})"
-            )
-        return replace(resolved, signatures=tuple(signatures))
 
-    def _children(
-        self,
-        entry: Entry,
-        reader: SourceReader,
-        document: dict[str, Any],
-        where: str,
-        mode: str,
-    ) -> tuple[Child, ...]:
-        assert entry.repository is not None
-        items = document.get("manifests")
-        if not isinstance(items, list) or not items:
-            raise LockError(f"{where}: index without manifests")
-        listed = []
-        for position, item in enumerate(items):
-            found = descriptor(item, f"{where} manifests[{position}]")
-            platform = platform_text(item.get("platform"))
-            if entry.kind == "image":
-                selected = any(platform_matches(platform, wanted) for wanted in entry.platforms)
-            else:
-                selected = True
-            annotations = item.get("annotations") or {}
-            listed.append((found, platform, selected, annotations.get(REFERENCE_DIGEST)))
-        if entry.kind == "image":
-            check_platforms(entry, [platform for _, platform, _, _ in listed], where)
-        chosen = {found.digest for found, _, selected, _ in listed if selected}
-        children = []
-        for found, platform, selected, refers_to in listed:
-            copy = mode == PRESERVE_INDEX or selected or refers_to in chosen
-            config, layers = None, ()
-            if copy:
-                child_where = f"{where} child {found.digest}"
-                body, media_type, _ = reader.get(entry.repository, found.digest)
-                if media_type in INDEX_MEDIA_TYPES:
-                    raise LockError(f"{child_where}: nested index, not supported")
-                if len(body) != found.size:
-                    raise LockError(
-                        f"{child_where}: index says {found.size} bytes, got {len(body)}"
-                    )
-                config, layers = image_parts(parse_manifest(body, child_where), child_where)
-            children.append(
-                Child(
-                    found.digest,
-                    found.media_type,
-                    found.size,
-                    config,
-                    layers,
-                    platform=platform,
-                    selected=selected,
-                    copy=copy,
+def select_tags(entry: Entry, listed: list[str], registry: str) -> list[TagPin]:
+    """The tags ``entry`` selects among those its repository lists (``listed``), pinned or
+    not; an exact tag must be listed unless it is pinned to a digest."""
+    available = set(listed)
+    if entry.selection.exact:
+        pins = list(entry.selection.tags)
+        for pin in pins:
+            if pin.digest is None and pin.tag not in available:
+                raise LockError(
+                    f"tag {pin.tag} not found at {registry} ({len(listed)} tags listed)"
                 )
-            )
-        return tuple(children)
-
-
-def check_platforms(entry: Entry, platforms: list[str | None], where: str) -> None:
-    """Refuse an index without the platforms an entry asks for (all of them when explicit)."""
-    present = sorted({platform for platform in platforms if platform})
-    missing = [
-        wanted
-        for wanted in entry.platforms
-        if not any(platform_matches(platform, wanted) for platform in platforms)
-    ]
-    if entry.platforms_explicit and missing:
-        raise LockError(
-            f"{where}: platform {', '.join(missing)} not in the index (it has {', '.join(present)})"
-        )
-    if len(missing) == len(entry.platforms):
-        raise LockError(
-            f"{where}: none of {', '.join(entry.platforms)} in the index "
-            f"(it has {', '.join(present)}); set platforms"
-        )
+        return pins
+    chosen = entry.selection.choose(listed)
+    if not chosen:
+        raise LockError(f"no tag matches {entry.selection.describe()} ({len(listed)} tags listed)")
+    return [TagPin(tag) for tag in chosen]

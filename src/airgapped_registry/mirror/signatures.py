@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from airgapped_registry.mirror.failure import EntryFailure
-from airgapped_registry.mirror.lock import LockEntry, Signature
+from airgapped_registry.mirror.lock import LockEntry, LockError, Signature
+from airgapped_registry.mirror.outcome import EntryFailure
 from airgapped_registry.mirror.sources import CopySource, SourceReader
 from airgapped_registry.mirror.spec import SIGNATURE_KINDS, Entry, MirrorSpec
 from airgapped_registry.oci.manifest import image_parts, parse_manifest
@@ -75,6 +75,31 @@ def find_signatures(
                 )
             )
     return sorted(signatures, key=lambda signature: signature.tag)
+
+
+def with_signatures(
+    resolved: LockEntry,
+    reader: SourceReader,
+    available: set[str],
+    where: str,
+    required: bool,
+    previous: LockEntry | None = None,
+) -> LockEntry:
+    """``resolved`` with the signatures the tag list names for it and its copied children;
+    those ``previous`` recorded are checked with a ``HEAD``. ``required``: the policy has
+    keys, so the upstream digest must carry a ``.sig``."""
+    assert resolved.repository is not None
+    upstream = resolved.upstream_digest
+    subjects = [(upstream, resolved.digest == upstream)]
+    subjects += [(child.digest, True) for child in resolved.children if child.copy]
+    recorded = previous.signatures if previous else ()
+    signatures = find_signatures(reader, resolved.repository, subjects, available, recorded)
+    if required and not any(s.kind == "sig" and s.subject == upstream for s in signatures):
+        raise LockError(
+            f"{where}: the signature policy asks for a signature, but upstream has none "
+            f"({signature_tag(upstream, 'sig')})"
+        )
+    return replace(resolved, signatures=tuple(signatures))
 
 
 class SignatureCheck:

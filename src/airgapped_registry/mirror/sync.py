@@ -59,10 +59,17 @@ from airgapped_registry.mirror.copiers import (
     SkopeoCopier,
     destination_manifest,
 )
-from airgapped_registry.mirror.failure import EntryFailure, classify
 from airgapped_registry.mirror.helmrepo import copy_classic_chart
 from airgapped_registry.mirror.ledger import BlobLedger
 from airgapped_registry.mirror.lock import Lock, LockEntry
+from airgapped_registry.mirror.outcome import (
+    FAILED,
+    OK,
+    SKIPPED,
+    EntryFailure,
+    EntryResult,
+    classify,
+)
 from airgapped_registry.mirror.plan import (
     Plan,
     PlannedEntry,
@@ -73,17 +80,13 @@ from airgapped_registry.mirror.plan import (
 from airgapped_registry.mirror.signatures import SignatureCheck, copy_signatures
 from airgapped_registry.mirror.sources import CopySource, source_access
 from airgapped_registry.mirror.spec import MirrorSpec
-from airgapped_registry.state.store import EntryState, StateStore, summary_line
+from airgapped_registry.state.store import StateStore, summary_line
 from airgapped_registry.tools import skopeo
 from airgapped_registry.tools.process import Runner, Tools, run_command
 from airgapped_registry.transport.access import RegistryAccess
 from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import RegistryClient
 from airgapped_registry.transport.urls import UrlFetcher, read_url
-
-OK = "ok"
-FAILED = "failed"
-SKIPPED = "skipped"
 
 Progress = Callable[["EntryResult", int, int], None]
 
@@ -155,62 +158,6 @@ class SyncOptions:
             raise ValueError("sync options: engine_copy_max_bytes must be >= 0")
         if self.backoff < 0 or self.timeout <= 0:
             raise ValueError("sync options: backoff must be >= 0 and timeout > 0")
-
-
-@dataclass(frozen=True)
-class EntryResult:
-    """What happened to one entry: ``ok`` (copied), ``failed``, or ``skipped``.
-
-    ``in_sync``: the destination holds what the lock entry asks for (copied now, or found up
-    to date). ``bytes``: blob bytes sent to the destination for it.
-    """
-
-    planned: PlannedEntry
-    result: str
-    detail: str
-    reference: str
-    in_sync: bool = False
-    bytes: int = 0
-    duration: float = 0.0
-    attempts: int = 0
-    error: str | None = None
-    copier: str | None = None
-
-    @property
-    def entry(self) -> LockEntry:
-        return self.planned.entry
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "entry": self.entry.reference,
-            "destination": self.reference,
-            "result": self.result,
-            "detail": self.detail,
-            "digest": self.entry.digest,
-            "bytes": self.bytes,
-            "duration": round(self.duration, 3),
-            "attempts": self.attempts,
-            "error": self.error,
-            "copier": self.copier,
-        }
-
-    def state(self, run_id: int | None, fingerprint: str) -> EntryState:
-        address, _, _ = self.reference.partition("/")
-        return EntryState(
-            reference=self.reference,
-            registry=address,
-            repository=self.entry.destination,
-            tag=self.entry.tag,
-            digest=self.entry.digest,
-            result=self.result,
-            in_sync=self.in_sync,
-            detail=self.detail,
-            bytes=self.bytes,
-            duration=round(self.duration, 3),
-            error=self.error,
-            fingerprint=fingerprint,
-            run_id=run_id,
-        )
 
 
 class EntryWorker:
