@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from airgapped_registry import defaults
 from airgapped_registry.transport.access import RegistryAccess
@@ -24,16 +25,16 @@ def registry_options() -> argparse.ArgumentParser:
     return parser
 
 
+def registry_files(args: argparse.Namespace) -> dict[str, Any]:
+    """The options naming how to reach ``--registry``, as keyword arguments (the names of
+    :meth:`RegistryAccess.endpoint` and of a sync's ``Destination``)."""
+    names = ("ca_file", "cert_file", "key_file", "auth_file", "timeout")
+    return {name: getattr(args, name) for name in names}
+
+
 def registry_access(args: argparse.Namespace) -> RegistryAccess:
     """How to reach ``--registry``: TLS files and credentials, as a sync destination is."""
-    return RegistryAccess.endpoint(
-        args.registry,
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
-        auth_file=args.auth_file,
-        timeout=args.timeout,
-    )
+    return RegistryAccess.endpoint(args.registry, **registry_files(args))
 
 
 def registry_client(args: argparse.Namespace) -> RegistryClient:

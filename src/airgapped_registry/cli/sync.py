@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from airgapped_registry import defaults
-from airgapped_registry.cli.options import registry_options
+from airgapped_registry.cli.options import registry_files, registry_options
 from airgapped_registry.cli.run import finish
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror.lock import Lock, read_lock
@@ -42,14 +42,7 @@ def destination_options() -> argparse.ArgumentParser:
 
 
 def destination(args: argparse.Namespace) -> Destination:
-    return Destination(
-        args.registry,
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
-        auth_file=args.auth_file,
-        timeout=args.timeout,
-    )
+    return Destination(args.registry, **registry_files(args))
 
 
 def read_lock_file(path: str) -> Lock:
