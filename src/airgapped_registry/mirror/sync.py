@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
-from urllib.parse import urlsplit
 
 from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError
@@ -108,11 +107,7 @@ class Destination:
 
     @property
     def address(self) -> str:
-        return urlsplit(self.url).netloc
-
-    @property
-    def insecure(self) -> bool:
-        return urlsplit(self.url).scheme == "http"
+        return self.access().address
 
     def access(self) -> RegistryAccess:
         return RegistryAccess.endpoint(
