@@ -118,7 +118,7 @@ from ansible.module_utils.airgap_engine import engine_module
 try:
     from airgapped_registry.errors import AirgapError
     from airgapped_registry.mirror import lockstore
-    from airgapped_registry.mirror.lock import lock
+    from airgapped_registry.mirror.relock import lock
     from airgapped_registry.mirror.spec import load
     from airgapped_registry.transport.registry import RegistryClient
 except ImportError:

@@ -116,7 +116,8 @@ try:
     from airgapped_registry.mirror.plan import plan
     from airgapped_registry.mirror.spec import load
     from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
-    from airgapped_registry.state.store import RunLock, StateStore
+    from airgapped_registry.state.runlock import RunLock
+    from airgapped_registry.state.store import StateStore
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:

@@ -102,3 +102,12 @@ def parse_error_body(body: bytes) -> list[RegistryErrorDetail]:
         for entry in document["errors"]
         if isinstance(entry, dict)
     ]
+
+
+class ContentError(AirgapError):
+    """Content is not what its format says: a manifest that is not JSON, a bad descriptor,
+    a chart archive without ``Chart.yaml``. The message names the content and the problem."""
+
+
+class UrlError(AirgapError):
+    """A plain HTTP(S) ``GET`` outside the registry API (a Helm repository's files) failed."""

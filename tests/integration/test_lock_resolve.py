@@ -29,15 +29,11 @@ from mirror_lists import COSIGN, LAB_LIST, MOVED, SMALL, lab_list
 
 from airgap_lab.sample import BASE_REPOSITORY, CHART_REPOSITORY, Sample, SampleSpec, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.mirror.lock import (
-    Lock,
-    LockError,
-    chart_manifest,
-    filtered_index,
-    lock,
-    read_lock,
-)
+from airgapped_registry.mirror.lock import Lock, LockError, read_lock
+from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load, loads
+from airgapped_registry.oci.helm import chart_manifest
+from airgapped_registry.oci.manifest import filtered_index
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.auth import AuthenticatingClient
 from airgapped_registry.transport.registry import RegistryClient
@@ -884,6 +880,40 @@ def test_relock_resolves_moved_tags_in_full_and_matches_a_fresh_lock(
     report = lock(load(spec_path), lock_path)
     assert report["reused"] == len(LAB_SELECTION) - 3
     assert lock_path.read_bytes() == fresh_lock(spec_path, tmp_path / "fresh-filter")
+
+
+def test_the_lock_records_each_entry_s_signature_keys(distribution, small, tmp_path) -> None:
+    """The policy's keys go into the lock, so the sync reads them there, not in the list."""
+    client = RegistryClient(distribution.url)
+    push(small, client)
+    cosign("generate-key-pair", cwd=tmp_path)
+    signed = small.artifact("sample/app-002:1.0.0")
+    options = ["--key", "cosign.key", "--tlog-upload=false", "--allow-http-registry"]
+    cosign(
+        "sign",
+        *options,
+        f"{distribution.address}/{signed.repository}@{signed.digest}",
+        cwd=tmp_path,
+    )
+    spec_path = lab_list(
+        tmp_path,
+        distribution.address,
+        **{
+            "    repository: sample/app-002\n    regex: '^[0-9]+\\.[0-9]+\\.[0-9]+$'\n"
+            "    max_tags: 2\n": "    repository: sample/app-002\n    tags: ['1.0.0']\n"
+            "    signatures: {keys: [cosign.pub]}\n"
+        },
+    )
+    lock(load(spec_path), tmp_path / "mirror.lock")
+    locked = read_lock(tmp_path / "mirror.lock")
+    assert locked is not None
+    keys = {entry.reference: entry.signature_keys for entry in locked.entries}
+    assert keys.pop("sample/app-002:1.0.0") == ("cosign.pub",)
+    # The rest of the lab list says `signatures: none` at its source; no key is recorded.
+    assert keys and set(keys.values()) == {()}
+    document = json.loads((tmp_path / "mirror.lock").read_text())
+    (recorded,) = [e for e in document["entries"] if e["destination"] == "sample/app-002"]
+    assert recorded["signature_keys"] == ["cosign.pub"]
 
 
 def test_relock_finds_a_new_signature_of_an_unchanged_digest(distribution, small, tmp_path) -> None:

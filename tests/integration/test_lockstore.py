@@ -8,20 +8,18 @@ verifies. Everything runs through ``airgap`` as cron would run it.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from airgap_lab.sample import build, push
+from airgap_lab.sample import SampleSpec, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.mirror.lock import read_lock
-from airgapped_registry.mirror.lockstore import (
-    CONFIG_MEDIA_TYPE,
-    DEFAULT_REPOSITORY,
-    LOCK_MEDIA_TYPE,
-)
+from airgapped_registry.defaults import LOCK_REPOSITORY as DEFAULT_REPOSITORY
+from airgapped_registry.mirror.lock import Lock, read_lock
+from airgapped_registry.mirror.lockstore import CONFIG_MEDIA_TYPE, LOCK_MEDIA_TYPE
 from airgapped_registry.oci.mediatypes import OCI_MANIFEST
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.registry import RegistryClient
@@ -32,6 +30,7 @@ from tests.integration.test_sync import (
     seeded,
     settled_log,
     uploads,
+    with_password,
     write_list,
 )
 
@@ -310,3 +309,39 @@ def test_a_garbled_or_tampered_artifact_is_refused_and_the_previous_lock_kept(
 
     status, report = airgap(capsys, *fetch[:-2], "--tag", "absent", "--output", hops["fetched"])
     assert status == 1 and "no published lock" in report["stderr"]
+
+
+def test_lock_publish_and_fetch_reach_a_registry_that_asks_for_credentials(
+    capsys, distribution_factory, pki, tmp_path
+) -> None:
+    """``--auth-file`` reaches the relay as it reaches a sync destination (Basic, here)."""
+    relay = seeded(distribution_factory, build(SampleSpec(repositories=0)), tls=pki)
+    with_password(relay, pki, tmp_path)
+    token = base64.b64encode(b"alice:s3cret").decode()
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {relay.address: {"auth": token}}}))
+    lock_file = tmp_path / "mirror.lock"
+    lock_file.write_text(Lock(()).to_json())
+    endpoint = ["--registry", relay.url, *tls(pki)]
+
+    status, refused = airgap(capsys, "lock", "publish", "--lock", lock_file, *endpoint)
+    assert status == 1 and refused["stderr"].endswith(": 401\n"), refused
+    status, published = airgap(
+        capsys, "lock", "publish", "--lock", lock_file, *endpoint, "--auth-file", auth
+    )
+    assert (status, published["changed"]) == (0, True), published
+    output = tmp_path / "fetched.lock"
+    status, fetched = airgap(
+        capsys,
+        "lock",
+        "fetch",
+        *endpoint,
+        "--auth-file",
+        auth,
+        "--source",
+        "relay",
+        "--output",
+        output,
+    )
+    assert (status, fetched["digest"]) == (0, published["digest"]), fetched
+    assert read_lock(output) == Lock(())

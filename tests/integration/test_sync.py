@@ -29,11 +29,13 @@ from mirror_lists import COSIGN, MOVED, SMALL, lab_list
 
 from airgap_lab.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.mirror.lock import Lock, LockEntry, lock, read_lock
+from airgapped_registry.mirror.lock import Lock, LockEntry, read_lock
+from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
-from airgapped_registry.state.store import EXIT_LOCKED, RunLock, StateStore
+from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock
+from airgapped_registry.state.store import StateStore
 from airgapped_registry.transport.auth import AuthenticatingClient
 from airgapped_registry.transport.registry import RegistryClient
 

@@ -16,7 +16,8 @@ from mirror_lists import SMALL, lab_list
 
 from airgap_lab.sample import Sample, build, push
 from airgapped_registry.cli import main
-from airgapped_registry.mirror.lock import Lock, lock, read_lock
+from airgapped_registry.mirror.lock import Lock, read_lock
+from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify

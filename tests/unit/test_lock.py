@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from airgap_lab.sample import CHART_REPOSITORY, build, tar_layer
-from airgapped_registry.errors import AirgapError
+from airgapped_registry.errors import AirgapError, ContentError
 from airgapped_registry.mirror.lock import (
     LOCK_VERSION,
     Archive,
@@ -21,20 +21,20 @@ from airgapped_registry.mirror.lock import (
     LockError,
     Manifest,
     Signature,
-    chart_manifest,
     diff,
-    filtered_index,
-    platform_matches,
     read_lock,
-    source_client,
 )
+from airgapped_registry.mirror.sources import source_access
 from airgapped_registry.mirror.spec import loads
+from airgapped_registry.oci.helm import chart_manifest
+from airgapped_registry.oci.manifest import filtered_index
 from airgapped_registry.oci.mediatypes import (
     HELM_CHART_CONTENT,
     HELM_CONFIG,
     OCI_INDEX,
     OCI_MANIFEST,
 )
+from airgapped_registry.oci.platform import platform_matches
 from airgapped_registry.oci.reference import digest_of
 
 
@@ -195,6 +195,58 @@ def test_diff_reports_added_removed_moved_and_changed() -> None:
     assert diff(None, old).summary() == "4 added"
 
 
+# What the mirror list asks now, for entry("sample/base", "1.0.0"): reusable as it is.
+ASKED = {
+    "kind": "image",
+    "source": "upstream",
+    "registry": "upstream:5000",
+    "repository": "sample/base",
+    "pinned": None,
+    "platforms": ("linux/amd64", "linux/arm64"),
+    "platform_mode": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "asked", "expected"),
+    [
+        ({}, {}, True),
+        ({}, {"platform_mode": "preserve-index"}, True),
+        ({}, {"platform_mode": "filter"}, False),
+        ({"platform_mode": "filter"}, {"platform_mode": "filter"}, True),
+        ({}, {"kind": "artifact"}, False),
+        ({}, {"source": "other"}, False),
+        ({}, {"registry": "moved:5000"}, False),
+        ({}, {"repository": "sample/other"}, False),
+        ({}, {"pinned": digest("pin")}, False),
+        ({"pinned": digest("pin")}, {"pinned": digest("pin")}, True),
+        ({}, {"platforms": ("linux/amd64",)}, False),
+        # A single manifest records no platform mode; one that does is not reused.
+        ({"children": (), "platform_mode": None}, {}, True),
+        ({"children": (), "platform_mode": "filter"}, {"platform_mode": "filter"}, False),
+        # From a classic Helm repository: resolved from index.yaml every time.
+        ({"archive": Archive("http://charts/demo-0.1.0.tgz", digest("tgz"), 10)}, {}, False),
+    ],
+)
+def test_reusable_for_asks_every_field_the_list_decides(
+    recorded: dict, asked: dict, expected: bool
+) -> None:
+    previous = entry("sample/base", "1.0.0", **recorded)
+    assert previous.reusable_for(**{**ASKED, **asked}) is expected
+
+
+def test_still_serves_compares_digest_media_type_and_the_size_of_a_stored_manifest() -> None:
+    previous = entry("sample/base", "1.0.0")
+    upstream = previous.upstream_digest
+    assert previous.still_serves(upstream, OCI_INDEX, 700)
+    assert not previous.still_serves(digest("moved"), OCI_INDEX, 700)
+    assert not previous.still_serves(upstream, OCI_MANIFEST, 700)
+    assert not previous.still_serves(upstream, OCI_INDEX, 701)
+    # A filtered index is stored, not the upstream one: the upstream size is not recorded.
+    filtered = entry("sample/base", "1.0.0", manifest=Manifest(digest("filtered"), OCI_INDEX, 9))
+    assert filtered.still_serves(upstream, OCI_INDEX, 701)
+
+
 @pytest.mark.parametrize(
     ("platform", "wanted", "expected"),
     [
@@ -259,9 +311,9 @@ def test_chart_manifest_of_a_classic_chart_archive() -> None:
 
 def test_chart_archive_without_chart_yaml_is_refused() -> None:
     archive = gzip.compress(tar_layer([("demo/values.yaml", b"a: 1\n", 0o644)]))
-    with pytest.raises(LockError, match=r"without <chart>/Chart\.yaml"):
+    with pytest.raises(ContentError, match=r"without <chart>/Chart\.yaml"):
         chart_manifest(archive)
-    with pytest.raises(LockError, match="unreadable"):
+    with pytest.raises(ContentError, match="unreadable"):
         chart_manifest(b"not gzip")
 
 
@@ -299,7 +351,7 @@ def client_for(tmp_path: Path, extra: str):
     path = tmp_path / "mirror.yaml"
     path.write_text(SOURCE.format(extra=extra))
     spec = loads(path.read_text(), str(path))
-    return source_client(spec, spec.sources["corp"])
+    return source_access(spec, spec.sources["corp"]).client()
 
 
 def test_cert_dir_follows_skopeo_rules(tmp_path: Path, pki) -> None:

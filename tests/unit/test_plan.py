@@ -21,9 +21,10 @@ from airgapped_registry.mirror.plan import (
     fingerprint,
     human_bytes,
 )
-from airgapped_registry.mirror.sync import skopeo_copy_argv, tool_error, uploaded_blobs
 from airgapped_registry.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.tools.process import tool_error
+from airgapped_registry.tools.skopeo import skopeo_copy_argv, uploaded_blobs
 from airgapped_registry.transport.registry import ManifestRef
 
 

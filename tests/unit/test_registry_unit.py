@@ -9,7 +9,8 @@ import pytest
 
 from airgapped_registry.errors import AirgapError, RegistryError
 from airgapped_registry.oci.reference import digest_of
-from airgapped_registry.transport.registry import RegistryClient, tls_context
+from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.tls import tls_context
 
 DIGEST = "sha256:" + "0" * 64
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from airgapped_registry.errors import AirgapError
+from airgapped_registry.state.runlock import RunLock, RunLockedError
 from airgapped_registry.state.store import (
+    SCHEMA_VERSION,
     EntryState,
-    RunLock,
-    RunLockedError,
     StateStore,
     summary_line,
 )
@@ -51,6 +51,104 @@ def test_the_database_is_created_in_wal_mode(tmp_path) -> None:
     assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert {"sync_runs", "sync_entries"} <= tables
+
+
+# The schema the first release (0.1.0) created, verbatim, without a version (user_version 0).
+FIRST_RELEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sync_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    lock_path TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    entries INTEGER NOT NULL DEFAULT 0,
+    copied INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    duration REAL,
+    summary TEXT
+);
+CREATE TABLE IF NOT EXISTS sync_entries (
+    reference TEXT PRIMARY KEY,
+    registry TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    fingerprint TEXT,
+    result TEXT NOT NULL CHECK (result IN ('ok', 'failed', 'skipped')),
+    in_sync INTEGER NOT NULL,
+    detail TEXT,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    duration REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    updated_at TEXT NOT NULL,
+    synced_at TEXT,
+    run_id INTEGER REFERENCES sync_runs(id)
+);
+"""
+
+
+def test_a_new_database_gets_the_current_schema_version(tmp_path) -> None:
+    with StateStore(tmp_path / "state.db") as store:
+        assert store.schema_version == SCHEMA_VERSION >= 1
+    assert sqlite3.connect(tmp_path / "state.db").execute("PRAGMA user_version").fetchone() == (
+        SCHEMA_VERSION,
+    )
+
+
+def test_a_database_of_the_first_release_is_migrated_in_place(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    old.executescript(FIRST_RELEASE_SCHEMA)
+    old.execute(
+        "INSERT INTO sync_runs (destination, lock_path, started_at, finished_at, entries, "
+        "copied, summary) VALUES ('https://registry', 'mirror.lock', '2026-01-01T00:00:00Z', "
+        "'2026-01-01T00:01:00Z', 1, 1, 'entries=1 copied=1')"
+    )
+    old.execute(
+        "INSERT INTO sync_entries (reference, registry, repository, tag, digest, fingerprint, "
+        "result, in_sync, updated_at, synced_at, run_id) VALUES (?, ?, 'sample/app', '1.0.0', "
+        "?, ?, 'ok', 1, '2026-01-01T00:01:00Z', '2026-01-01T00:01:00Z', 1)",
+        (f"{REGISTRY}/sample/app:1.0.0", REGISTRY, "sha256:" + "a" * 64, "sha256:" + "f" * 64),
+    )
+    old.commit()
+    assert old.execute("PRAGMA user_version").fetchone() == (0,)
+    old.close()
+
+    with StateStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        kept = store.entry(f"{REGISTRY}/sample/app:1.0.0")
+        assert kept is not None
+        assert (kept.digest, kept.synced_at, kept.run_id) == (
+            "sha256:" + "a" * 64,
+            "2026-01-01T00:01:00Z",
+            1,
+        )
+        assert store.fingerprints(REGISTRY) == {kept.reference: "sha256:" + "f" * 64}
+        (run,) = store.runs()
+        assert (run.id, run.summary) == (1, "entries=1 copied=1")
+        # And it goes on working: a new run, a new entry.
+        second = store.start_run("https://registry")
+        store.record(state("2.0.0", run_id=second))
+        assert [entry.tag for entry in store.entries()] == ["1.0.0", "2.0.0"]
+    with StateStore(path) as store:  # opening a current database again changes nothing
+        assert store.schema_version == SCHEMA_VERSION
+        assert len(store.entries()) == 2
+
+
+def test_a_database_of_a_newer_engine_is_refused(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    with StateStore(path):
+        pass
+    newer = sqlite3.connect(path)
+    newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    newer.commit()
+    newer.close()
+    with pytest.raises(
+        AirgapError, match=rf"schema version {SCHEMA_VERSION + 1} was written by a newer engine"
+    ):
+        StateStore(path)
 
 
 def test_entry_state_round_trip_and_replacement(tmp_path) -> None:
@@ -160,7 +258,7 @@ def test_run_lock_is_released_when_its_holder_is_killed(tmp_path) -> None:
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from airgapped_registry.state.store import RunLock\n"
+            "from airgapped_registry.state.runlock import RunLock\n"
             f"lock = RunLock.beside({str(state_path)!r}); lock.acquire()\n"
             "print('held', flush=True); time.sleep(60)\n",
         ],

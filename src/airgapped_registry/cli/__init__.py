@@ -13,8 +13,9 @@ import argparse
 from collections.abc import Sequence
 
 from airgapped_registry import __version__
-from airgapped_registry.cli.mirror import add_mirror_commands, add_sync_commands
+from airgapped_registry.cli.lock import add_lock_commands
 from airgapped_registry.cli.run import run
+from airgapped_registry.cli.sync import add_sync_commands
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_mirror_commands(commands)
+    add_lock_commands(commands)
     add_sync_commands(commands)
     return root
 

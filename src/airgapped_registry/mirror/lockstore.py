@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror.lock import Lock, LockEntry, LockError, diff, write_atomically
 from airgapped_registry.oci.mediatypes import OCI_MANIFEST
@@ -27,8 +28,6 @@ from airgapped_registry.transport.registry import RegistryClient
 
 CONFIG_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.config.v1+json"
 LOCK_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.v1+json"
-DEFAULT_REPOSITORY = "airgapped-registry/mirror-lock"
-DEFAULT_TAG = "current"
 TITLE = "mirror.lock"
 _CONFIG = b"{}"
 
@@ -64,8 +63,8 @@ def publish(
     lock_path: str | os.PathLike[str],
     client: RegistryClient,
     *,
-    repository: str = DEFAULT_REPOSITORY,
-    tag: str = DEFAULT_TAG,
+    repository: str = defaults.LOCK_REPOSITORY,
+    tag: str = defaults.LOCK_TAG,
     check: bool = False,
 ) -> dict[str, Any]:
     """Push the lock file as ``repository:tag``; nothing is pushed when it is already there.
@@ -103,7 +102,7 @@ def publish(
 
 
 def read_published(
-    client: RegistryClient, repository: str = DEFAULT_REPOSITORY, tag: str = DEFAULT_TAG
+    client: RegistryClient, repository: str = defaults.LOCK_REPOSITORY, tag: str = defaults.LOCK_TAG
 ) -> tuple[str, Lock, str]:
     """``(lock text, lock, manifest digest)`` of the published lock, every digest checked."""
     where = f"{client.base_url}/{repository}:{tag}"
@@ -160,6 +159,8 @@ def relay_entry(entry: LockEntry, source: str, registry: str) -> LockEntry:
     What the relay stores under ``destination@digest`` is what the entry resolves to, so that
     is the "upstream" of the next hop: a ``filter`` index is the filtered one (its left-out
     children are not on the relay and are dropped), a classic chart is its OCI manifest.
+    The signature keys are not carried: they are paths on the relay, whose sync verified
+    with them; the next hop's own mirror list (its source's policy) decides there.
     """
     children = entry.children
     if children and entry.digest != entry.upstream_digest:
@@ -172,6 +173,7 @@ def relay_entry(entry: LockEntry, source: str, registry: str) -> LockEntry:
         upstream_digest=entry.digest,
         children=children,
         archive=None,
+        signature_keys=None,
     )
 
 
@@ -186,8 +188,8 @@ def fetch(
     *,
     source: str,
     source_registry: str | None = None,
-    repository: str = DEFAULT_REPOSITORY,
-    tag: str = DEFAULT_TAG,
+    repository: str = defaults.LOCK_REPOSITORY,
+    tag: str = defaults.LOCK_TAG,
     check: bool = False,
 ) -> dict[str, Any]:
     """Fetch the published lock, rewrite it for ``source``, write ``output`` if it changes.

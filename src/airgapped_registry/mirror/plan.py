@@ -16,26 +16,30 @@ exact at the price of one blob HEAD per distinct blob per repository (``missing_
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from airgapped_registry import defaults
 from airgapped_registry.mirror.lock import Blob, Lock, LockEntry
 from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import ManifestRef, RegistryClient
 
 COPY = "copy"
 SKIP = "skip"
-# HEADs are cheap for a registry and the plan waits on the network: more threads than copies.
-PLAN_WORKERS = 16
 
 
 def fingerprint(entry: LockEntry) -> str:
-    """A digest of everything the lock says about an entry: equal means nothing to redo."""
-    text = json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":"))
+    """A digest of everything the lock says about an entry's content: equal means nothing to
+    redo. The signature policy's keys are left out: they say how the upstream was checked,
+    not what the destination holds (and a lock written before they were recorded keeps its
+    fingerprints)."""
+    document = entry.to_json()
+    del document["signature_keys"]
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return digest_of(text.encode())
 
 
@@ -47,22 +51,6 @@ def registry_address(client: RegistryClient) -> str:
 def destination_reference(address: str, entry: LockEntry) -> str:
     """``host[:port]/repository:tag``: the key of an entry in the state store."""
     return f"{address}/{entry.destination}:{entry.tag}"
-
-
-@dataclass(frozen=True)
-class RequestCount:
-    """A snapshot of a client's counters, to report the requests made between two points."""
-
-    total: int
-    by_method: Counter[str]
-
-    @classmethod
-    def of(cls, client: RegistryClient) -> RequestCount:
-        return cls(client.requests, client.requests_by_method.copy())
-
-    def since(self, client: RegistryClient) -> dict[str, Any]:
-        by_method = client.requests_by_method - self.by_method
-        return {"total": client.requests - self.total, "by_method": dict(sorted(by_method.items()))}
 
 
 @dataclass(frozen=True)
@@ -242,7 +230,7 @@ def plan(
     *,
     fingerprints: Mapping[str, str] | None = None,
     check_blobs: bool = False,
-    workers: int = PLAN_WORKERS,
+    workers: int = defaults.PLAN_WORKERS,
     currents: Mapping[tuple[str, str], ManifestRef | None] | None = None,
     force: bool = False,
 ) -> Plan:

@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import DigestMismatchError, RegistryError
 from airgapped_registry.mirror.lock import Lock, LockEntry
-from airgapped_registry.mirror.plan import RequestCount
 from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import RegistryClient
 
 
@@ -46,7 +47,11 @@ class EntryCheck:
 
 
 def verify(
-    lock: Lock, destination: RegistryClient, *, deep: bool = False, workers: int = 4
+    lock: Lock,
+    destination: RegistryClient,
+    *,
+    deep: bool = False,
+    workers: int = defaults.SYNC_WORKERS,
 ) -> dict[str, Any]:
     """Check every entry of ``lock`` at ``destination``; the report lists each problem."""
     before = RequestCount.of(destination)

@@ -9,14 +9,13 @@ holds the appliance's state; this module owns its ``sync_*`` tables:
   sent, duration, error, and when the entry was last copied successfully;
 - ``sync_runs``: one row per run (start, end, entries, copied, failures, bytes, summary).
 
-:class:`RunLock` keeps two syncs from overlapping: an exclusive ``flock`` on a file beside
-the database, released by the kernel when the holder exits, however it exits.
+The schema carries a version (``PRAGMA user_version``): opening a database written by an
+older engine migrates it in place, in one transaction (:data:`MIGRATIONS`); a database
+written by a newer engine is refused rather than misread.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -24,15 +23,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError
 
-DEFAULT_STATE_PATH = Path("/var/lib/airgapped-registry/state.db")
-RUN_LOCK_NAME = "sync.lock"
-# EX_TEMPFAIL from sysexits.h: cron wrappers and systemd read it as "try again later".
-EXIT_LOCKED = 75
 RESULTS = ("ok", "failed", "skipped")
 
-_SCHEMA = """
+# Each item brings the schema from the version before it to its own number (its position,
+# from 1), as statements run in one transaction with the new ``user_version``. Append a
+# migration for every change; never edit one a release has shipped. Version 1 is the schema
+# the first release created without a version (user_version 0): ``IF NOT EXISTS`` makes it
+# a no-op on such a database, which is then simply stamped.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
 CREATE TABLE IF NOT EXISTS sync_runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     destination TEXT NOT NULL,
@@ -46,7 +49,9 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     bytes INTEGER NOT NULL DEFAULT 0,
     duration REAL,
     summary TEXT
-);
+)
+""",
+        """
 CREATE TABLE IF NOT EXISTS sync_entries (
     reference TEXT PRIMARY KEY,
     registry TEXT NOT NULL,
@@ -63,12 +68,11 @@ CREATE TABLE IF NOT EXISTS sync_entries (
     updated_at TEXT NOT NULL,
     synced_at TEXT,
     run_id INTEGER REFERENCES sync_runs(id)
-);
-"""
-
-
-class RunLockedError(AirgapError):
-    """Another sync holds the run lock."""
+)
+""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def utc_now() -> str:
@@ -158,7 +162,7 @@ class StateStore:
     records results from its main thread as workers finish.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_STATE_PATH) -> None:
+    def __init__(self, path: str | os.PathLike[str] = defaults.STATE_PATH) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,9 +173,39 @@ class StateStore:
                 raise AirgapError(f"state database {self.path}: cannot use WAL mode ({mode})")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise AirgapError(f"state database {self.path}: {exc}") from exc
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION`; one transaction, so a crash or a
+        second process opening the database meanwhile sees the old schema or the new."""
+        if self._checked_version() == SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            # Read again under the write lock: another process may have migrated meanwhile.
+            for number in range(self._checked_version() + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _checked_version(self) -> int:
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise AirgapError(
+                f"state database {self.path}: schema version {version} was written by a newer "
+                f"engine (this one knows up to {SCHEMA_VERSION}); upgrade the engine"
+            )
+        return version
 
     def __enter__(self) -> StateStore:
         return self
@@ -298,62 +332,3 @@ def _entry_state(row: sqlite3.Row) -> EntryState:
     values = dict(row)
     values["in_sync"] = bool(values["in_sync"])
     return EntryState(**values)
-
-
-class RunLock:
-    """An exclusive, non-blocking ``flock`` on ``<state dir>/sync.lock``.
-
-    The file keeps the holder's pid and start time, so the refusal can say who holds it. The
-    lock belongs to the open file: it is released when the holder exits or is killed, and a
-    stale file left behind locks nothing.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    @classmethod
-    def beside(cls, state_path: str | os.PathLike[str]) -> RunLock:
-        return cls(Path(state_path).with_name(RUN_LOCK_NAME))
-
-    def acquire(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise AirgapError(f"run lock {self.path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _read_holder(fd)
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RunLockedError(
-                    f"another sync is running ({holder or 'holder unknown'}; run lock "
-                    f"{self.path}); this run did nothing"
-                ) from exc
-            raise AirgapError(f"run lock {self.path}: {exc.strerror or exc}") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {utc_now()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            # The file stays: removing it would let a third run lock a new inode while a
-            # second one still waits on the old.
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 200, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""

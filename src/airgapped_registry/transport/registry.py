@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from email.message import Message
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
-from airgapped_registry import __version__
-from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
+from airgapped_registry import __version__, defaults
+from airgapped_registry.errors import DigestMismatchError, RegistryError
 from airgapped_registry.oci.mediatypes import MANIFEST_MEDIA_TYPES
 from airgapped_registry.oci.reference import (
     DIGEST_PATTERN,
@@ -35,6 +35,7 @@ from airgapped_registry.oci.reference import (
     TAG_PATTERN,
     digest_of,
 )
+from airgapped_registry.transport.tls import tls_context
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
@@ -85,7 +86,7 @@ class RegistryClient:
         ca_file: str | os.PathLike[str] | None = None,
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
-        timeout: float = 30,
+        timeout: float = defaults.REQUEST_TIMEOUT,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -404,42 +405,6 @@ class RegistryClient:
             context = self._tls or tls_context(None, None, None)
             return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
         return http.client.HTTPConnection(netloc, timeout=self.timeout)
-
-
-def tls_context(
-    ca_file: str | os.PathLike[str] | None,
-    cert_file: str | os.PathLike[str] | None,
-    key_file: str | os.PathLike[str] | None,
-) -> ssl.SSLContext:
-    """A client TLS context trusting exactly ``ca_file`` (or the system store), TLS >= 1.2."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        if ca_file:
-            context.load_verify_locations(cafile=os.fspath(ca_file))
-        else:
-            # The compiled-in paths, not the *_env ones: SSL_CERT_FILE must not change trust.
-            paths = ssl.get_default_verify_paths()
-            cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
-            capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
-            if cafile or capath:
-                context.load_verify_locations(cafile=cafile, capath=capath)
-    except (OSError, ssl.SSLError) as exc:
-        raise AirgapError(f"CA file {ca_file}: {_file_error(exc)}") from exc
-    if cert_file:
-        try:
-            context.load_cert_chain(os.fspath(cert_file), os.fspath(key_file) if key_file else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise AirgapError(
-                f"client certificate {cert_file} (key {key_file}): {_file_error(exc)}"
-            ) from exc
-    return context
-
-
-def _file_error(exc: OSError | ssl.SSLError) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return f"not usable ({exc.reason or exc})"
-    return exc.strerror or str(exc)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

@@ -1,4 +1,8 @@
-"""``airgap spec|lock|plan|sync|verify``: the mirror's commands, relay side and registry side."""
+"""``airgap plan|sync|verify``: bring a destination registry in line with a lock, and check it.
+
+Run on the relay (``sync --relock``, from the upstream) and on the registry host (from the
+relay), by cron and by the ``airgap_sync``/``airgap_verify`` modules' peers.
+"""
 
 from __future__ import annotations
 
@@ -8,147 +12,37 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airgapped_registry.cli.options import registry_client, registry_options
+from airgapped_registry import defaults
+from airgapped_registry.cli.options import registry_files, registry_options
 from airgapped_registry.cli.run import finish
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.mirror import lockstore
-from airgapped_registry.mirror.lock import Lock, lock, read_lock, relock
-from airgapped_registry.mirror.lockstore import DEFAULT_REPOSITORY, DEFAULT_TAG
+from airgapped_registry.mirror.lock import Lock, read_lock
+from airgapped_registry.mirror.outcome import EntryResult
 from airgapped_registry.mirror.plan import human_bytes, plan
+from airgapped_registry.mirror.relock import relock
 from airgapped_registry.mirror.spec import load
-from airgapped_registry.mirror.sync import Destination, EntryResult, SyncOptions, sync
+from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
-from airgapped_registry.state.store import (
-    DEFAULT_STATE_PATH,
-    EXIT_LOCKED,
-    RunLock,
-    RunLockedError,
-    StateStore,
-)
-
-
-def add_mirror_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    spec = commands.add_parser("spec", help="the mirror list (mirror.yaml)")
-    actions = spec.add_subparsers(dest="action", required=True, metavar="ACTION")
-    check_parser = actions.add_parser(
-        "check", help="validate a mirror list; print its entries with defaults applied"
-    )
-    check_parser.add_argument("file", metavar="FILE", help="the mirror list")
-    check_parser.set_defaults(run=run_spec_check)
-
-    lock_parser = commands.add_parser(
-        "lock", help="resolve the mirror list to digests and write the lock (relay side)"
-    )
-    # Required unless an action (publish, fetch) follows; run_lock checks.
-    lock_parser.add_argument("--spec", metavar="FILE", help="the mirror list")
-    lock_parser.add_argument("--lock", metavar="FILE", help="the lock file")
-    lock_parser.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 when the lock would change (for CI)",
-    )
-    lock_parser.set_defaults(run=run_lock, lock_parser=lock_parser)
-    add_lock_transport_commands(lock_parser)
-
-
-def run_spec_check(args: argparse.Namespace) -> dict[str, Any]:
-    return load(args.file).summary()
-
-
-def run_lock(args: argparse.Namespace) -> dict[str, Any]:
-    if not (args.spec and args.lock):
-        args.lock_parser.error("the following arguments are required: --spec, --lock")
-    report = lock(load(args.spec), args.lock, check=args.check)
-    if args.check and report["changed"]:
-        # The diff goes to stdout for the reader; the failure line and status to main().
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        raise AirgapError(f"{args.lock} is out of date: {report['summary']}")
-    return report
-
-
-def add_lock_transport_commands(lock_parser: argparse.ArgumentParser) -> None:
-    """``airgap lock publish|fetch``: the lock carried to the next hop through a registry."""
-    actions = lock_parser.add_subparsers(dest="action", metavar="ACTION")
-    artifact = argparse.ArgumentParser(add_help=False)
-    artifact.add_argument(
-        "--repository", default=DEFAULT_REPOSITORY, help="where the lock artifact is stored"
-    )
-    artifact.add_argument("--tag", default=DEFAULT_TAG, help="the lock artifact's tag")
-    artifact.add_argument(
-        "--check", action="store_true", help="write nothing; report what would change"
-    )
-
-    publish_parser = actions.add_parser(
-        "publish",
-        parents=[registry_options(), artifact],
-        help="push the lock as an OCI artifact into a registry (the relay's own)",
-    )
-    publish_parser.add_argument("--lock", required=True, metavar="FILE", help="the lock file")
-    publish_parser.set_defaults(run=run_lock_publish)
-
-    fetch_parser = actions.add_parser(
-        "fetch",
-        parents=[registry_options(), artifact],
-        help="fetch the published lock and rewrite it to read every entry from --source",
-    )
-    fetch_parser.add_argument(
-        "--source",
-        required=True,
-        metavar="NAME",
-        help="the mirror list's name for the registry the lock is fetched from",
-    )
-    fetch_parser.add_argument(
-        "--source-registry",
-        metavar="HOST[:PORT]",
-        help="that source's registry as the mirror list writes it (default: from --registry)",
-    )
-    fetch_parser.add_argument("--output", required=True, metavar="FILE", help="the lock to write")
-    fetch_parser.set_defaults(run=run_lock_fetch)
-
-
-def run_lock_publish(args: argparse.Namespace) -> dict[str, Any]:
-    with registry_client(args) as client:
-        return lockstore.publish(
-            args.lock, client, repository=args.repository, tag=args.tag, check=args.check
-        )
-
-
-def run_lock_fetch(args: argparse.Namespace) -> dict[str, Any]:
-    with registry_client(args) as client:
-        return lockstore.fetch(
-            client,
-            args.output,
-            source=args.source,
-            source_registry=args.source_registry,
-            repository=args.repository,
-            tag=args.tag,
-            check=args.check,
-        )
+from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
+from airgapped_registry.state.store import StateStore
 
 
 def destination_options() -> argparse.ArgumentParser:
-    """The lock to read and the destination's credentials (beside :func:`registry_options`)."""
+    """The lock to read and how many entries at once (beside :func:`registry_options`)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--lock", required=True, metavar="FILE", help="the lock file")
     parser.add_argument(
-        "--auth-file", metavar="FILE", help="auth.json with credentials for the destination"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=4, metavar="N", help="entries handled side by side"
+        "--workers",
+        type=int,
+        default=defaults.SYNC_WORKERS,
+        metavar="N",
+        help="entries handled side by side",
     )
     return parser
 
 
 def destination(args: argparse.Namespace) -> Destination:
-    return Destination(
-        args.registry,
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
-        auth_file=args.auth_file,
-        timeout=args.timeout,
-    )
+    return Destination(args.registry, **registry_files(args))
 
 
 def read_lock_file(path: str) -> Lock:
@@ -173,7 +67,7 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     plan_parser.add_argument(
         "--state",
-        default=str(DEFAULT_STATE_PATH),
+        default=str(defaults.STATE_PATH),
         metavar="DB",
         help="sync state read, if it exists, to spot lock entries changed since the last sync",
     )
@@ -189,32 +83,32 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     sync_parser.add_argument(
         "--state",
-        default=str(DEFAULT_STATE_PATH),
+        default=str(defaults.STATE_PATH),
         metavar="DB",
         help="the state database; the run lock sync.lock lives beside it",
     )
-    defaults = SyncOptions()
+    sync_defaults = SyncOptions()
     sync_parser.add_argument(
-        "--attempts", type=int, default=defaults.attempts, metavar="N", help="tries per entry"
+        "--attempts", type=int, default=sync_defaults.attempts, metavar="N", help="tries per entry"
     )
     sync_parser.add_argument(
         "--backoff",
         type=float,
-        default=defaults.backoff,
+        default=sync_defaults.backoff,
         metavar="SECONDS",
         help="first wait between tries, doubled after each",
     )
     sync_parser.add_argument(
         "--retry-times",
         type=int,
-        default=defaults.retry_times,
+        default=sync_defaults.retry_times,
         metavar="N",
         help="skopeo's own retries within one try",
     )
     sync_parser.add_argument(
         "--tool-timeout",
         type=float,
-        default=defaults.timeout,
+        default=sync_defaults.timeout,
         metavar="SECONDS",
         help="longest one skopeo or cosign run may take",
     )
@@ -236,13 +130,13 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     sync_parser.add_argument(
         "--engine-copy-max-bytes",
         type=int,
-        default=defaults.engine_copy_max_bytes,
+        default=sync_defaults.engine_copy_max_bytes,
         metavar="BYTES",
         help="entries with at most this much left to upload are copied by the engine, "
         "heavier ones by skopeo; 0: skopeo copies every entry",
     )
-    sync_parser.add_argument("--skopeo", default=defaults.skopeo, metavar="PATH")
-    sync_parser.add_argument("--cosign", default=defaults.cosign, metavar="PATH")
+    sync_parser.add_argument("--skopeo", default=sync_defaults.skopeo, metavar="PATH")
+    sync_parser.add_argument("--cosign", default=sync_defaults.cosign, metavar="PATH")
     sync_parser.add_argument(
         "--summary",
         action="store_true",

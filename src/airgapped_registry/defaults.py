@@ -1,0 +1,34 @@
+"""One definition of each default the engine, its command line and its callers share.
+
+The CLI's options, the engine's dataclasses and functions take their defaults from here;
+the Ansible modules and the roles that offer the same settings should leave them unset to
+get these (or document these values), never write their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Seconds a registry (or a Helm repository) may take to answer one request.
+REQUEST_TIMEOUT = 30.0
+# Entries copied or verified side by side.
+SYNC_WORKERS = 4
+# Tries per entry, for transient failures only, waiting BACKOFF seconds doubled after each.
+SYNC_ATTEMPTS = 3
+SYNC_BACKOFF = 1.0
+# skopeo's own retries of one copy.
+SKOPEO_RETRY_TIMES = 2
+# Seconds one skopeo or cosign run may take.
+TOOL_TIMEOUT = 3600.0
+# Above this, per entry, skopeo streams the blobs; below, its start-up, pings and per-blob
+# checks cost more than the bytes, and the engine copies (see docs/performance.md).
+ENGINE_COPY_MAX_BYTES = 16 * 1024 * 1024
+# HEADs are cheap for a registry and the plan waits on the network: more threads than copies.
+PLAN_WORKERS = 16
+# Tags resolved at once; each thread keeps its own connection to a source.
+RESOLVE_WORKERS = 8
+# The host's state database; the run lock lives beside it.
+STATE_PATH = Path("/var/lib/airgapped-registry/state.db")
+# Where the relay publishes its lock in its own registry.
+LOCK_REPOSITORY = "airgapped-registry/mirror-lock"
+LOCK_TAG = "current"

@@ -1,0 +1,144 @@
+"""skopeo: the copy command the sync runs, its flags for a registry, and what its output says.
+
+The sync runs one ``skopeo copy`` per heavy entry (flags common to skopeo 1.9 and 1.18).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from airgapped_registry.tools.process import ToolError, tool_error, write_secret
+from airgapped_registry.transport.access import RegistryAccess
+
+_DIGEST = r"sha256:[0-9a-f]{64}"
+_COPYING = re.compile(rf"^Copying (blob|config) ({_DIGEST})", re.MULTILINE)
+_UPLOADED = re.compile(rf"Upload of layer ({_DIGEST}) complete")
+_DIGEST_MISMATCH = re.compile(rf"[Dd]igest did not match, expected ({_DIGEST}), got ({_DIGEST})")
+
+
+def skopeo_copy_argv(
+    skopeo: str,
+    source: str,
+    destination: str,
+    *,
+    index: bool,
+    retry_times: int,
+    source_options: Sequence[str] = (),
+    destination_options: Sequence[str] = (),
+) -> list[str]:
+    """The one skopeo command the sync runs (flags common to skopeo 1.9 and 1.18).
+
+    ``--insecure-policy``: the appliance's trust is digest pinning plus cosign, checked by the
+    engine; a host's ``policy.json`` must not change what a sync does. ``--remove-signatures``:
+    skopeo's own (GPG/sigstore-attachment) signatures are not used; cosign signatures are
+    copied by the engine. ``--debug``: its log says which blobs it uploaded, which is how
+    the bytes actually sent are counted.
+    """
+    argv = [skopeo, "--insecure-policy", "--debug", "copy", "--preserve-digests"]
+    argv += ["--remove-signatures", f"--retry-times={retry_times}"]
+    if index:
+        argv.append("--all")
+    return [*argv, *source_options, *destination_options, source, destination]
+
+
+def uploaded_blobs(stdout: str, stderr: str) -> Counter[str]:
+    """Digests of the blobs a ``skopeo --debug copy`` run uploaded, with how many times.
+
+    skopeo logs ``Upload of layer D complete`` (configs too) after each upload it finished;
+    blobs found present, whether by its reuse check, by the check right before an upload
+    (another copy finished it meanwhile) or by a cross-repository mount, are not uploaded.
+    Without a debug log, every blob skopeo printed as handled counts as uploaded.
+    """
+    uploaded = Counter(_UPLOADED.findall(stderr))
+    if uploaded or "level=debug" in stderr:
+        return uploaded
+    return Counter(digest for _, digest in _COPYING.findall(stdout))
+
+
+class SkopeoCopyError(ToolError):
+    """A ``skopeo copy`` failed; ``mismatch`` is ``(expected, got)`` for a corrupt blob."""
+
+    def __init__(self, message: str, permanent: bool, mismatch: tuple[str, str] | None) -> None:
+        super().__init__(message, permanent)
+        self.mismatch = mismatch
+
+
+def copy_failure(completed: subprocess.CompletedProcess[str]) -> SkopeoCopyError:
+    """What a failed ``skopeo copy`` run says: a corrupt source blob, a missing manifest
+    (permanent), or anything else."""
+    message = tool_error(completed.stderr + "\n" + completed.stdout)
+    mismatch = _DIGEST_MISMATCH.search(message)
+    if mismatch:
+        return SkopeoCopyError(
+            f"blob {mismatch[1]}: the source served content with digest {mismatch[2]} "
+            "(corrupt upstream blob); refused, nothing tagged",
+            True,
+            (mismatch[1], mismatch[2]),
+        )
+    permanent = "manifest unknown" in message.lower()
+    return SkopeoCopyError(
+        f"skopeo copy failed (exit {completed.returncode}): {message}", permanent, None
+    )
+
+
+def source_flags(access: RegistryAccess, directory: Path) -> list[str]:
+    """``--src-*`` flags for reaching ``access``; files they need are written in ``directory``.
+
+    skopeo reads CAs from a directory only: with CA files beside a cert dir, it gets a
+    directory of links to both. Credentials go to ``directory/auth.json`` (0600).
+    """
+    options: list[str] = []
+    if access.insecure:
+        options.append("--src-tls-verify=false")
+    else:
+        options.append("--src-tls-verify=true")
+        if access.ca_files:
+            certs = directory / "certs"
+            certs.mkdir()
+            (certs / "ca-file.crt").symlink_to(access.ca_files[0])
+            if access.cert_dir is not None:
+                for path in sorted(access.cert_dir.iterdir()):
+                    if path.suffix in (".crt", ".cert", ".key"):
+                        (certs / path.name).symlink_to(path)
+            options += ["--src-cert-dir", str(certs)]
+        elif access.cert_dir is not None:
+            options += ["--src-cert-dir", str(access.cert_dir)]
+    text = access.credentials_text()
+    if text is not None:
+        write_secret(directory / "auth.json", text)
+        options += ["--src-authfile", str(directory / "auth.json")]
+    else:
+        options.append("--src-no-creds")
+    return options
+
+
+def destination_flags(access: RegistryAccess, directory: Path) -> list[str]:
+    """``--dest-*`` flags for reaching ``access`` (a CA file and a client pair, credentials
+    file); the cert dir skopeo wants is made of links in ``directory/destination-certs``."""
+    options: list[str] = []
+    if access.insecure:
+        options.append("--dest-tls-verify=false")
+    else:
+        options.append("--dest-tls-verify=true")
+        ca_file = access.ca_files[0] if access.ca_files else None
+        if ca_file or access.cert_file:
+            certs = directory / "destination-certs"
+            certs.mkdir(mode=0o700)
+            files = (
+                ("ca.crt", ca_file),
+                ("client.cert", access.cert_file),
+                ("client.key", access.key_file),
+            )
+            for name, path in files:
+                if path:
+                    (certs / name).symlink_to(Path(path).resolve())
+            options += ["--dest-cert-dir", str(certs)]
+    if access.credentials_file is not None:
+        options += ["--dest-authfile", str(access.credentials_file)]
+    else:
+        options.append("--dest-no-creds")
+    return options
