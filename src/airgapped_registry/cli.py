@@ -252,6 +252,14 @@ def finish(text: str, status: int) -> NoReturn:
     raise SystemExit(status)
 
 
+def write_report(path: str, report: dict[str, Any]) -> None:
+    """Write ``report`` as JSON to ``path``, replacing it whole (a reader never sees half)."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    temporary.replace(target)
+
+
 def add_sync_commands(commands: argparse._SubParsersAction) -> None:
     common = [registry_options(), destination_options()]
     plan_parser = commands.add_parser(
@@ -343,6 +351,12 @@ def add_sync_commands(commands: argparse._SubParsersAction) -> None:
         help="print the one-line summary (for cron logs) instead of the JSON report",
     )
     sync_parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="also write the JSON report to FILE, failed entries included (for the nightly "
+        "job's caller: the summary goes to the log, the report to Ansible)",
+    )
+    sync_parser.add_argument(
         "--quiet", action="store_true", help="no progress line per entry on stderr"
     )
     sync_parser.set_defaults(run=run_sync)
@@ -431,6 +445,8 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
     except RunLockedError as exc:
         print(f"airgap: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOCKED) from exc
+    if args.report:
+        write_report(args.report, report)
     if report["failed"]:
         if args.summary:
             print(f"airgap: {'; '.join(report['errors'])}", file=sys.stderr)
