@@ -160,7 +160,10 @@ def ansible_vars():
             "ansible.builtin.debug",
             "-a",
             "msg={{ {'internal_ca_dir': internal_ca_dir,"
-            " 'internal_ca_clients': internal_ca_clients} | to_json }}",
+            " 'internal_ca_clients': internal_ca_clients,"
+            " 'internal_ca_rotation_cron': internal_ca_rotation_cron | default(false),"
+            " 'internal_ca_rotation_cron_file': internal_ca_rotation_cron_file"
+            " | default('/etc/cron.d/airgapped-registry-rotate-certs')} | to_json }}",
         ],
         cwd=PROJECT,
         capture_output=True,
