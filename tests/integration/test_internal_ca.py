@@ -240,12 +240,16 @@ EXPIRY = ROOT / "playbooks" / "cert-expiry.yml"
 
 
 def expiry_warning(run: Run) -> str | None:
-    """The message of cert-expiry.yml's warning task, if it ran."""
+    """The warning cert-expiry.yml gave, if any: an Ansible warning of its last task."""
     for play in run.report["plays"]:
         for task in play["tasks"]:
             result = task["hosts"].get("localhost", {})
-            if task["task"]["name"] == "Warn that nothing renews the certificates":
-                return None if result.get("skipped") else result["msg"]
+            if task["task"]["name"].endswith("Warn that nothing renews the certificates"):
+                if result.get("skipped"):
+                    return None
+                (warning,) = result["warnings"]
+                assert warning == result["msg"]
+                return warning
     return None
 
 
@@ -266,13 +270,11 @@ def test_expiry_is_a_warning_when_no_rotation_is_scheduled(issued: Lab) -> None:
         next_update.stdout.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"
     )
     assert f"the CRLs expire on {crl:%Y-%m-%d %H:%M:%S} UTC" in message
-    assert "[WARNING]" in run.stderr and "No certificate rotation is scheduled" in run.stderr
 
 
 def test_no_expiry_warning_when_the_rotation_is_scheduled(issued: Lab) -> None:
     run = issued.run(EXPIRY).expect_ok()
     assert expiry_warning(run) is None
-    assert "No certificate rotation is scheduled" not in run.stderr
 
 
 def test_second_run_changes_nothing(issued: Lab) -> None:
