@@ -139,6 +139,8 @@ def test_runs_in_crons_environment_and_logs_one_line(tmp_path: Path, tier: str) 
     assert "--keep-going" in sync and ("--relock" in sync) == (tier == "relay")
     # Unset, the engine's defaults apply: no flag is passed.
     assert not {"--workers", "--engine-copy-max-bytes", "--attempts"} & set(sync)
+    (lock,) = [args for _, args in made if args[0] == "lock"]
+    assert "--repository" not in lock
 
 
 def test_the_role_variables_become_flags(tmp_path: Path) -> None:
@@ -152,8 +154,11 @@ def test_the_role_variables_become_flags(tmp_path: Path) -> None:
         mirror_timeout=60,
         mirror_tool_timeout=600,
         mirror_keep_going=False,
+        mirror_lock_repository="site/mirror-lock",
     )
     assert run(script).returncode == 0
+    (lock,) = [args for _, args in calls(tmp_path) if args[0] == "lock"]
+    assert " ".join(lock).endswith("--repository site/mirror-lock")
     (sync,) = [args for _, args in calls(tmp_path) if args[0] == "sync"]
     flags = " ".join(sync)
     for flag in (
