@@ -1,4 +1,4 @@
-# The TLS files every engine module takes to reach its registry, documented once
+# How every engine module reaches its registry (TLS files, timeout), documented once
 # (their argument spec is REGISTRY_TLS_OPTIONS in module_utils/airgap_engine.py).
 
 
@@ -14,4 +14,7 @@ options:
   key_file:
     description: Key of O(cert_file).
     type: path
+  timeout:
+    description: Seconds one request to O(registry) may take; unset, the engine's default (30).
+    type: float
 """

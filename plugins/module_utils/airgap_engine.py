@@ -1,6 +1,9 @@
 """What every module over the airgapped_registry engine shares: the options
 that reach a registry over (m)TLS, and the one way to stop when the engine
-is not importable on the host that runs the module."""
+is not importable on the host that runs the module.
+
+An option the engine has a default for is None unless the user set it, and
+is then not passed: the engine's default is the only one."""
 
 from __future__ import annotations
 
@@ -10,7 +13,19 @@ REGISTRY_TLS_OPTIONS = {
     "ca_file": {"type": "path"},
     "cert_file": {"type": "path"},
     "key_file": {"type": "path", "no_log": False},  # a path, not the key
+    "timeout": {"type": "float"},
 }
+
+
+def set_options(params, names):
+    """The options among ``names`` the user set, by name: to pass as keyword arguments,
+    leaving the others to the engine's defaults."""
+    return {name: params[name] for name in names if params.get(name) is not None}
+
+
+def registry_access(params):
+    """Keyword arguments reaching the module's registry: TLS files and the timeout."""
+    return set_options(params, REGISTRY_TLS_OPTIONS)
 
 
 def engine_module(argument_spec, import_error, **kwargs):

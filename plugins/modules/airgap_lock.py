@@ -42,13 +42,12 @@ options:
         C(https://relay:443); required with O(mode=publish) and O(mode=fetch).
     type: str
   repository:
-    description: Repository of the lock artifact.
+    description: Repository of the lock artifact; unset, the engine's default
+      (C(airgapped-registry/mirror-lock)).
     type: str
-    default: airgapped-registry/mirror-lock
   tag:
-    description: Tag of the lock artifact.
+    description: Tag of the lock artifact; unset, the engine's default (C(current)).
     type: str
-    default: current
   source:
     description:
       - With O(mode=fetch), the name the registry host's mirror list gives the
@@ -113,7 +112,7 @@ summary:
 
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module
+from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
 
 try:
     from airgapped_registry.errors import AirgapError
@@ -156,8 +155,8 @@ def main():
             "lock": {"type": "path", "required": True},
             "spec": {"type": "path"},
             "registry": {"type": "str"},
-            "repository": {"type": "str", "default": "airgapped-registry/mirror-lock"},
-            "tag": {"type": "str", "default": "current"},
+            "repository": {"type": "str"},
+            "tag": {"type": "str"},
             "source": {"type": "str"},
             "source_registry": {"type": "str"},
         },
@@ -175,26 +174,19 @@ def main():
         if p["mode"] == "resolve":
             report = lock(load(p["spec"]), p["lock"], check=check)
         else:
-            client = RegistryClient(
-                p["registry"],
-                ca_file=p["ca_file"],
-                cert_file=p["cert_file"],
-                key_file=p["key_file"],
-            )
+            client = RegistryClient(p["registry"], **registry_access(p))
+            artifact = set_options(p, ["repository", "tag"])
             with client:
                 if p["mode"] == "publish":
-                    report = lockstore.publish(
-                        p["lock"], client, repository=p["repository"], tag=p["tag"], check=check
-                    )
+                    report = lockstore.publish(p["lock"], client, check=check, **artifact)
                 else:
                     report = lockstore.fetch(
                         client,
                         p["lock"],
                         source=p["source"],
                         source_registry=p["source_registry"],
-                        repository=p["repository"],
-                        tag=p["tag"],
                         check=check,
+                        **artifact,
                     )
     except (AirgapError, ValueError, OSError) as exc:
         where = p["spec"] if p["mode"] == "resolve" else p["registry"]

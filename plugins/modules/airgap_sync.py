@@ -38,14 +38,33 @@ options:
   auth_file:
     description: An C(auth.json) with credentials for O(registry).
     type: path
-  workers:
-    description: Entries handled side by side.
-    type: int
-    default: 4
-  keep_going:
-    description: Go on with the other entries after a failure.
+  relock:
+    description:
+      - First resolve O(spec) against its sources and rewrite O(lock) if it changed, in the
+        same run and under the same run lock (C(airgap sync --relock), the relay's nightly
+        run). O(lock) need not exist yet.
     type: bool
     default: false
+  workers:
+    description: Entries handled side by side; unset, the engine's default (4).
+    type: int
+  keep_going:
+    description: Go on with the other entries after a failure (the module still fails).
+    type: bool
+    default: false
+  attempts:
+    description: Tries per entry on a transient failure; unset, the engine's default (3).
+    type: int
+  backoff:
+    description: Seconds before the second try, doubled after each; unset, the engine's
+      default (1).
+    type: float
+  retry_times:
+    description: skopeo's own retries within one try; unset, the engine's default (2).
+    type: int
+  tool_timeout:
+    description: Seconds one skopeo or cosign run may take; unset, the engine's default (3600).
+    type: float
   force:
     description:
       - Copy every entry again, checking each blob and child, whatever its tag names
@@ -57,20 +76,23 @@ options:
       - An entry with at most this many bytes left to upload (after the blobs the
         destination holds or can mount) is copied by the engine over its own connections;
         a heavier one by skopeo. V(0) makes skopeo copy every entry.
+      - Unset, the engine's default (16 MiB).
     type: int
-    default: 16777216
   state_db:
-    description: The state database; the run lock C(sync.lock) lives beside it.
+    description:
+      - The state database; the run lock C(sync.lock) lives beside it. Unset, the
+        engine's default (C(/var/lib/airgapped-registry/state.db)).
     type: path
-    default: /var/lib/airgapped-registry/state.db
 extends_documentation_fragment:
   - airgap_registry_tls
 attributes:
   check_mode:
     support: full
     details:
-      - The plan only - one manifest HEAD per entry, nothing copied, no source
-        contacted, the state database not written.
+      - The plan only - one manifest HEAD per entry, nothing copied, the state database
+        not written. No source is contacted, except with O(relock), which resolves the
+        mirror list (tags lists, changed manifests) and plans against that lock without
+        writing it.
   diff_mode:
     support: full
     details:
@@ -88,6 +110,15 @@ EXAMPLES = r"""
     cert_file: /etc/airgapped-registry/sync/client.cert
     key_file: /etc/airgapped-registry/sync/client.key
     keep_going: true
+
+- name: Re-resolve the mirror list and sync the relay, as its nightly job does
+  airgap_sync:
+    relock: true
+    lock: /var/lib/airgapped-registry/mirror.lock
+    spec: /etc/airgapped-registry/mirror.yaml
+    registry: http://127.0.0.1:5000
+    keep_going: true
+    attempts: 5
 """
 
 RETURN = r"""
@@ -99,6 +130,11 @@ report:
       C(up_to_date), C(bytes), C(requests), C(plan) per entry).
   returned: always
   type: dict
+relock:
+  description: With O(relock), the report of the lock's resolution (C(changed),
+    C(written), C(summary), C(diff)).
+  returned: when O(relock) is true
+  type: dict
 summary:
   description: The one-line summary, as cron logs it.
   returned: always
@@ -108,12 +144,14 @@ summary:
 import os
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module
+from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
 
 try:
+    from airgapped_registry import defaults
     from airgapped_registry.errors import AirgapError
     from airgapped_registry.mirror.lock import read_lock
     from airgapped_registry.mirror.plan import plan
+    from airgapped_registry.mirror.relock import relock
     from airgapped_registry.mirror.spec import load
     from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
     from airgapped_registry.state.runlock import RunLock
@@ -143,6 +181,23 @@ def plan_diff(planned):
     return {"before": "".join(before), "after": "".join(after)}
 
 
+# Options passed to SyncOptions only when set: the engine holds their defaults.
+SYNC_OPTIONS = (
+    "workers",
+    "attempts",
+    "backoff",
+    "retry_times",
+    "engine_copy_max_bytes",
+)
+
+
+def sync_options(p):
+    options = set_options(p, SYNC_OPTIONS)
+    if p["tool_timeout"] is not None:
+        options["timeout"] = p["tool_timeout"]
+    return SyncOptions(keep_going=p["keep_going"], **options)
+
+
 def main():
     module = engine_module(
         {
@@ -150,60 +205,79 @@ def main():
             "spec": {"type": "path", "required": True},
             "registry": {"type": "str", "required": True},
             "auth_file": {"type": "path", "no_log": False},
-            "workers": {"type": "int", "default": 4},
+            "relock": {"type": "bool", "default": False},
+            "workers": {"type": "int"},
             "keep_going": {"type": "bool", "default": False},
-            "engine_copy_max_bytes": {"type": "int", "default": 16777216},
+            "attempts": {"type": "int"},
+            "backoff": {"type": "float"},
+            "retry_times": {"type": "int"},
+            "tool_timeout": {"type": "float"},
+            "engine_copy_max_bytes": {"type": "int"},
             "force": {"type": "bool", "default": False},
-            "state_db": {"type": "path", "default": "/var/lib/airgapped-registry/state.db"},
+            "state_db": {"type": "path"},
         },
         ENGINE_IMPORT_ERROR,
     )
     p = module.params
+    state_db = p["state_db"] or str(defaults.STATE_PATH)
+    relocked = {}
     try:
-        locked = read_lock(p["lock"])
-        if locked is None:
+        options = sync_options(p)
+        spec = load(p["spec"]) if p["relock"] else None
+        previous = read_lock(p["lock"])
+        if previous is None and not p["relock"]:
             module.fail_json(msg=f"{p['lock']}: no lock file (write one with airgap_lock)")
-        target = Destination(
-            p["registry"],
-            ca_file=p["ca_file"],
-            cert_file=p["cert_file"],
-            key_file=p["key_file"],
-            auth_file=p["auth_file"],
-        )
+        target = Destination(p["registry"], auth_file=p["auth_file"], **registry_access(p))
         planned = None
         if module.check_mode or module._diff:
-            planned = current_plan(locked, target, p["state_db"]).to_json()
+            locked = previous
+            if p["relock"]:
+                _, locked, report = relock(spec, p["lock"], check=True, previous=previous)
+                relocked.update(report)
+            planned = current_plan(locked, target, state_db).to_json()
         if module.check_mode:
             result = {
-                "changed": planned["to_copy"] > 0,
+                "changed": planned["to_copy"] > 0 or relocked.get("changed", False),
                 "report": planned,
                 "summary": f"entries={planned['entries']} to_copy={planned['to_copy']} "
                 f"bytes<={planned['bytes']}",
             }
-            if module._diff and result["changed"]:
+            if p["relock"]:
+                result["relock"] = relocked
+            if module._diff and planned["to_copy"]:
                 result["diff"] = plan_diff(planned)
             module.exit_json(**result)
-        spec = load(p["spec"])
-        options = SyncOptions(
-            workers=p["workers"],
-            keep_going=p["keep_going"],
-            engine_copy_max_bytes=p["engine_copy_max_bytes"],
-        )
-        with RunLock.beside(p["state_db"]), StateStore(p["state_db"]) as store:
+        spec = spec or load(p["spec"])
+        manifests = {}
+
+        def relock_now():
+            _, new, report = relock(spec, p["lock"], manifests=manifests, previous=previous)
+            relocked.update(report)
+            return new
+
+        with RunLock.beside(state_db), StateStore(state_db) as store:
             report = sync(
-                locked,
+                relock_now if p["relock"] else previous,
                 target,
                 spec,
                 options=options,
                 state=store,
                 lock_path=p["lock"],
+                manifests=manifests,
+                previous=previous if p["relock"] else None,
                 force=p["force"],
             )
     except (AirgapError, ValueError, OSError) as exc:
-        module.fail_json(msg=f"sync {p['lock']} into {p['registry']}: {exc}")
+        module.fail_json(msg=f"sync {p['lock']} into {p['registry']}: {exc}", relock=relocked)
 
-    result = {"changed": report["copied"] > 0, "report": report, "summary": report["summary"]}
-    if module._diff and planned is not None and result["changed"]:
+    result = {
+        "changed": report["copied"] > 0 or relocked.get("written", False),
+        "report": report,
+        "summary": report["summary"],
+    }
+    if p["relock"]:
+        result["relock"] = relocked
+    if module._diff and planned is not None and report["copied"]:
         copied = {item["entry"] for item in report["results"] if item["result"] == "ok"}
         planned["plan"] = [item for item in planned["plan"] if item["entry"] in copied]
         result["diff"] = plan_diff(planned)

@@ -29,9 +29,8 @@ options:
     type: bool
     default: false
   workers:
-    description: Entries checked side by side.
+    description: Entries checked side by side; unset, the engine's default (4).
     type: int
-    default: 4
 extends_documentation_fragment:
   - airgap_registry_tls
 attributes:
@@ -64,7 +63,7 @@ report:
 
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module
+from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
 
 try:
     from airgapped_registry.errors import AirgapError
@@ -83,7 +82,7 @@ def main():
             "lock": {"type": "path", "required": True},
             "registry": {"type": "str", "required": True},
             "deep": {"type": "bool", "default": False},
-            "workers": {"type": "int", "default": 4},
+            "workers": {"type": "int"},
         },
         ENGINE_IMPORT_ERROR,
     )
@@ -92,10 +91,8 @@ def main():
         locked = read_lock(p["lock"])
         if locked is None:
             module.fail_json(msg=f"{p['lock']}: no lock file")
-        with RegistryClient(
-            p["registry"], ca_file=p["ca_file"], cert_file=p["cert_file"], key_file=p["key_file"]
-        ) as client:
-            report = verify(locked, client, deep=p["deep"], workers=p["workers"])
+        with RegistryClient(p["registry"], **registry_access(p)) as client:
+            report = verify(locked, client, deep=p["deep"], **set_options(p, ["workers"]))
     except (AirgapError, ValueError, OSError) as exc:
         module.fail_json(msg=f"verify {p['registry']} against {p['lock']}: {exc}")
     if report["failed"]:

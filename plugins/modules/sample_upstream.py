@@ -93,7 +93,7 @@ requests:
 
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module
+from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
 
 try:
     from airgap_lab.sample import SampleSpec, build, push
@@ -126,16 +126,14 @@ def main():
     )
     p = module.params
     try:
-        spec = SampleSpec(**{name: p[name] for name in SPEC_OPTIONS if p[name] is not None})
+        spec = SampleSpec(**set_options(p, SPEC_OPTIONS))
     except ValueError as exc:
         module.fail_json(msg=f"sample spec: {exc}")
 
     sample = build(spec)
     client = None
     try:
-        client = RegistryClient(
-            p["registry"], ca_file=p["ca_file"], cert_file=p["cert_file"], key_file=p["key_file"]
-        )
+        client = RegistryClient(p["registry"], **registry_access(p))
         report = push(sample, client, check_mode=module.check_mode)
     except (AirgapError, ValueError, OSError) as exc:
         module.fail_json(msg=f"{p['registry']}: {exc}", requests=client.requests if client else 0)

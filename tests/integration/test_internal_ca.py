@@ -236,6 +236,47 @@ def test_cron_job_runs_rotate_certs_daily(issued: Lab) -> None:
     assert f"-i {FIXTURES / 'inventory.yml'}" in job
 
 
+EXPIRY = ROOT / "playbooks" / "cert-expiry.yml"
+
+
+def expiry_warning(run: Run) -> str | None:
+    """The warning cert-expiry.yml gave, if any: an Ansible warning of its last task."""
+    for play in run.report["plays"]:
+        for task in play["tasks"]:
+            result = task["hosts"].get("localhost", {})
+            if task["task"]["name"].endswith("Warn that nothing renews the certificates"):
+                if result.get("skipped"):
+                    return None
+                (warning,) = result["warnings"]
+                assert warning == result["msg"]
+                return warning
+    return None
+
+
+def test_expiry_is_a_warning_when_no_rotation_is_scheduled(issued: Lab) -> None:
+    run = issued.run(EXPIRY, internal_ca_rotation_cron=False).expect_ok()
+    assert run.changed() == 0
+    message = expiry_warning(run)
+    assert message is not None and "internal_ca_rotation_cron: true" in message
+    # The first to expire: the server certificate (90 days) before the client (365).
+    not_after = openssl("x509", "-in", issued.ca / "servers" / "registry.crt", "-noout", "-enddate")
+    first = datetime.datetime.strptime(
+        not_after.stdout.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"
+    )
+    assert f"expires on {first:%Y-%m-%d %H:%M:%S} UTC" in message
+    assert "servers/registry.crt" in message
+    next_update = openssl("crl", "-in", issued.ca / "crl.pem", "-noout", "-nextupdate")
+    crl = datetime.datetime.strptime(
+        next_update.stdout.strip().split("=", 1)[1], "%b %d %H:%M:%S %Y %Z"
+    )
+    assert f"the CRLs expire on {crl:%Y-%m-%d %H:%M:%S} UTC" in message
+
+
+def test_no_expiry_warning_when_the_rotation_is_scheduled(issued: Lab) -> None:
+    run = issued.run(EXPIRY).expect_ok()
+    assert expiry_warning(run) is None
+
+
 def test_second_run_changes_nothing(issued: Lab) -> None:
     before = issued.snapshot()
     assert issued.run().expect_ok().changed() == 0

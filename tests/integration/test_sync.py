@@ -534,6 +534,41 @@ def test_relock_then_sync_in_one_process_fetches_no_manifest_twice(
     assert verify(after, RegistryClient(target.url))["failed"] == 0
 
 
+def test_summary_goes_to_stdout_and_the_report_to_a_file(
+    distribution_factory, own_upstream, small, tmp_path, capsys
+) -> None:
+    """The nightly job's form: one summary line for the log, the JSON report for Ansible,
+    written whether the run succeeded or not."""
+    upstream = own_upstream
+    target = distribution_factory()
+    spec_path = lab_list(tmp_path, upstream.address)
+    report_path = tmp_path / "report.json"
+    options = ["--relock", "--keep-going", "--summary", "--quiet", "--report", str(report_path)]
+    command = sync_args(spec_path, target, tmp_path / "state.db", *options)
+
+    with pytest.raises(SystemExit) as done:
+        main(command)
+    assert done.value.code == 0
+    line = capsys.readouterr().out.strip()
+    report = json.loads(report_path.read_text())
+    assert line == report["summary"]
+    assert (report["copied"], report["failed"], report["relock"]["written"]) == (12, 0, True)
+
+    corrupt(
+        upstream, read_lock(spec_path.with_name("mirror.lock")).entries[0].manifest.layers[0].digest
+    )
+    tampered = [*command[:-1], str(report_path)]
+    target_two = distribution_factory()
+    tampered[tampered.index("--registry") + 1] = target_two.url
+    with pytest.raises(SystemExit) as failed:
+        main(tampered)
+    assert failed.value.code == 1
+    line = capsys.readouterr().out.strip()
+    report = json.loads(report_path.read_text())
+    assert line == report["summary"] and report["failed"] == 1
+    assert re.search(r"failures=1$", line)
+
+
 def test_heavy_entries_go_to_skopeo_light_ones_are_mounted_by_the_engine(
     distribution_factory, upstream, tmp_path
 ) -> None:

@@ -2,7 +2,9 @@
 
 The hosts are resolved with ``ansible-inventory`` against ``inventories/lab``
 under the same ``AIRGAP_LAB_PREFIX`` molecule converged with, so these tests
-check exactly the containers the scenario created.
+check exactly the containers the scenario created. The project's playbooks run
+through the inventory the scenario converged with: the lab's, or the plain
+static one of molecule/realsite (``AIRGAP_TEST_INVENTORY``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import yaml
 from airgap_lab.sample import spec_fields
 
 PROJECT = Path(__file__).resolve().parents[3]
+# The inventory site.yml converged with (the hosts themselves always come from the lab's
+# definition, which made the containers).
+INVENTORY = os.environ.get("AIRGAP_TEST_INVENTORY") or str(PROJECT / "inventories" / "lab")
 
 
 def _plain(value):
@@ -131,7 +136,7 @@ def playbook():
             [
                 "ansible-playbook",
                 "-i",
-                str(PROJECT / "inventories" / "lab"),
+                INVENTORY,
                 str(PROJECT / path),
                 *extra,
             ],
@@ -155,12 +160,15 @@ def ansible_vars():
             "ansible",
             "localhost",
             "-i",
-            str(PROJECT / "inventories" / "lab"),
+            INVENTORY,
             "-m",
             "ansible.builtin.debug",
             "-a",
             "msg={{ {'internal_ca_dir': internal_ca_dir,"
-            " 'internal_ca_clients': internal_ca_clients} | to_json }}",
+            " 'internal_ca_clients': internal_ca_clients,"
+            " 'internal_ca_rotation_cron': internal_ca_rotation_cron | default(false),"
+            " 'internal_ca_rotation_cron_file': internal_ca_rotation_cron_file"
+            " | default('/etc/cron.d/airgapped-registry-rotate-certs')} | to_json }}",
         ],
         cwd=PROJECT,
         capture_output=True,

@@ -7,7 +7,9 @@ see that only the new blobs cross from the relay to the registry host.
 
 from __future__ import annotations
 
+import datetime
 import json
+import shlex
 import time
 
 import pytest
@@ -73,9 +75,74 @@ def test_registry_serves_mirrored_content_to_node(hosts):
     assert f"sha256:{out.split()[0]}" == entry["digest"]
 
 
+LOG = "/var/log/airgapped-registry/sync.log"
+# The environment cron gives a job (checked on a lab host): nothing else.
+CRON_ENV = "env -i PATH=/usr/bin:/bin SHELL=/bin/sh HOME=/root LOGNAME=root"
+
+
+def job_line(host):
+    """The command of the nightly job, as cron reads it from its cron.d file."""
+    cron = host.file("/etc/cron.d/airgapped-registry-sync").content_string
+    line = next(x for x in cron.splitlines() if "airgap-nightly" in x and not x.startswith("#"))
+    return line.split(None, 6)[6]
+
+
+def summary(host):
+    """The last line of the host's sync.log: (time, tier, fields)."""
+    stamp, tier, *rest = host.check_output(f"tail -n 1 {LOG}").split()
+    fields = dict(f.split("=", 1) for f in rest if "=" in f)
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"), tier, fields
+
+
 def nightly(host):
-    ran = host.run("/usr/local/sbin/airgap-nightly")
+    """One nightly run exactly as cron starts it: its job line, in its environment."""
+    ran = host.run(f"{CRON_ENV} /bin/sh -c {shlex.quote(job_line(host))}")
     assert ran.rc == 0, host.run("tail -n 20 /var/log/airgapped-registry/sync.err").stdout
+
+
+@pytest.mark.parametrize("name", ["relay", "registry"])
+def test_nightly_job_runs_in_crons_environment(hosts, name):
+    before = hosts[name].check_output(f"wc -l < {LOG}")
+    nightly(hosts[name])
+    assert int(hosts[name].check_output(f"wc -l < {LOG}")) == int(before) + 1
+    _, tier, fields = summary(hosts[name])
+    assert tier == name
+    assert int(fields["entries"]) >= 10 and int(fields["failures"]) == 0
+
+
+def test_cron_itself_fires_the_nightly_jobs(hosts):
+    """A schedule a minute or two ahead, relay first, the registry host a minute later (it
+    fetches the lock the relay published): cron runs each, and each writes its summary."""
+    relay, registry = hosts["relay"], hosts["registry"]
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    # cron reads a new cron.d file when a minute starts: leave it time to see this one.
+    first = (now + datetime.timedelta(minutes=1 if now.second < 45 else 2)).replace(
+        second=0, microsecond=0
+    )
+    second = first + datetime.timedelta(minutes=1)
+    test_file = "/etc/cron.d/airgapped-registry-sync-test"
+    try:
+        for host, at in ((relay, first), (registry, second)):
+            entry = f"{at.minute} {at.hour} * * * root {job_line(host)}\n"
+            host.run(f"printf %s {shlex.quote(entry)} > {test_file}")
+        deadline = second + datetime.timedelta(seconds=75)
+        seen = {}
+        while datetime.datetime.now(datetime.UTC).replace(tzinfo=None) < deadline:
+            for name, host, at in (("relay", relay, first), ("registry", registry, second)):
+                stamp, tier, fields = summary(host)
+                if stamp >= at:
+                    seen[name] = (stamp, tier, fields)
+            if len(seen) == 2:
+                break
+            time.sleep(5)
+    finally:
+        relay.run(f"rm -f {test_file}")
+        registry.run(f"rm -f {test_file}")
+    assert set(seen) == {"relay", "registry"}, f"cron ran only {sorted(seen)} by {deadline}"
+    for name, at in (("relay", first), ("registry", second)):
+        stamp, tier, fields = seen[name]
+        assert tier == name and stamp < at + datetime.timedelta(minutes=1)
+        assert int(fields["failures"]) == 0 and int(fields["entries"]) >= 10
 
 
 @pytest.fixture
@@ -104,9 +171,8 @@ def test_second_nightly_run_moves_only_the_new_blobs(hosts, upstream_moved):
 
     after = blobs(lock_of(registry, f"{STATE}/relay.lock"))
     new = after - before
-    summary = registry.check_output("tail -n 1 /var/log/airgapped-registry/sync.log")
-    fields = dict(f.split("=", 1) for f in summary.split() if "=" in f)
-    print(f"nightly delta: {len(new)} new blobs, {sum(s for _, s in new)} bytes; {summary}")
+    _, _, fields = summary(registry)
+    print(f"nightly delta: {len(new)} new blobs, {sum(s for _, s in new)} bytes; {fields}")
     assert new, "upstream moved but the relay's lock did not"
     assert int(fields["failures"]) == 0
     # Only the new blobs cross the DMZ link: the bytes pushed into the

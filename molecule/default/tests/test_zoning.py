@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,14 @@ def test_node_reaches_nothing_but_the_registry(hosts, addresses):
 def test_relay_cannot_reach_into_the_vlan(hosts, addresses):
     assert probe(hosts["relay"], addresses["node"]["vlan"], 22) in {"unreachable", "timeout"}
     assert probe(hosts["relay"], addresses["registry"]["vlan"], 443) in {"unreachable", "timeout"}
+
+
+def test_isolated_host_has_no_default_route_after_a_restart(hosts, lab, mirror_address):
+    """Docker gives the default route back at every container start; the lab host drops
+    it again at boot (last in this file: the host restarts)."""
+    subprocess.run(["docker", "restart", lab["hosts"]["registry"]["container"]], check=True)
+    booted = hosts["registry"].run("timeout 90 systemctl is-system-running --wait")
+    assert booted.stdout.strip() == "running", hosts["registry"].run("systemctl --failed").stdout
+    assert hosts["registry"].run("ip -4 route show default").stdout.strip() == ""
+    route = hosts["registry"].run(f"ip -4 route get {mirror_address}")
+    assert route.rc != 0 and "unreachable" in route.stderr

@@ -16,7 +16,7 @@ from airgapped_registry import defaults
 from airgapped_registry.cli.options import registry_files, registry_options
 from airgapped_registry.cli.run import finish
 from airgapped_registry.errors import AirgapError
-from airgapped_registry.mirror.lock import Lock, read_lock
+from airgapped_registry.mirror.lock import Lock, read_lock, write_atomically
 from airgapped_registry.mirror.outcome import EntryResult
 from airgapped_registry.mirror.plan import human_bytes, plan
 from airgapped_registry.mirror.relock import relock
@@ -143,6 +143,12 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="print the one-line summary (for cron logs) instead of the JSON report",
     )
     sync_parser.add_argument(
+        "--report",
+        metavar="FILE",
+        help="also write the JSON report to FILE, failed entries included (for the nightly "
+        "job's caller: the summary goes to the log, the report to Ansible)",
+    )
+    sync_parser.add_argument(
         "--quiet", action="store_true", help="no progress line per entry on stderr"
     )
     sync_parser.set_defaults(run=run_sync)
@@ -231,6 +237,8 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
     except RunLockedError as exc:
         print(f"airgap: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOCKED) from exc
+    if args.report:
+        write_atomically(Path(args.report), json.dumps(report, indent=2) + "\n")
     if report["failed"]:
         if args.summary:
             print(f"airgap: {'; '.join(report['errors'])}", file=sys.stderr)

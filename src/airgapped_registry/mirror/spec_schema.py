@@ -1,7 +1,7 @@
 """The mirror list format (``mirror.yaml``), defined once: :data:`SCHEMA`.
 
 Every key a mirror list may hold, with its type, default, help and the check of its value,
-lives here and nowhere else: :mod:`airgapped_registry.spec` checks files against it, and
+lives here and nowhere else: :mod:`airgapped_registry.mirror.spec` checks files against it, and
 :func:`argument_spec` derives the Ansible argument spec of the module that takes a mirror
 list inline. ``tests/unit/test_spec.py`` checks that ``examples/mirror.yaml`` shows every key.
 """
