@@ -597,6 +597,38 @@ def test_heavy_entries_go_to_skopeo_light_ones_are_mounted_by_the_engine(
     assert verify(lock_file, RegistryClient(target.url), deep=True)["failed"] == 0
 
 
+def test_skopeo_copies_count_only_what_the_repository_lacked(
+    distribution_factory, upstream, tmp_path
+) -> None:
+    target = distribution_factory()
+    line = "  - {source: upstream, repository: sample/%s, tags: [1.0.0], destination: mirror/%s}\n"
+    base, app = line % ("base", "a"), line % ("app-001", "b")
+    state = tmp_path / "state.db"
+    # The engine places the base image; skopeo, which knows nothing of it, copies an image
+    # built on it into another repository.
+    spec_path = write_list(tmp_path, upstream.address, "images:\n" + base)
+    locked(spec_path)
+    assert run_sync(spec_path, target, state)["copies"] == {"engine": 1}
+    spec_path = write_list(tmp_path, upstream.address, "images:\n" + base + app)
+    lock_file = locked(spec_path)
+    held = {blob.digest for blob in lock_file.get("mirror/a", "1.0.0").content_blobs()}
+    entry = lock_file.get("mirror/b", "1.0.0")
+    blobs = {blob.digest: blob.size for blob in entry.content_blobs()}
+    lacked = set(blobs) - held
+    assert lacked and held & set(blobs), "the image shares its base layers, not all its blobs"
+
+    mark = len(settled_log(target))
+    report = run_sync(spec_path, target, state, "skopeo")
+    assert (report["copies"], report["up_to_date"]) == ({"skopeo": 1}, 1)
+    log = settled_log(target)[mark:]
+    # The shared blobs are mounted from the base's repository, not sent again; the report
+    # counts exactly the blobs the repository lacked.
+    assert sorted(uploads(log)) == sorted(("mirror/b", digest) for digest in lacked)
+    assert log.count('"POST /v2/mirror/b/blobs/uploads/?mount=sha256%3A') == len(held & set(blobs))
+    assert report["bytes"] == sum(blobs[digest] for digest in lacked)
+    assert verify(lock_file, RegistryClient(target.url), deep=True)["failed"] == 0
+
+
 def test_force_puts_back_what_a_deep_verify_found_missing(
     distribution_factory, upstream, small, tmp_path, copier
 ) -> None:

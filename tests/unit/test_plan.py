@@ -6,6 +6,7 @@ entries are built by hand and the destination's answer is a ``ManifestRef``.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -24,7 +25,7 @@ from airgapped_registry.mirror.plan import (
 from airgapped_registry.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.tools.process import tool_error
-from airgapped_registry.tools.skopeo import skopeo_copy_argv, uploaded_blobs
+from airgapped_registry.tools.skopeo import copy_failure, skopeo_copy_argv
 from airgapped_registry.transport.registry import ManifestRef
 
 
@@ -201,26 +202,10 @@ def test_human_bytes(count: int, text: str) -> None:
 
 # -- reading skopeo's and cosign's output ----------------------------------------------------
 
-A, B, C = (f"sha256:{character * 64}" for character in "abc")
-
-
-def test_uploaded_blobs_reads_skopeos_debug_log() -> None:
-    stdout = f"Copying blob {A}\nCopying blob {B}\nCopying config {C}\nCopying blob {A}\n"
-    stderr = (
-        f'time="t" level=debug msg="Skipping blob {B} (already present):"\n'
-        f'time="t" level=debug msg="Upload of layer {A} complete"\n'
-        f'time="t" level=debug msg="Upload of layer {C} complete"\n'
-        f'time="t" level=debug msg="Upload of layer {A} complete"\n'
-    )
-    assert uploaded_blobs(stdout, stderr) == {A: 2, C: 1}
-    assert uploaded_blobs(stdout, 'time="t" level=debug msg="nothing uploaded"\n') == {}
-    # No debug log at all: whatever skopeo handled counts as sent.
-    assert uploaded_blobs(stdout, "") == {A: 2, B: 1, C: 1}
-
 
 def test_tool_error_keeps_the_fatal_message_without_upload_tokens() -> None:
     stderr = (
-        'time="t" level=debug msg="HEAD http://r/v2/x/blobs/sha256:1"\n'
+        "Getting image source signatures\n"
         'time="t" level=fatal msg="writing blob: Patch \\"http://r/v2/x/blobs/uploads/u?_state'
         '=SECRET\\": Digest did not match, expected sha256:1, got sha256:2"\n'
     )
@@ -231,6 +216,41 @@ def test_tool_error_keeps_the_fatal_message_without_upload_tokens() -> None:
     cosign = "WARNING: Skipping tlog verification\nError: no matching signatures: invalid\nmain.go"
     assert tool_error(cosign) == "Error: no matching signatures: invalid"
     assert tool_error("") == "no output"
+
+
+@pytest.mark.parametrize(
+    ("stderr", "message", "permanent"),
+    [
+        (
+            'time="t" level=fatal msg="initializing source docker://up/a@sha256:1: reading '
+            'manifest sha256:1 in up/a: manifest unknown: manifest unknown"\n',
+            "skopeo copy failed (exit 1): initializing source docker://up/a@sha256:1: reading "
+            "manifest sha256:1 in up/a: manifest unknown: manifest unknown",
+            True,
+        ),
+        (
+            'time="t" level=fatal msg="writing blob: happened during read: Digest did not '
+            f'match, expected {"sha256:" + "a" * 64}, got {"sha256:" + "b" * 64}"\n',
+            f"blob {'sha256:' + 'a' * 64}: the source served content with digest "
+            f"{'sha256:' + 'b' * 64} (corrupt upstream blob); refused, nothing tagged",
+            True,
+        ),
+        (
+            'time="t" level=fatal msg="initializing source docker://up/a@sha256:1: pinging '
+            'container registry up: Get \\"http://up/v2/\\": connect: connection refused"\n',
+            "skopeo copy failed (exit 1): initializing source docker://up/a@sha256:1: pinging "
+            'container registry up: Get "http://up/v2/": connect: connection refused',
+            False,
+        ),
+    ],
+)
+def test_copy_failure_reads_skopeos_fatal_line(stderr: str, message: str, permanent: bool) -> None:
+    # What skopeo prints without --debug: progress on stdout, the fatal line on stderr.
+    completed = subprocess.CompletedProcess(
+        ["skopeo"], 1, "Getting image source signatures\nCopying blob sha256:1\n", stderr
+    )
+    failure = copy_failure(completed)
+    assert (str(failure), failure.permanent) == (message, permanent)
 
 
 def test_skopeo_copy_argv() -> None:
@@ -246,7 +266,6 @@ def test_skopeo_copy_argv() -> None:
     assert argv == [
         "skopeo",
         "--insecure-policy",
-        "--debug",
         "copy",
         "--preserve-digests",
         "--remove-signatures",

@@ -167,8 +167,19 @@ class SkopeoCopier:
 
     An index with ``--all`` (skopeo writes the index after its children), a single manifest
     as it is; a ``filter`` entry copies each kept child by digest, then writes the index the
-    lock recorded (the filtered upstream index, checked against the lock's digest). The bytes
-    sent are read from skopeo's debug log.
+    lock recorded (the filtered upstream index, checked against the lock's digest).
+
+    Before skopeo runs, each content blob the ledger does not place in the destination
+    repository is mounted from a repository the ledger names (skopeo does not know what the
+    engine placed, and would upload it again), or else looked up (``HEAD``).
+
+    Bytes sent: the sizes of the content blobs the destination repository lacked once those
+    mounts were done, each digest once, counted when skopeo succeeds; its success proves the
+    repository holds them (a registry stores a manifest only once its blobs are there), and
+    the ledger records them. skopeo's log is not read: its lines change between versions.
+    A blob skopeo mounts by itself (its blob-info cache may remember a copy in another
+    repository from an earlier run) counts as sent too, so the figure is what the repository
+    gained beyond the engine's mounts. A failed attempt counts nothing.
     """
 
     name = SKOPEO
@@ -176,6 +187,7 @@ class SkopeoCopier:
     def __init__(
         self,
         client: RegistryClient,
+        ledger: BlobLedger,
         tools: Tools,
         address: str,
         destination_options: list[str],
@@ -184,6 +196,7 @@ class SkopeoCopier:
         retry_times: int = defaults.SKOPEO_RETRY_TIMES,
     ) -> None:
         self.client = client
+        self.ledger = ledger
         self.tools = tools
         self.address = address
         self.destination_options = destination_options
@@ -191,10 +204,12 @@ class SkopeoCopier:
         self.retry_times = retry_times
 
     def copy(self, entry: LockEntry, source: CopySource) -> Copied | None:
+        missing = self._missing(entry)
         if entry.children and entry.digest != entry.upstream_digest:
             assert entry.repository is not None
             kept = [child for child in entry.children if child.copy]
-            sent = sum(self._run(entry, source, child.digest, index=False) for child in kept)
+            for child in kept:
+                self._run(entry, source, child.digest, index=False)
             upstream = source.get_manifest(entry.repository, entry.upstream_digest)
             body = filtered_index(upstream, {child.digest for child in kept})
             if digest_of(body) != entry.digest:
@@ -205,10 +220,29 @@ class SkopeoCopier:
             self.client.put_manifest(
                 entry.destination, entry.digest, body, entry.manifest.media_type
             )
-            return sent, None
-        return self._run(entry, source, entry.upstream_digest, index=bool(entry.children)), None
+        else:
+            self._run(entry, source, entry.upstream_digest, index=bool(entry.children))
+        self.ledger.holds(entry.destination, missing)
+        return sum(blob.size for blob in missing), None
 
-    def _run(self, entry: LockEntry, source: CopySource, digest: str, *, index: bool) -> int:
+    def _missing(self, entry: LockEntry) -> list[Blob]:
+        """The content blobs the destination repository lacks, after mounting those the
+        ledger knows in another repository; one ``HEAD`` per blob the ledger does not know."""
+        repository = entry.destination
+        missing: list[Blob] = []
+        for blob in entry.content_blobs():
+            mount_from = self.ledger.place(repository, blob.digest)
+            if mount_from is None:
+                continue
+            if (mount_from and self.client.mount_blob(repository, blob.digest, mount_from)) or (
+                self.client.blob_exists(repository, blob.digest)
+            ):
+                self.ledger.holds(repository, [blob])
+            else:
+                missing.append(blob)
+        return missing
+
+    def _run(self, entry: LockEntry, source: CopySource, digest: str, *, index: bool) -> None:
         argv = skopeo.skopeo_copy_argv(
             self.skopeo,
             f"docker://{entry.registry}/{entry.repository}@{digest}",
@@ -221,9 +255,6 @@ class SkopeoCopier:
         completed = self.tools.run("skopeo", argv)
         if completed.returncode != 0:
             raise skopeo.copy_failure(completed)
-        sizes = {blob.digest: blob.size for blob in entry.blobs()}
-        uploaded = skopeo.uploaded_blobs(completed.stdout, completed.stderr)
-        return sum(sizes.get(digest, 0) * count for digest, count in uploaded.items())
 
 
 def destination_manifest(client: RegistryClient, entry: LockEntry) -> bytes:

@@ -185,6 +185,7 @@ class EntryWorker:
             EngineCopier(client, self.ledger, options.engine_copy_max_bytes, manifests),
             SkopeoCopier(
                 client,
+                self.ledger,
                 self.tools,
                 destination.address,
                 skopeo.destination_flags(destination.access(), workdir),

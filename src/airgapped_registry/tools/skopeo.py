@@ -1,13 +1,15 @@
-"""skopeo: the copy command the sync runs, its flags for a registry, and what its output says.
+"""skopeo: the copy command the sync runs, its flags for a registry, and what a failed run says.
 
-The sync runs one ``skopeo copy`` per heavy entry (flags common to skopeo 1.9 and 1.18).
+The sync runs one ``skopeo copy`` per heavy entry (flags common to skopeo 1.9 and 1.18). Only
+its exit status and, on failure, its ``level=fatal`` message are read: what it moved is
+established by the sync itself (see :class:`~airgapped_registry.mirror.copiers.SkopeoCopier`),
+since skopeo's log lines change between versions.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +17,6 @@ from airgapped_registry.tools.process import ToolError, tool_error, write_secret
 from airgapped_registry.transport.access import RegistryAccess
 
 _DIGEST = r"sha256:[0-9a-f]{64}"
-_COPYING = re.compile(rf"^Copying (blob|config) ({_DIGEST})", re.MULTILINE)
-_UPLOADED = re.compile(rf"Upload of layer ({_DIGEST}) complete")
 _DIGEST_MISMATCH = re.compile(rf"[Dd]igest did not match, expected ({_DIGEST}), got ({_DIGEST})")
 
 
@@ -35,28 +35,13 @@ def skopeo_copy_argv(
     ``--insecure-policy``: the appliance's trust is digest pinning plus cosign, checked by the
     engine; a host's ``policy.json`` must not change what a sync does. ``--remove-signatures``:
     skopeo's own (GPG/sigstore-attachment) signatures are not used; cosign signatures are
-    copied by the engine. ``--debug``: its log says which blobs it uploaded, which is how
-    the bytes actually sent are counted.
+    copied by the engine.
     """
-    argv = [skopeo, "--insecure-policy", "--debug", "copy", "--preserve-digests"]
+    argv = [skopeo, "--insecure-policy", "copy", "--preserve-digests"]
     argv += ["--remove-signatures", f"--retry-times={retry_times}"]
     if index:
         argv.append("--all")
     return [*argv, *source_options, *destination_options, source, destination]
-
-
-def uploaded_blobs(stdout: str, stderr: str) -> Counter[str]:
-    """Digests of the blobs a ``skopeo --debug copy`` run uploaded, with how many times.
-
-    skopeo logs ``Upload of layer D complete`` (configs too) after each upload it finished;
-    blobs found present, whether by its reuse check, by the check right before an upload
-    (another copy finished it meanwhile) or by a cross-repository mount, are not uploaded.
-    Without a debug log, every blob skopeo printed as handled counts as uploaded.
-    """
-    uploaded = Counter(_UPLOADED.findall(stderr))
-    if uploaded or "level=debug" in stderr:
-        return uploaded
-    return Counter(digest for _, digest in _COPYING.findall(stdout))
 
 
 class SkopeoCopyError(ToolError):

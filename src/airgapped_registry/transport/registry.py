@@ -216,6 +216,25 @@ class RegistryClient:
         response = self._call("HEAD", _blob_path(repository, digest), expect=(200, 404))
         return response.status == 200
 
+    def mount_blob(self, repository: str, digest: str, mount_from: str) -> bool:
+        """Mount a blob from another repository of this registry (``POST ?mount=&from=``,
+        nothing sent); False when the registry did not (it opened an upload session
+        instead, which is closed again at once so that none is left behind)."""
+        _check_repository(repository)
+        _check_repository(mount_from)
+        _check_digest(digest)
+        query = urlencode({"mount": digest, "from": mount_from})
+        uploads = f"/v2/{repository}/blobs/uploads/?{query}"
+        response = self._call("POST", uploads, expect=(201, 202))
+        if response.status == 201:
+            with self._lock:
+                self.blobs_mounted += 1
+            return True
+        location = response.header("Location")
+        if location:
+            self._call("DELETE", urljoin(response.url, location), expect=(204, 404))
+        return False
+
     def get_blob(self, repository: str, digest: str) -> bytes:
         """Fetch a blob into memory and verify it against its digest."""
         response = self._call("GET", _blob_path(repository, digest), expect=(200,))
