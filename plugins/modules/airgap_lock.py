@@ -59,7 +59,7 @@ options:
         (C(host[:port])); default the host and port of O(registry).
     type: str
 extends_documentation_fragment:
-  - airgap_registry_tls
+  - airgap_registry_access
 attributes:
   check_mode:
     support: full
@@ -112,14 +112,18 @@ summary:
 
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
+from ansible.module_utils.airgap_engine import (
+    engine_module,
+    registry_client,
+    registry_failure,
+    set_options,
+)
 
 try:
     from airgapped_registry.errors import AirgapError
     from airgapped_registry.mirror import lockstore
     from airgapped_registry.mirror.relock import lock
     from airgapped_registry.mirror.spec import load
-    from airgapped_registry.transport.registry import RegistryClient
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:
@@ -174,7 +178,7 @@ def main():
         if p["mode"] == "resolve":
             report = lock(load(p["spec"]), p["lock"], check=check)
         else:
-            client = RegistryClient(p["registry"], **registry_access(p))
+            client = registry_client(p)
             artifact = set_options(p, ["repository", "tag"])
             with client:
                 if p["mode"] == "publish":
@@ -191,7 +195,8 @@ def main():
     except (AirgapError, ValueError, OSError) as exc:
         where = p["spec"] if p["mode"] == "resolve" else p["registry"]
         module.fail_json(
-            msg=f"{p['mode']} {where}: {exc}", requests=client.requests if client else 0
+            msg=f"{p['mode']} {where}: {registry_failure(exc, p)}",
+            requests=client.requests if client else 0,
         )
 
     if p["mode"] == "publish":

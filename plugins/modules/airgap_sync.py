@@ -35,9 +35,6 @@ options:
     description: URL of the destination registry, e.g. C(https://registry:443).
     type: str
     required: true
-  auth_file:
-    description: An C(auth.json) with credentials for O(registry).
-    type: path
   relock:
     description:
       - First resolve O(spec) against its sources and rewrite O(lock) if it changed, in the
@@ -84,7 +81,7 @@ options:
         engine's default (C(/var/lib/airgapped-registry/state.db)).
     type: path
 extends_documentation_fragment:
-  - airgap_registry_tls
+  - airgap_registry_access
 attributes:
   check_mode:
     support: full
@@ -144,7 +141,12 @@ summary:
 import os
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
+from ansible.module_utils.airgap_engine import (
+    engine_module,
+    registry_failure,
+    registry_files,
+    set_options,
+)
 
 try:
     from airgapped_registry import defaults
@@ -204,7 +206,6 @@ def main():
             "lock": {"type": "path", "required": True},
             "spec": {"type": "path", "required": True},
             "registry": {"type": "str", "required": True},
-            "auth_file": {"type": "path", "no_log": False},
             "relock": {"type": "bool", "default": False},
             "workers": {"type": "int"},
             "keep_going": {"type": "bool", "default": False},
@@ -227,7 +228,7 @@ def main():
         previous = read_lock(p["lock"])
         if previous is None and not p["relock"]:
             module.fail_json(msg=f"{p['lock']}: no lock file (write one with airgap_lock)")
-        target = Destination(p["registry"], auth_file=p["auth_file"], **registry_access(p))
+        target = Destination(p["registry"], **registry_files(p))
         planned = None
         if module.check_mode or module._diff:
             locked = previous
@@ -268,7 +269,10 @@ def main():
                 force=p["force"],
             )
     except (AirgapError, ValueError, OSError) as exc:
-        module.fail_json(msg=f"sync {p['lock']} into {p['registry']}: {exc}", relock=relocked)
+        module.fail_json(
+            msg=f"sync {p['lock']} into {p['registry']}: {registry_failure(exc, p)}",
+            relock=relocked,
+        )
 
     result = {
         "changed": report["copied"] > 0 or relocked.get("written", False),
@@ -284,7 +288,7 @@ def main():
     if report["failed"]:
         module.fail_json(
             msg=f"{report['failed']} of {report['entries']} entries failed: "
-            + "; ".join(report["errors"]),
+            + registry_failure("; ".join(report["errors"]), p),
             **result,
         )
     module.exit_json(**result)

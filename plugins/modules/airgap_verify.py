@@ -32,7 +32,7 @@ options:
     description: Entries checked side by side; unset, the engine's default (4).
     type: int
 extends_documentation_fragment:
-  - airgap_registry_tls
+  - airgap_registry_access
 attributes:
   check_mode:
     support: full
@@ -63,13 +63,17 @@ report:
 
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
+from ansible.module_utils.airgap_engine import (
+    engine_module,
+    registry_client,
+    registry_failure,
+    set_options,
+)
 
 try:
     from airgapped_registry.errors import AirgapError
     from airgapped_registry.mirror.lock import read_lock
     from airgapped_registry.mirror.verify import verify
-    from airgapped_registry.transport.registry import RegistryClient
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:
@@ -91,14 +95,17 @@ def main():
         locked = read_lock(p["lock"])
         if locked is None:
             module.fail_json(msg=f"{p['lock']}: no lock file")
-        with RegistryClient(p["registry"], **registry_access(p)) as client:
+        with registry_client(p) as client:
             report = verify(locked, client, deep=p["deep"], **set_options(p, ["workers"]))
     except (AirgapError, ValueError, OSError) as exc:
-        module.fail_json(msg=f"verify {p['registry']} against {p['lock']}: {exc}")
+        module.fail_json(
+            msg=f"verify {p['registry']} against {p['lock']}: {registry_failure(exc, p)}"
+        )
     if report["failed"]:
+        problems = "; ".join(report["problems"])
         module.fail_json(
             msg=f"{report['failed']} of {report['entries']} entries differ from the lock: "
-            + "; ".join(report["problems"]),
+            + registry_failure(problems, p),
             changed=False,
             report=report,
         )

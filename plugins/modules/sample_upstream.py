@@ -48,7 +48,7 @@ options:
     description: Bump to change one shared base layer per platform.
     type: int
 extends_documentation_fragment:
-  - airgap_registry_tls
+  - airgap_registry_access
 attributes:
   check_mode:
     support: full
@@ -93,12 +93,16 @@ requests:
 
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module, registry_access, set_options
+from ansible.module_utils.airgap_engine import (
+    engine_module,
+    registry_client,
+    registry_failure,
+    set_options,
+)
 
 try:
     from airgap_lab.sample import SampleSpec, build, push
     from airgapped_registry.errors import AirgapError
-    from airgapped_registry.transport.registry import RegistryClient
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:
@@ -133,10 +137,13 @@ def main():
     sample = build(spec)
     client = None
     try:
-        client = RegistryClient(p["registry"], **registry_access(p))
+        client = registry_client(p)
         report = push(sample, client, check_mode=module.check_mode)
     except (AirgapError, ValueError, OSError) as exc:
-        module.fail_json(msg=f"{p['registry']}: {exc}", requests=client.requests if client else 0)
+        module.fail_json(
+            msg=f"{p['registry']}: {registry_failure(exc, p)}",
+            requests=client.requests if client else 0,
+        )
 
     tags = {ref: entry["digest"] for ref, entry in sample.expected().items()}
     result = {

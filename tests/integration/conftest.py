@@ -1,20 +1,24 @@
 """A real CNCF Distribution (Debian ``docker-registry``) on loopback, for integration tests.
 
 ``distribution_factory`` starts as many registries as a test needs (plain HTTP or TLS with
-client certificates) and stops them at the end of the session; ``distribution`` is a fresh
+client certificates, optionally asking for Basic credentials from an htpasswd file) and stops
+them at the end of the session; ``distribution`` is a fresh
 empty registry per test, ``session_distribution`` one shared by a whole session, and
 ``registry_url`` the base URL of the fresh one.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import os
 import shutil
 import socket
 import ssl
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +40,35 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def htpasswd_line(user: str, password: str) -> str:
+    """``user:bcrypt(password)``, a line of the htpasswd file Distribution reads."""
+    with warnings.catch_warnings():
+        # crypt is the standard library's only bcrypt; it goes in Python 3.13.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+    return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))}\n"
+
+
+def write_auth_json(path: Path, address: str, user: str, password: str) -> Path:
+    """A docker ``auth.json`` holding ``user``/``password`` for ``address`` (host:port)."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {address: {"auth": token}}}))
+    return path
+
+
 @dataclass
 class Distribution:
-    """One registry process; its storage and log live under ``root``."""
+    """One registry process; its storage and log live under ``root``.
+
+    ``htpasswd``: a file of ``user:bcrypt`` lines; the registry then answers every request
+    without those Basic credentials with 401.
+    """
 
     root: Path
     port: int
     pki: Pki | None = None
+    htpasswd: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -86,6 +112,8 @@ class Distribution:
             },
             "http": http_config,
         }
+        if self.htpasswd:
+            config["auth"] = {"htpasswd": {"realm": "airgap", "path": str(self.htpasswd)}}
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def start(self) -> None:
@@ -153,7 +181,8 @@ class Distribution:
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
         try:
             connection.request("GET", "/v2/")
-            return connection.getresponse().status == 200
+            # Without credentials the API root of a registry asking for them answers 401.
+            return connection.getresponse().status == (401 if self.htpasswd else 200)
         finally:
             connection.close()
 
@@ -163,7 +192,8 @@ DistributionFactory = Callable[..., Distribution]
 
 @pytest.fixture(scope="session")
 def distribution_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionFactory]:
-    """``start(tls=pki)`` → a running registry with empty storage; all stopped at the end."""
+    """``start(tls=pki, htpasswd=file)`` → a running registry with empty storage; all stopped
+    at the end."""
     if not (os.path.isfile(DISTRIBUTION_BINARY) and os.access(DISTRIBUTION_BINARY, os.X_OK)):
         found = shutil.which("docker-registry")
         pytest.fail(
@@ -173,8 +203,9 @@ def distribution_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         )
     started: list[Distribution] = []
 
-    def start(tls: Pki | None = None) -> Distribution:
-        registry = Distribution(tmp_path_factory.mktemp("distribution"), _free_port(), tls)
+    def start(tls: Pki | None = None, htpasswd: Path | None = None) -> Distribution:
+        root = tmp_path_factory.mktemp("distribution")
+        registry = Distribution(root, _free_port(), tls, htpasswd)
         started.append(registry)
         registry.start()
         return registry

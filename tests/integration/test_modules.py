@@ -1,15 +1,19 @@
-"""The airgap_lock, airgap_sync and airgap_verify modules, run by ansible-playbook.
+"""The airgap_lock, airgap_sync, airgap_verify and sample_upstream modules, run by
+ansible-playbook.
 
 One playbook walks the nightly path on localhost against real Distributions: the relay's
 lock, sync and publish, then the registry host's fetch, sync and verify. Every module is run
 in check mode, applied, and applied again (community.docker's check / apply / idempotence);
 the outcomes are read from the ``ansible.posix.json`` callback and from the registries.
+Another reaches a registry that asks for Basic credentials through every module, with and
+without ``auth_file``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +26,7 @@ import yaml
 from airgap_lab.sample import build
 from airgapped_registry.mirror.lock import read_lock
 from airgapped_registry.transport.registry import RegistryClient
+from tests.integration.conftest import htpasswd_line, write_auth_json
 from tests.integration.test_sync import SMALL, seeded, write_list
 
 pytestmark = pytest.mark.integration
@@ -108,8 +113,8 @@ def run_playbook(path: Path) -> dict[str, dict[str, Any]]:
     return run_playbook_allowing(path, "verify after the check")
 
 
-def run_playbook_allowing(path: Path, may_fail: str) -> dict[str, dict[str, Any]]:
-    """:func:`run_playbook`, where the task named ``may_fail`` may fail."""
+def run_playbook_allowing(path: Path, *may_fail: str) -> dict[str, dict[str, Any]]:
+    """:func:`run_playbook`, where the tasks named in ``may_fail`` may fail."""
     completed = subprocess.run(
         [
             str(ANSIBLE_PLAYBOOK),
@@ -144,7 +149,7 @@ def run_playbook_allowing(path: Path, may_fail: str) -> dict[str, dict[str, Any]
     failed = {
         name: result.get("msg")
         for name, result in results.items()
-        if result.get("failed") and name != may_fail
+        if result.get("failed") and name not in may_fail
     }
     assert completed.returncode == 0 and not failed, f"{failed}\n{completed.stderr[-3000:]}"
     return results
@@ -243,3 +248,50 @@ def test_relock_sync_with_the_cli_options(distribution_factory, tmp_path) -> Non
     assert again["changed"] is False and again["relock"]["changed"] is False
     refused = results["refused by the engine"]
     assert refused["failed"] and "attempts must be >= 1" in refused["msg"]
+
+
+def test_every_module_answers_basic_auth_from_auth_file(distribution_factory, tmp_path) -> None:
+    """A registry asking for credentials: each module given the CLI's --auth-file as
+    ``auth_file`` gets in (Basic, as the CLI and airgap_sync do); without it, the task fails
+    on the registry's 401 and says that no auth_file was given."""
+    upstream = seeded(distribution_factory, build(SMALL))
+    (tmp_path / "htpasswd").write_text(htpasswd_line("alice", "s3cret"))
+    guarded = distribution_factory(htpasswd=tmp_path / "htpasswd")
+    write_list(tmp_path, upstream.address, ENTRIES)
+    auth = write_auth_json(tmp_path / "auth.json", guarded.address, "alice", "s3cret")
+    relay_lock, fetched = str(tmp_path / "mirror.lock"), str(tmp_path / "fetched.lock")
+    steps = {
+        "sync": (
+            "airgap_sync",
+            {
+                "lock": relay_lock,
+                "spec": str(tmp_path / "mirror.yaml"),
+                "state_db": str(tmp_path / "state.db"),
+            },
+        ),
+        "publish": ("airgap_lock", {"mode": "publish", "lock": relay_lock}),
+        "fetch": ("airgap_lock", {"mode": "fetch", "lock": fetched, "source": "relay"}),
+        "verify": ("airgap_verify", {"lock": fetched, "deep": True}),
+        "seed": ("sample_upstream", {"repositories": 1, "base_layer_bytes": 512}),
+    }
+    tasks: list[dict[str, Any]] = [
+        {"name": "lock", "airgap_lock": {"spec": str(tmp_path / "mirror.yaml"), "lock": relay_lock}}
+    ]
+    for step, (module, args) in steps.items():
+        args = {**args, "registry": guarded.url}
+        tasks.append({"name": f"{step} without", module: args, "ignore_errors": True})
+        tasks.append({"name": step, module: {**args, "auth_file": str(auth)}})
+    path = tmp_path / "auth.yml"
+    path.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    results = run_playbook_allowing(path, *(f"{step} without" for step in steps))
+
+    for step in steps:
+        refused = results[f"{step} without"]
+        assert refused.get("failed"), step
+        assert re.search(rf"{guarded.url}/v2/\S*: 401\b", refused["msg"]), refused["msg"]
+        assert refused["msg"].endswith(f"(no auth_file given: {guarded.url} asks for credentials)")
+        assert results[step]["changed"] is (step != "verify"), step
+    assert (results["sync"]["report"]["copied"], results["sync"]["report"]["failed"]) == (3, 0)
+    assert results["publish"]["report"]["published"] is True
+    assert results["verify"]["report"]["failed"] == 0
+    assert read_lock(fetched) is not None
