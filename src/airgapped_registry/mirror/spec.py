@@ -31,7 +31,6 @@ from airgapped_registry.mirror.spec_schema import (
     ENTRY_KINDS,
     SCHEMA,
     argument_spec,
-    parse_platform,
 )
 
 # What the engine and its tests import from here, including names that now live in mirror/.
@@ -58,7 +57,6 @@ __all__ = [
     "is_floating",
     "load",
     "loads",
-    "parse_platform",
     "tag_order_key",
 ]
 

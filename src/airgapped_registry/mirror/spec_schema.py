@@ -13,6 +13,7 @@ from typing import Any
 
 from airgapped_registry.mirror.schema import Field, Rules, ansible_argument_spec
 from airgapped_registry.mirror.semver import Version, VersionRange
+from airgapped_registry.oci.platform import parse_platform
 from airgapped_registry.oci.reference import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
 
 SPEC_VERSION = 1
@@ -21,16 +22,9 @@ PLATFORM_MODES = ("preserve-index", "filter")
 # The top-level lists and the kind of entry each holds.
 ENTRY_KINDS = {"images": "image", "charts": "chart", "artifacts": "artifact"}
 
-_PLATFORM = re.compile(r"([a-z0-9]+)/([a-z0-9_]+)(?:/([a-z0-9]+))?")
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _REGISTRY = re.compile(rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::\d{{1,5}})?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def parse_platform(text: str) -> tuple[str, str, str | None] | None:
-    """``linux/arm/v7`` → ``("linux", "arm", "v7")``; None when not ``os/arch[/variant]``."""
-    match = _PLATFORM.fullmatch(text)
-    return (match[1], match[2], match[3]) if match else None
 
 
 def _check_registry(value: str) -> str | None:
