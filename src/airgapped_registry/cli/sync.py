@@ -26,6 +26,30 @@ from airgapped_registry.mirror.verify import verify
 from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
 from airgapped_registry.state.store import StateStore
 
+# ``airgap sync``'s options that are SyncOptions fields, defaults from there: (flag, field,
+# type, metavar, help). --tool-timeout is the field ``timeout``: --timeout is the requests'.
+SYNC_TUNING: tuple[tuple[str, str, type, str, str | None], ...] = (
+    ("--attempts", "attempts", int, "N", "tries per entry"),
+    ("--backoff", "backoff", float, "SECONDS", "first wait between tries, doubled after each"),
+    ("--retry-times", "retry_times", int, "N", "skopeo's own retries within one try"),
+    ("--tool-timeout", "timeout", float, "SECONDS", "longest one skopeo or cosign run may take"),
+    (
+        "--engine-copy-max-bytes",
+        "engine_copy_max_bytes",
+        int,
+        "BYTES",
+        "entries with at most this much left to upload are copied by the engine, "
+        "heavier ones by skopeo; 0: skopeo copies every entry",
+    ),
+    ("--skopeo", "skopeo", str, "PATH", None),
+    ("--cosign", "cosign", str, "PATH", None),
+)
+
+
+def _dest(flag: str) -> str:
+    """The attribute argparse stores ``flag`` under."""
+    return flag.removeprefix("--").replace("-", "_")
+
 
 def destination_options() -> argparse.ArgumentParser:
     """The lock to read and how many entries at once (beside :func:`registry_options`)."""
@@ -87,31 +111,6 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="DB",
         help="the state database; the run lock sync.lock lives beside it",
     )
-    sync_defaults = SyncOptions()
-    sync_parser.add_argument(
-        "--attempts", type=int, default=sync_defaults.attempts, metavar="N", help="tries per entry"
-    )
-    sync_parser.add_argument(
-        "--backoff",
-        type=float,
-        default=sync_defaults.backoff,
-        metavar="SECONDS",
-        help="first wait between tries, doubled after each",
-    )
-    sync_parser.add_argument(
-        "--retry-times",
-        type=int,
-        default=sync_defaults.retry_times,
-        metavar="N",
-        help="skopeo's own retries within one try",
-    )
-    sync_parser.add_argument(
-        "--tool-timeout",
-        type=float,
-        default=sync_defaults.timeout,
-        metavar="SECONDS",
-        help="longest one skopeo or cosign run may take",
-    )
     sync_parser.add_argument(
         "--keep-going", action="store_true", help="go on with the other entries after a failure"
     )
@@ -127,16 +126,11 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="first resolve --spec against its sources and rewrite --lock if it changed "
         "(airgap lock, in the same process and under the same run lock)",
     )
-    sync_parser.add_argument(
-        "--engine-copy-max-bytes",
-        type=int,
-        default=sync_defaults.engine_copy_max_bytes,
-        metavar="BYTES",
-        help="entries with at most this much left to upload are copied by the engine, "
-        "heavier ones by skopeo; 0: skopeo copies every entry",
-    )
-    sync_parser.add_argument("--skopeo", default=sync_defaults.skopeo, metavar="PATH")
-    sync_parser.add_argument("--cosign", default=sync_defaults.cosign, metavar="PATH")
+    sync_defaults = SyncOptions()
+    for flag, field, kind, metavar, text in SYNC_TUNING:
+        sync_parser.add_argument(
+            flag, type=kind, default=getattr(sync_defaults, field), metavar=metavar, help=text
+        )
     sync_parser.add_argument(
         "--summary",
         action="store_true",
@@ -180,17 +174,8 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_sync(args: argparse.Namespace) -> dict[str, Any]:
     spec = load(args.spec)
-    options = SyncOptions(
-        workers=args.workers,
-        attempts=args.attempts,
-        backoff=args.backoff,
-        retry_times=args.retry_times,
-        keep_going=args.keep_going,
-        timeout=args.tool_timeout,
-        skopeo=args.skopeo,
-        cosign=args.cosign,
-        engine_copy_max_bytes=args.engine_copy_max_bytes,
-    )
+    tuning = {field: getattr(args, _dest(flag)) for flag, field, *_ in SYNC_TUNING}
+    options = SyncOptions(workers=args.workers, keep_going=args.keep_going, **tuning)
 
     def progress(result: EntryResult, done: int, total: int) -> None:
         if args.quiet:
