@@ -17,7 +17,6 @@ import os
 import subprocess
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from airgapped_registry.oci.manifest import filtered_index
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.auth import AuthenticatingClient
 from airgapped_registry.transport.registry import RegistryClient
+from tests.integration.conftest import htpasswd_line, write_auth_json
 
 pytestmark = pytest.mark.integration
 
@@ -576,19 +576,6 @@ def with_auth(registry, auth: dict[str, Any]) -> None:
     registry.start()
 
 
-def bcrypt(password: str) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt
-
-    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))
-
-
-def auth_json(path: Path, host: str, user: str, password: str) -> None:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
-
-
 def credentials_list(directory: Path, address: str) -> Path:
     return (
         write_list(
@@ -612,21 +599,21 @@ def add_credentials(path: Path, reference: str) -> None:
 
 
 def test_basic_auth_with_an_auth_json_file(distribution, small, tmp_path) -> None:
-    (tmp_path / "htpasswd").write_text(f"alice:{bcrypt('s3cret')}\n")
+    (tmp_path / "htpasswd").write_text(htpasswd_line("alice", "s3cret"))
     with_auth(distribution, {"htpasswd": {"realm": "airgap", "path": str(tmp_path / "htpasswd")}})
     writer = AuthenticatingClient(distribution.url, username="alice", password="s3cret")
     push(build(SampleSpec(repositories=0, base_layer_bytes=512)), writer)
 
     spec_path = credentials_list(tmp_path, distribution.address)
     add_credentials(spec_path, "{file: auth.json}")
-    auth_json(tmp_path / "auth.json", distribution.address, "alice", "s3cret")
+    write_auth_json(tmp_path / "auth.json", distribution.address, "alice", "s3cret")
     report = lock(load(spec_path), tmp_path / "mirror.lock")
     locked = read_lock(tmp_path / "mirror.lock")
     assert locked is not None and len(locked.entries) == 2
     # One challenge, then Basic up front: 1 tag list + 2 x (index + 3 children) + the 401.
     assert report["requests"]["upstream"] == {"total": 1 + 8 + 1, "by_method": {"GET": 10}}
 
-    auth_json(tmp_path / "auth.json", distribution.address, "alice", "wrong")
+    write_auth_json(tmp_path / "auth.json", distribution.address, "alice", "wrong")
     with pytest.raises(LockError, match=r"mirror\.yaml:9: images\[0\] 'sample/base': GET .*: 401"):
         lock(load(spec_path), tmp_path / "mirror.lock")
 
