@@ -17,7 +17,8 @@ description:
 version_added: "0.1.0"
 author: Airgapped Registry
 requirements:
-  - the airgapped_registry engine on the host that runs the module
+  - the airgapped_registry engine and the lab's airgap_lab package on the host that runs
+    the module
 options:
   registry:
     description: Base URL of the registry, e.g. C(http://127.0.0.1:5000).
@@ -26,7 +27,7 @@ options:
   seed:
     description:
       - Seed of the content; the same seed gives the same digests.
-      - This and the size options below default to the engine's
+      - This and the size options below default to the lab's
         C(SampleSpec) defaults when omitted.
     type: int
   repositories:
