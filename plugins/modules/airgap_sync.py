@@ -138,7 +138,6 @@ summary:
   type: str
 """
 
-import os
 import traceback
 
 from ansible.module_utils.airgap_engine import (
@@ -157,7 +156,7 @@ try:
     from airgapped_registry.mirror.spec import load
     from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
     from airgapped_registry.state.runlock import RunLock
-    from airgapped_registry.state.store import StateStore
+    from airgapped_registry.state.store import StateStore, recorded_fingerprints
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:
@@ -166,10 +165,7 @@ else:
 
 def current_plan(locked, target, state_db):
     """The plan as ``airgap plan`` makes it: the state's fingerprints when there is a state."""
-    fingerprints = None
-    if state_db and os.path.exists(state_db):
-        with StateStore(state_db) as store:
-            fingerprints = store.fingerprints(target.address)
+    fingerprints = recorded_fingerprints(state_db, target.address)
     with target.client() as client:
         return plan(locked, client, fingerprints=fingerprints)
 

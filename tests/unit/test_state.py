@@ -19,6 +19,7 @@ from airgapped_registry.state.store import (
     SCHEMA_VERSION,
     EntryState,
     StateStore,
+    recorded_fingerprints,
     summary_line,
 )
 
@@ -181,6 +182,16 @@ def test_entry_state_round_trip_and_replacement(tmp_path) -> None:
         ]
         assert [s.reference for s in store.entries(REGISTRY)] == [first.reference]
         assert store.entries(REGISTRY)[0].to_json()["in_sync"] is False
+
+
+def test_a_plan_reads_fingerprints_without_creating_a_state(tmp_path) -> None:
+    path = tmp_path / "var" / "state.db"
+    assert recorded_fingerprints(path, REGISTRY) is None
+    assert not path.parent.exists()
+    with StateStore(path) as store:
+        store.record(state())
+    assert recorded_fingerprints(path, REGISTRY) == {state().reference: state().fingerprint}
+    assert recorded_fingerprints(path, "elsewhere:5000") == {}
 
 
 def test_unknown_result_is_refused(tmp_path) -> None:

@@ -24,7 +24,7 @@ from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
 from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
-from airgapped_registry.state.store import StateStore
+from airgapped_registry.state.store import StateStore, recorded_fingerprints
 
 # ``airgap sync``'s options that are SyncOptions fields, defaults from there: (flag, field,
 # type, metavar, help). --tool-timeout is the field ``timeout``: --timeout is the requests'.
@@ -159,10 +159,7 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def run_plan(args: argparse.Namespace) -> dict[str, Any]:
     locked = read_lock_file(args.lock)
     target = destination(args)
-    fingerprints = None
-    if Path(args.state).exists():
-        with StateStore(args.state) as store:
-            fingerprints = store.fingerprints(target.address)
+    fingerprints = recorded_fingerprints(args.state, target.address)
     with target.client() as client:
         result = plan(
             locked, client, fingerprints=fingerprints, check_blobs=args.blobs, workers=args.workers

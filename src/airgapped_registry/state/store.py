@@ -328,6 +328,15 @@ class StateStore:
             raise AirgapError(f"state database {self.path}: {exc}") from exc
 
 
+def recorded_fingerprints(path: str | os.PathLike[str], registry: str) -> dict[str, str] | None:
+    """:meth:`StateStore.fingerprints` of the database at ``path``; None when there is none
+    (a plan reads the state, it never creates one)."""
+    if not Path(path).exists():
+        return None
+    with StateStore(path) as store:
+        return store.fingerprints(registry)
+
+
 def _entry_state(row: sqlite3.Row) -> EntryState:
     values = dict(row)
     values["in_sync"] = bool(values["in_sync"])
