@@ -20,8 +20,8 @@ DOCUMENTATION = r"""
 name: internal_ca_issue
 short_description: The certificates to issue, each with whether it needs a new key and why
 description:
-  - Takes the list of certificate requests (C(name), optional C(role), C(san)) and returns
-    a dict C({name: {new_key: bool, why: str}}) for those to issue; the others are absent.
+  - "Takes the list of certificate requests (C(name), optional C(role), C(san)) and returns
+    a dict C({name: {new_key: bool, why: str}}) for those to issue; the others are absent."
 options:
   _input:
     description: The certificate requests.
