@@ -234,6 +234,16 @@ def test_cron_job_runs_rotate_certs_daily(issued: Lab) -> None:
     assert job.startswith("17 3 * * * root cd ")
     assert str(ANSIBLE_PLAYBOOK) in job and "playbooks/rotate-certs.yml" in job
     assert f"-i {FIXTURES / 'inventory.yml'}" in job
+    assert f"&& {ANSIBLE_PLAYBOOK} -i" in job
+
+
+def test_cron_job_carries_the_environment_it_is_given(issued: Lab, tmp_path: Path) -> None:
+    """cron passes a job almost no environment: the lab's prefix goes on the job's line."""
+    lab = issued.copy(tmp_path / "lab")
+    environment = {"AIRGAP_LAB_PREFIX": "agr", "B": "two words"}
+    lab.run(internal_ca_rotation_cron_environment=environment).expect_ok()
+    (job,) = [line for line in lab.cron_file.read_text().splitlines() if line[:1].isdigit()]
+    assert f"&& AIRGAP_LAB_PREFIX=agr B='two words' {ANSIBLE_PLAYBOOK} -i" in job
 
 
 EXPIRY = ROOT / "playbooks" / "cert-expiry.yml"
