@@ -7,11 +7,28 @@ Every message names the object concerned and the cause, so that one line on stde
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+
+# An upload session's state in its URL (Distribution's ``_state``, an HMAC-signed token).
+_UPLOAD_STATE = re.compile(r"([?&])_state=[A-Za-z0-9_.~%=-]*&?")
 
 
 class AirgapError(Exception):
-    """Base of every failure the engine expects and reports without a traceback."""
+    """Base of every failure the engine expects and reports without a traceback.
+
+    ``exit_status``: what the CLI exits with when this failure ends a command.
+    """
+
+    exit_status = 1
+
+
+class Interrupted(AirgapError):
+    """A signal stopped the command (after it wrote what it had done)."""
+
+    def __init__(self, signal_name: str, signal_number: int) -> None:
+        super().__init__(f"stopped by {signal_name}")
+        self.exit_status = 128 + signal_number
 
 
 @dataclass(frozen=True)
@@ -37,7 +54,9 @@ class RegistryError(AirgapError):
     """A registry request failed: an unexpected HTTP status, or no answer at all.
 
     ``status`` is ``None`` when the request never got an HTTP answer (connection refused,
-    TLS handshake failure, timeout); ``cause`` then says why.
+    TLS handshake failure, timeout); ``cause`` then says why. ``retry_after``: the seconds
+    the registry's ``Retry-After`` asked to wait. ``url`` never holds an upload session's
+    ``_state`` token (a bearer of the session, which must not reach logs or reports).
     """
 
     def __init__(
@@ -47,13 +66,15 @@ class RegistryError(AirgapError):
         status: int | None,
         body: bytes = b"",
         cause: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.method = method
-        self.url = url
+        self.url = redacted(url)
         self.status = status
         self.body = body
         self.errors = parse_error_body(body)
         self.cause = cause
+        self.retry_after = retry_after
         super().__init__(self._message())
 
     @property
@@ -81,6 +102,16 @@ class DigestMismatchError(RegistryError):
         super().__init__(
             method, url, status, cause=f"digest mismatch: expected {expected}, got {actual}"
         )
+
+
+def redacted(text: str) -> str:
+    """``text`` without the ``_state`` tokens of the upload URLs it names."""
+    return _UPLOAD_STATE.sub(_keep_separator, text)
+
+
+def _keep_separator(match: re.Match[str]) -> str:
+    # "?_state=x&digest=y" keeps "?digest=y"; "?_state=x" loses its "?" too.
+    return match[1] if match[0].endswith("&") else ""
 
 
 def parse_error_body(body: bytes) -> list[RegistryErrorDetail]:

@@ -35,6 +35,7 @@ from airgapped_registry.oci.reference import (
     TAG_PATTERN,
     digest_of,
 )
+from airgapped_registry.transport.retry import RetryPolicy, parse_retry_after
 from airgapped_registry.transport.tls import tls_context
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -78,6 +79,11 @@ class RegistryClient:
     Counters (``requests``, ``requests_by_method``, ``blobs_uploaded``, ``blobs_mounted``,
     ``bytes_uploaded``) accumulate over the client's life; benchmarks and reports take
     differences around the work they measure.
+
+    ``retry`` says how ``GET`` and ``HEAD`` requests are tried again after a transient
+    failure (default: not at all; callers that retry whole operations keep it so, callers
+    that do not, such as the lock's resolution and the plan, set one). Other methods are
+    never retried here: an upload or a tag is retried by the operation that owns it.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class RegistryClient:
         self.blobs_uploaded = 0
         self.blobs_mounted = 0
         self.bytes_uploaded = 0
+        self.retry = RetryPolicy()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -304,15 +311,20 @@ class RegistryClient:
             raise RegistryError(
                 "POST", response.url, response.status, cause="upload session without Location"
             )
-        payload = data() if callable(data) else data
-        upload_url = _with_query(urljoin(response.url, location), digest=digest)
-        response = self._call(
-            "PUT",
-            upload_url,
-            headers={"Content-Type": "application/octet-stream"},
-            body=payload,
-            expect=(201,),
-        )
+        session = urljoin(response.url, location)
+        try:
+            payload = data() if callable(data) else data
+            response = self._call(
+                "PUT",
+                _with_query(session, digest=digest),
+                headers={"Content-Type": "application/octet-stream"},
+                body=payload,
+                expect=(201,),
+            )
+        except BaseException:
+            # A session left open holds its bytes until the registry purges it (days).
+            self.cancel_upload(session)
+            raise
         stored = response.header("Docker-Content-Digest")
         if stored and stored != digest:
             raise DigestMismatchError("PUT", response.url, response.status, digest, stored)
@@ -320,6 +332,40 @@ class RegistryClient:
             self.blobs_uploaded += 1
             self.bytes_uploaded += len(payload)
         return "uploaded"
+
+    def check_upload(self, repository: str, size: int = 64 * 1024) -> None:
+        """Open an upload session, write ``size`` bytes into it and close it again: raises
+        what the registry answers when it cannot take them (a full disk)."""
+        _check_repository(repository)
+        response = self._call("POST", f"/v2/{repository}/blobs/uploads/", expect=(202,))
+        location = response.header("Location")
+        if not location:
+            return
+        session = urljoin(response.url, location)
+        try:
+            response = self._call(
+                "PATCH",
+                session,
+                headers={"Content-Type": "application/octet-stream"},
+                body=bytes(size),
+                expect=(202,),
+            )
+            session = urljoin(response.url, response.header("Location") or session)
+        finally:
+            self.cancel_upload(session)
+
+    def cancel_upload(self, session: str) -> bool:
+        """Close an upload session (``DELETE`` its URL, as ``Location`` gave it); True when
+        the registry closed it. Best effort: a failure here must not hide the failure that
+        made the caller give up the upload, so none is raised."""
+        parts = urlsplit(session)
+        if (parts.scheme, parts.netloc) != self._origin or "/blobs/uploads/" not in parts.path:
+            return False
+        try:
+            self._call("DELETE", session, expect=(204, 404))
+        except (AirgapError, OSError):
+            return False
+        return True
 
     def tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """All tags of a repository, following ``Link`` pagination."""
@@ -359,6 +405,18 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
     ) -> Response:
+        if method in ("GET", "HEAD") and self.retry.attempts > 1:
+            return self.retry.call(lambda: self._call_once(method, target, expect, headers, body))
+        return self._call_once(method, target, expect, headers, body)
+
+    def _call_once(
+        self,
+        method: str,
+        target: str,
+        expect: tuple[int, ...],
+        headers: dict[str, str] | None,
+        body: bytes | None,
+    ) -> Response:
         url = urljoin(self.base_url + "/", target)
         response = self._send(method, url, headers or {}, body)
         redirects = 0
@@ -374,7 +432,10 @@ class RegistryClient:
             url = urljoin(response.url, response.header("Location") or "")
             response = self._send(method, url, headers or {}, None)
         if response.status not in expect:
-            raise RegistryError(method, response.url, response.status, response.body)
+            wait = parse_retry_after(response.header("Retry-After"))
+            raise RegistryError(
+                method, response.url, response.status, response.body, retry_after=wait
+            )
         return response
 
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
