@@ -16,6 +16,11 @@ SYNC_WORKERS = 4
 # Tries per entry, for transient failures only, waiting BACKOFF seconds doubled after each.
 SYNC_ATTEMPTS = 3
 SYNC_BACKOFF = 1.0
+# Seconds a whole sync run (relock included) may take: a nightly run still going after
+# this would run into the next night's.
+SYNC_DEADLINE = 6 * 3600.0
+# The longest wait between two tries, also when a registry's Retry-After asks for more.
+LONGEST_RETRY_WAIT = 300.0
 # skopeo's own retries of one copy.
 SKOPEO_RETRY_TIMES = 2
 # Seconds one skopeo or cosign run may take.

@@ -336,8 +336,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def upload_sessions(storage: Path) -> list[str]:
-    """The upload sessions a Distribution's filesystem storage still holds (one directory
-    per session under ``<repository>/_uploads``), as ``repository/uuid``."""
+    """The upload sessions still open in a Distribution's filesystem storage, as
+    ``repository/uuid``: directories under ``<repository>/_uploads`` that hold the session's
+    ``startedat`` or ``data``.
+
+    A session closed with ``DELETE`` loses both; Distribution 2.8 still leaves its directory
+    with one ``hashstates`` file behind (a few hundred bytes, no data, unknown to the API:
+    a ``GET`` of the session answers 404), which is not an open session.
+    """
     repositories = storage / "docker" / "registry" / "v2" / "repositories"
     if not repositories.is_dir():
         return []
@@ -346,4 +352,11 @@ def upload_sessions(storage: Path) -> list[str]:
         for uploads in repositories.rglob("_uploads")
         if uploads.is_dir()
         for session in uploads.iterdir()
+        if (session / "startedat").exists() or (session / "data").exists()
     )
+
+
+def upload_bytes(storage: Path) -> int:
+    """Bytes the upload sessions in a Distribution's filesystem storage hold."""
+    repositories = storage / "docker" / "registry" / "v2" / "repositories"
+    return sum(data.stat().st_size for data in repositories.glob("**/_uploads/*/data"))

@@ -23,6 +23,11 @@ def parser() -> argparse.ArgumentParser:
         prog="airgap", description="Airgapped Registry engine: mirror, verify, gate."
     )
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    root.add_argument(
+        "--debug",
+        action="store_true",
+        help="on failure, show the traceback before the one-line message; log what the engine does",
+    )
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_lock_commands(commands)
     add_sync_commands(commands)

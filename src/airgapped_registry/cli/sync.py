@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from airgapped_registry import defaults
 from airgapped_registry.cli.options import registry_files, registry_options
-from airgapped_registry.cli.run import finish
-from airgapped_registry.errors import AirgapError
+from airgapped_registry.cli.run import finish, stop_on_signals
+from airgapped_registry.errors import AirgapError, Interrupted
+from airgapped_registry.mirror.bounds import Stop
 from airgapped_registry.mirror.lock import Lock, read_lock, write_atomically
 from airgapped_registry.mirror.outcome import EntryResult
 from airgapped_registry.mirror.plan import human_bytes, plan
@@ -25,6 +27,7 @@ from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
 from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
 from airgapped_registry.state.store import StateStore, recorded_fingerprints
+from airgapped_registry.transport.retry import RetryPolicy
 
 # ``airgap sync``'s options that are SyncOptions fields, defaults from there: (flag, field,
 # type, metavar, help). --tool-timeout is the field ``timeout``: --timeout is the requests'.
@@ -112,6 +115,15 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="the state database; the run lock sync.lock lives beside it",
     )
     sync_parser.add_argument(
+        "--deadline",
+        type=float,
+        default=defaults.SYNC_DEADLINE,
+        metavar="SECONDS",
+        help="longest the whole run may take (relock included): no entry or retry starts "
+        "after it, the entries left are reported not attempted; 0: no deadline "
+        "(default: %(default)g)",
+    )
+    sync_parser.add_argument(
         "--keep-going", action="store_true", help="go on with the other entries after a failure"
     )
     sync_parser.add_argument(
@@ -161,6 +173,7 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
     target = destination(args)
     fingerprints = recorded_fingerprints(args.state, target.address)
     with target.client() as client:
+        client.retry = RetryPolicy.standard()
         result = plan(
             locked, client, fingerprints=fingerprints, check_blobs=args.blobs, workers=args.workers
         )
@@ -172,7 +185,9 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
 def run_sync(args: argparse.Namespace) -> dict[str, Any]:
     spec = load(args.spec)
     tuning = {field: getattr(args, _dest(flag)) for flag, field, *_ in SYNC_TUNING}
-    options = SyncOptions(workers=args.workers, keep_going=args.keep_going, **tuning)
+    options = SyncOptions(
+        workers=args.workers, keep_going=args.keep_going, deadline=args.deadline or None, **tuning
+    )
 
     def progress(result: EntryResult, done: int, total: int) -> None:
         if args.quiet:
@@ -189,14 +204,17 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
 
+    stop = Stop()
     try:
-        with RunLock.beside(args.state), StateStore(args.state) as store:
+        with RunLock.beside(args.state), StateStore(args.state) as store, stop_on_signals(stop):
             manifests: dict[str, bytes] = {}
             relocked: dict[str, Any] = {}
             previous = read_lock(args.lock) if args.relock else None
 
-            def relock_now() -> Lock:
-                _, new, report = relock(spec, args.lock, manifests=manifests, previous=previous)
+            def relock_now(retry: RetryPolicy) -> Lock:
+                _, new, report = relock(
+                    spec, args.lock, manifests=manifests, previous=previous, retry=retry
+                )
                 relocked.update(report)
                 if not args.quiet:
                     print(f"airgap lock: {report['summary']}", file=sys.stderr, flush=True)
@@ -213,6 +231,7 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
                 manifests=manifests,
                 previous=previous,
                 force=args.force,
+                stop=stop,
             )
             if args.relock:
                 report["relock"] = relocked
@@ -221,12 +240,20 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(EXIT_LOCKED) from exc
     if args.report:
         write_atomically(Path(args.report), json.dumps(report, indent=2) + "\n")
-    if report["failed"]:
+    if report["failed"] or stop.signal:
         if args.summary:
             print(f"airgap: {'; '.join(report['errors'])}", file=sys.stderr)
+        else:
+            json.dump(report, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        if stop.signal:
+            if args.summary:
+                sys.stdout.write(report["summary"] + "\n")
+            raise Interrupted(stop.signal, signal.Signals[stop.signal].value)
+        if args.summary:
             finish(report["summary"], 1)
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        if "error" in report:
+            raise AirgapError(report["error"])
         raise AirgapError(
             f"{report['failed']} of {report['entries']} entries failed: "
             + "; ".join(report["errors"])
@@ -239,6 +266,7 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
 def run_verify(args: argparse.Namespace) -> dict[str, Any]:
     locked = read_lock_file(args.lock)
     with destination(args).client() as client:
+        client.retry = RetryPolicy.standard()
         report = verify(locked, client, deep=args.deep, workers=args.workers)
     if report["failed"]:
         json.dump(report, sys.stdout, indent=2)

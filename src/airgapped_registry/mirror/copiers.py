@@ -17,13 +17,14 @@ from airgapped_registry import defaults
 from airgapped_registry.errors import DigestMismatchError, RegistryError
 from airgapped_registry.mirror.ledger import BlobLedger
 from airgapped_registry.mirror.lock import Blob, LockEntry, Manifest
-from airgapped_registry.mirror.outcome import EntryFailure
+from airgapped_registry.mirror.outcome import EntryFailure, storage_full_failure
 from airgapped_registry.mirror.sources import CopySource
 from airgapped_registry.oci.manifest import filtered_index
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.tools import skopeo
 from airgapped_registry.tools.process import Tools
 from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.retry import is_storage_full
 
 ENGINE = "engine"
 SKOPEO = "skopeo"
@@ -254,7 +255,20 @@ class SkopeoCopier:
         )
         completed = self.tools.run("skopeo", argv)
         if completed.returncode != 0:
-            raise skopeo.copy_failure(completed)
+            # skopeo leaves the uploads it gave up open: close those its messages name (a
+            # finished one answers 404).
+            for session in skopeo.upload_sessions(completed.stderr + completed.stdout):
+                self.client.cancel_upload(session)
+            failure = skopeo.copy_failure(completed)
+            if not failure.permanent:
+                # skopeo does not show the registry's error body: ask the destination whether
+                # it can still take an upload (a full disk refuses it).
+                try:
+                    self.client.check_upload(entry.destination)
+                except RegistryError as exc:
+                    if is_storage_full(exc):
+                        raise storage_full_failure(exc) from exc
+            raise failure
 
 
 def destination_manifest(client: RegistryClient, entry: LockEntry) -> bytes:

@@ -10,7 +10,7 @@ orders copies that need the same missing blob (:meth:`BlobLedger.claim`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from airgapped_registry.mirror.lock import Blob, Lock
 from airgapped_registry.mirror.plan import Plan
@@ -41,13 +41,19 @@ class BlobLedger:
                 return None
             return self._where.get(digest, "")
 
-    def claim(self, blobs: Iterable[Blob]) -> threading.Event:
+    def claim(
+        self,
+        blobs: Iterable[Blob],
+        wait_for: Callable[[threading.Event], bool] | None = None,
+    ) -> threading.Event:
         """Wait for the copies already moving blobs this one needs; claim the others.
 
         Two skopeo runs that need the same missing blob at the same time both upload it (into
         their own repositories); one after the other, the second finds it or mounts it from
         the first's repository. Waits only go to copies that claimed earlier, so they cannot
-        form a cycle. Set the event returned when done.
+        form a cycle. Set the event returned when done. ``wait_for(event)`` waits for one
+        earlier copy and returns False to stop waiting (the run halted; the caller then asks
+        why).
         """
         blobs = list(blobs)
         done = threading.Event()
@@ -60,7 +66,10 @@ class BlobLedger:
             for blob in blobs:
                 self._claims.setdefault(blob.digest, done)
         for claim in others.values():
-            claim.wait()
+            if wait_for is None:
+                claim.wait()
+            elif not wait_for(claim):
+                break
         return done
 
     def seed(self, the_plan: Plan, previous: Lock | None) -> None:

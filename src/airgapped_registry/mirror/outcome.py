@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
+from airgapped_registry.errors import AirgapError, RegistryError
 from airgapped_registry.mirror.lock import LockEntry
 from airgapped_registry.mirror.plan import PlannedEntry
 from airgapped_registry.state.store import EntryState
 from airgapped_registry.tools.process import ToolError
+from airgapped_registry.transport.retry import is_transient
 
 OK = "ok"
 FAILED = "failed"
 SKIPPED = "skipped"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,22 +77,32 @@ class EntryResult:
 
 
 class EntryFailure(AirgapError):
-    """An entry could not be copied; ``permanent`` failures are not retried."""
+    """An entry could not be copied; ``permanent`` failures are not retried, and
+    ``storage_full`` ones stop the run from starting other uploads."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, storage_full: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent or storage_full
+        self.storage_full = storage_full
+
+
+def storage_full_failure(exc: RegistryError) -> EntryFailure:
+    """The plain words for Distribution's ``500 UNKNOWN ... 'Err': 28``."""
+    return EntryFailure(
+        f"destination storage is full: {exc.method} {exc.url} was refused (no space left on "
+        "device); no more uploads this run, free space and run again",
+        storage_full=True,
+    )
 
 
 def classify(exc: BaseException) -> tuple[bool, str]:
     """``(permanent, message)`` of a failure: what a retry cannot fix is permanent."""
     if isinstance(exc, EntryFailure | ToolError):
         return exc.permanent, str(exc)
-    if isinstance(exc, DigestMismatchError):
-        return True, str(exc)
-    if isinstance(exc, RegistryError):
-        transient = exc.status is None or exc.status == 429 or exc.status >= 500
-        return not transient, str(exc)
+    if isinstance(exc, AirgapError | ValueError):
+        return not is_transient(exc), str(exc)
     if isinstance(exc, OSError):
-        return False, exc.strerror or str(exc)
-    return False, str(exc)
+        return not is_transient(exc), exc.strerror or str(exc)
+    # The engine's own error (TypeError, KeyError, ...): the same code would fail the same way.
+    _log.debug("internal error", exc_info=exc)
+    return True, f"internal error: {type(exc).__name__}: {exc} (airgap --debug shows where)"

@@ -16,6 +16,7 @@ from airgapped_registry.mirror.lock import Lock, diff, read_lock, write_atomical
 from airgapped_registry.mirror.resolve import Resolver
 from airgapped_registry.mirror.spec import MirrorSpec
 from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.retry import RetryPolicy
 from airgapped_registry.transport.urls import UrlFetcher
 
 
@@ -26,6 +27,7 @@ def lock(
     check: bool = False,
     clients: Mapping[str, RegistryClient] | None = None,
     fetch_url: UrlFetcher | None = None,
+    retry: RetryPolicy | None = None,
 ) -> dict[str, Any]:
     """Resolve ``spec``, write ``lock_path`` if it changes (not with ``check``), report.
 
@@ -34,7 +36,9 @@ def lock(
     ``GET``), ``diff`` (added / removed / moved / changed destination tags) and ``requests``
     per source. The file is replaced atomically, so a reader never sees half a lock.
     """
-    return relock(spec, lock_path, check=check, clients=clients, fetch_url=fetch_url)[2]
+    return relock(spec, lock_path, check=check, clients=clients, fetch_url=fetch_url, retry=retry)[
+        2
+    ]
 
 
 def relock(
@@ -46,14 +50,18 @@ def relock(
     fetch_url: UrlFetcher | None = None,
     manifests: MutableMapping[str, bytes] | None = None,
     previous: Lock | None = None,
+    retry: RetryPolicy | None = None,
 ) -> tuple[Lock | None, Lock, dict[str, Any]]:
     """:func:`lock`, returning ``(previous lock, new lock, report)`` for a caller that goes
     on (``airgap sync --relock``); ``manifests`` receives the manifests fetched. A caller that
-    already read ``lock_path`` passes it as ``previous``."""
+    already read ``lock_path`` passes it as ``previous``. ``retry``: how the source requests
+    are retried (default: :meth:`RetryPolicy.standard`)."""
     path = Path(lock_path)
     if previous is None:
         previous = read_lock(path)
-    with Resolver(spec, clients, fetch_url, previous=previous, manifests=manifests) as resolver:
+    with Resolver(
+        spec, clients, fetch_url, previous=previous, manifests=manifests, retry=retry
+    ) as resolver:
         new = resolver.resolve()
         requests = resolver.requests()
         reused = resolver.reused

@@ -42,6 +42,7 @@ from airgapped_registry.oci.manifest import (
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.retry import RetryPolicy
 from airgapped_registry.transport.urls import UrlFetcher, read_url
 
 # What resolving an entry may raise, reported with the entry's file, line and name.
@@ -75,9 +76,12 @@ class Resolver:
         previous: Lock | None = None,
         workers: int = defaults.RESOLVE_WORKERS,
         manifests: MutableMapping[str, bytes] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.spec = spec
         self.manifests = manifests
+        # The clients made here retry a failed GET or HEAD (a 503, a dropped connection).
+        self.retry = retry or RetryPolicy.standard()
         self._given = dict(clients or {})
         self._made: list[RegistryClient] = []
         self._readers: dict[str, SourceReader] = {}
@@ -193,6 +197,7 @@ class Resolver:
                 client = self._given.get(name)
                 if client is None:
                     client = access.client()
+                    client.retry = self.retry
                     self._made.append(client)
                 self._readers[name] = SourceReader(client, access.throttle(), self.manifests)
             return self._readers[name]

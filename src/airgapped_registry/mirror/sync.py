@@ -27,9 +27,12 @@ the copy) and skip blobs the destination already holds (a rerun after an interru
 sends only what is missing); the registry refuses a manifest whose blobs or children it does
 not hold. A failure before step 5 leaves the tag where it was.
 
-Each entry is retried with exponential backoff on transient failures (network, 5xx); digest
-mismatches, failed signature verifications and stale locks are not retried. Without
-``keep_going``, the first failure stops the run from starting further entries.
+Each entry is retried with exponential, jittered backoff on transient failures (network,
+5xx, 429; never before ``Retry-After``); digest mismatches, failed signature verifications,
+stale locks, a full destination and the engine's own errors are not retried. Without
+``keep_going``, the first failure stops the run from starting further entries; a full
+destination, the run's deadline or a stop request (:mod:`~airgapped_registry.mirror.bounds`)
+stop it in any case.
 
 The pieces: :mod:`~airgapped_registry.mirror.copiers` (the engine and skopeo copiers),
 :mod:`~airgapped_registry.mirror.ledger` (blobs known held), :mod:`~airgapped_registry.mirror.
@@ -50,7 +53,8 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from airgapped_registry import defaults
-from airgapped_registry.errors import AirgapError
+from airgapped_registry.errors import AirgapError, RegistryError
+from airgapped_registry.mirror.bounds import RunBounds, Stop
 from airgapped_registry.mirror.copiers import (
     ENGINE,
     Copier,
@@ -68,6 +72,7 @@ from airgapped_registry.mirror.outcome import (
     EntryFailure,
     EntryResult,
     classify,
+    storage_full_failure,
 )
 from airgapped_registry.mirror.plan import (
     Plan,
@@ -85,6 +90,7 @@ from airgapped_registry.tools.process import Runner, Tools, run_command
 from airgapped_registry.transport.access import RegistryAccess
 from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.retry import Backoff, RetryPolicy, is_storage_full, pause
 from airgapped_registry.transport.urls import UrlFetcher, read_url
 
 Progress = Callable[["EntryResult", int, int], None]
@@ -133,7 +139,9 @@ class SyncOptions:
     longest one skopeo or cosign run may take, in seconds. ``engine_copy_max_bytes``: an entry
     whose blobs still to upload (after those the destination holds or can mount) weigh at
     most this much is copied by the engine itself over its open connections; a heavier one
-    by skopeo. 0: skopeo copies every entry.
+    by skopeo. 0: skopeo copies every entry. ``deadline``: seconds the whole run (relock and
+    plan included) may take; no entry or retry starts after it, and the entries left are
+    reported not attempted (None: no deadline).
     """
 
     workers: int = defaults.SYNC_WORKERS
@@ -145,6 +153,7 @@ class SyncOptions:
     skopeo: str = "skopeo"
     cosign: str = "cosign"
     engine_copy_max_bytes: int = defaults.ENGINE_COPY_MAX_BYTES
+    deadline: float | None = defaults.SYNC_DEADLINE
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.attempts < 1 or self.retry_times < 0:
@@ -153,6 +162,8 @@ class SyncOptions:
             raise ValueError("sync options: engine_copy_max_bytes must be >= 0")
         if self.backoff < 0 or self.timeout <= 0:
             raise ValueError("sync options: backoff must be >= 0 and timeout > 0")
+        if self.deadline is not None and self.deadline <= 0:
+            raise ValueError("sync options: deadline must be > 0 (or None: no deadline)")
 
 
 class EntryWorker:
@@ -172,6 +183,7 @@ class EntryWorker:
         runner: Runner,
         fetch_url: UrlFetcher,
         manifests: Mapping[str, bytes] | None = None,
+        bounds: RunBounds | None = None,
     ) -> None:
         self.destination = destination
         self.client = client
@@ -179,7 +191,9 @@ class EntryWorker:
         self.options = options
         self.workdir = workdir
         self.fetch_url = fetch_url
-        self.tools = Tools(runner, options.timeout)
+        self.bounds = bounds or RunBounds(options.deadline)
+        self.backoff = Backoff(first=options.backoff)
+        self.tools = Tools(runner, options.timeout, self.bounds.remaining)
         self.ledger = BlobLedger()
         self.copiers: list[Copier] = [
             EngineCopier(client, self.ledger, options.engine_copy_max_bytes, manifests),
@@ -213,11 +227,16 @@ class EntryWorker:
         if stop.is_set():
             detail = "not attempted: an earlier entry failed (use --keep-going to go on)"
             return EntryResult(planned, SKIPPED, detail, reference)
-        done = self.ledger.claim(planned.blobs)
-        try:
-            return self._attempts(planned, reference, stop)
-        finally:
-            done.set()
+        halted = self.bounds.halted()
+        if halted is None:
+            done = self.ledger.claim(planned.blobs, self.bounds.wait_for)
+            try:
+                halted = self.bounds.halted()
+                if halted is None:
+                    return self._attempts(planned, reference, stop)
+            finally:
+                done.set()
+        return EntryResult(planned, SKIPPED, f"not attempted: {halted}", reference)
 
     def _attempts(
         self, planned: PlannedEntry, reference: str, stop: threading.Event
@@ -228,23 +247,27 @@ class EntryWorker:
             attempt += 1
             try:
                 sent, copier = self._copy(planned)
-            except (AirgapError, OSError, ValueError) as exc:
+            except Exception as exc:
                 permanent, message = classify(exc)
-                if permanent or attempt >= self.options.attempts:
-                    if not self.options.keep_going:
-                        stop.set()
-                    tries = f" (after {attempt} attempts)" if attempt > 1 else ""
-                    return EntryResult(
-                        planned,
-                        FAILED,
-                        "failed",
-                        reference,
-                        duration=time.monotonic() - started,
-                        attempts=attempt,
-                        error=f"{planned.reference}: {message}{tries}",
-                    )
-                time.sleep(self.options.backoff * 2 ** (attempt - 1))
-                continue
+                if isinstance(exc, EntryFailure) and exc.storage_full:
+                    self.bounds.storage_full()
+                if not permanent and attempt < self.options.attempts:
+                    refused = self._before_retry(attempt, exc)
+                    if refused is None:
+                        continue
+                    message = f"{message} (not tried again: {refused})"
+                if not self.options.keep_going:
+                    stop.set()
+                tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                return EntryResult(
+                    planned,
+                    FAILED,
+                    "failed",
+                    reference,
+                    duration=time.monotonic() - started,
+                    attempts=attempt,
+                    error=f"{planned.reference}: {message}{tries}",
+                )
             detail = "signatures copied" if planned.content_present else "copied"
             return EntryResult(
                 planned,
@@ -258,8 +281,25 @@ class EntryWorker:
                 copier=copier,
             )
 
+    def _before_retry(self, attempt: int, exc: BaseException) -> str | None:
+        """Wait before the next try (jittered, not before ``Retry-After``); or why not."""
+        wait = self.backoff.delay(attempt, getattr(exc, "retry_after", None))
+        remaining = self.bounds.remaining()
+        if remaining is not None and wait >= remaining:
+            return f"the run's deadline ({self.bounds.deadline:g} s) leaves no time"
+        pause(wait, self.bounds.stop)
+        return self.bounds.halted()
+
     def _copy(self, planned: PlannedEntry) -> tuple[int, str | None]:
         """Copy one entry; ``(bytes sent, who copied the content)``."""
+        try:
+            return self._copy_entry(planned)
+        except RegistryError as exc:
+            if is_storage_full(exc):
+                raise storage_full_failure(exc) from exc
+            raise
+
+    def _copy_entry(self, planned: PlannedEntry) -> tuple[int, str | None]:
         entry = planned.entry
         sent = 0
         body: bytes | None = None
@@ -320,7 +360,7 @@ class EntryWorker:
 
 
 def sync(
-    lock: Lock | Callable[[], Lock],
+    lock: Lock | Callable[[RetryPolicy], Lock],
     destination: Destination,
     spec: MirrorSpec | None = None,
     *,
@@ -333,6 +373,7 @@ def sync(
     manifests: Mapping[str, bytes] | None = None,
     previous: Lock | None = None,
     force: bool = False,
+    stop: Stop | None = None,
 ) -> dict[str, Any]:
     """Bring ``destination`` in line with ``lock``; returns the run's report.
 
@@ -346,39 +387,43 @@ def sync(
     copies fetching those manifests again; ``previous`` (the lock this one replaced) tells
     which blobs a destination tag that still names a previous digest already holds.
 
-    ``lock`` may be a function making the lock (a relock against the sources): it is called
-    while the destination tags ``previous`` names are HEADed side by side, so that the
-    source and the destination work at the same time.
+    ``lock`` may be a function making the lock (a relock against the sources), given the
+    retry policy its requests follow: it is called while the destination tags ``previous``
+    names are HEADed side by side, so that the source and the destination work at the same
+    time. The relock's and the plan's requests are retried like copies (``attempts``,
+    ``backoff``); a run that still cannot resolve or plan reports it (``error``, one
+    failure) and enters the run log, with nothing copied.
+
+    ``stop`` (set from a signal handler, or by the run itself when the destination's storage
+    is full) ends retry waits at once and starts no further entry; with the deadline
+    (``options.deadline``), the entries left are reported ``not attempted: <why>``.
 
     ``force`` copies every entry again (see :func:`~airgapped_registry.mirror.plan.plan`) and
     trusts no tag for the ledger: what a deep verify found missing is put back.
     """
     options = options or SyncOptions()
-    started = time.monotonic()
+    bounds = RunBounds(options.deadline, stop or Stop())
+    started = bounds.started
     with destination.client() as client:
         before = RequestCount.of(client)
         fingerprints = state.fingerprints(destination.address) if state else None
-        currents: dict[tuple[str, str], Any] = {}
-        if callable(lock):
-            keys = [entry.key for entry in previous.entries] if previous else []
-            with ThreadPoolExecutor(
-                defaults.PLAN_WORKERS, thread_name_prefix="airgap-plan"
-            ) as pool:
-                heads = {key: pool.submit(client.head_manifest, *key) for key in keys}
-                try:
-                    lock = lock()
-                finally:
-                    for future in heads.values():
-                        future.cancel()
-                currents = {key: f.result() for key, f in heads.items() if not f.cancelled()}
-        the_plan = plan(
-            lock,
-            client,
-            fingerprints=fingerprints,
-            workers=max(options.workers, defaults.PLAN_WORKERS),
-            currents=currents,
-            force=force,
-        )
+        client.retry = bounds.policy(options.attempts, options.backoff)
+        try:
+            lock, currents = _resolve(lock, client, previous, bounds.policy, options)
+            the_plan = plan(
+                lock,
+                client,
+                fingerprints=fingerprints,
+                workers=max(options.workers, defaults.PLAN_WORKERS),
+                currents=currents,
+                force=force,
+            )
+        except AirgapError as exc:
+            known = lock if isinstance(lock, Lock) else previous
+            return _unfinished(exc, destination, known, state, lock_path, bounds, options)
+        finally:
+            # Copies retry whole entries: their requests are tried once each.
+            client.retry = RetryPolicy()
         run_id = state.start_run(destination.url, lock_path) if state else None
         results: dict[tuple[str, str], EntryResult] = {}
         for planned in the_plan.up_to_date:
@@ -399,6 +444,7 @@ def sync(
                 runner,
                 fetch_url or read_url,
                 manifests,
+                bounds,
             )
             if not force:
                 worker.ledger.seed(the_plan, previous)
@@ -440,10 +486,82 @@ def sync(
         "duration": round(duration, 3),
         "summary": summary,
         "errors": [result.error for result in failed],
+        "deadline": options.deadline,
+        "stopped": bounds.halted(),
+        "interrupted": bounds.stop.signal,
         "requests": requests,
         "tools": tools,
         "copies": copies,
         "results": [result.to_json() for result in ordered],
+    }
+
+
+def _resolve(
+    lock: Lock | Callable[[RetryPolicy], Lock],
+    client: RegistryClient,
+    previous: Lock | None,
+    policy: Callable[[int, float], RetryPolicy],
+    options: SyncOptions,
+) -> tuple[Lock, dict[tuple[str, str], Any]]:
+    """The lock (made now when ``lock`` is a function), and what the destination tags of
+    ``previous`` resolved to meanwhile."""
+    if not callable(lock):
+        return lock, {}
+    keys = [entry.key for entry in previous.entries] if previous else []
+    with ThreadPoolExecutor(defaults.PLAN_WORKERS, thread_name_prefix="airgap-plan") as pool:
+        heads = {key: pool.submit(client.head_manifest, *key) for key in keys}
+        try:
+            made = lock(policy(options.attempts, options.backoff))
+        finally:
+            for future in heads.values():
+                future.cancel()
+        return made, {key: f.result() for key, f in heads.items() if not f.cancelled()}
+
+
+def _unfinished(
+    exc: AirgapError,
+    destination: Destination,
+    known: Lock | None,
+    state: StateStore | None,
+    lock_path: str | None,
+    bounds: RunBounds,
+    options: SyncOptions,
+) -> dict[str, Any]:
+    """The report (and run log record) of a run that failed before copying anything."""
+    entries = len(known.entries) if known else 0
+    duration = time.monotonic() - bounds.started
+    run_id = None
+    if state:
+        run_id = state.start_run(destination.url, lock_path)
+        summary = state.finish_run(
+            run_id,
+            entries=entries,
+            copied=0,
+            skipped=entries,
+            failures=1,
+            bytes_sent=0,
+            duration=duration,
+        )
+    else:
+        summary = summary_line(entries, 0, 0, duration, 1)
+    return {
+        "destination": destination.url,
+        "lock": lock_path,
+        "run_id": run_id,
+        "entries": entries,
+        "copied": 0,
+        "up_to_date": 0,
+        "failed": 1,
+        "not_attempted": entries,
+        "bytes": 0,
+        "duration": round(duration, 3),
+        "summary": summary,
+        "error": str(exc),
+        "errors": [str(exc)],
+        "deadline": options.deadline,
+        "stopped": bounds.halted(),
+        "interrupted": bounds.stop.signal,
+        "results": [],
     }
 
 

@@ -44,13 +44,21 @@ def run_command(
 
 
 class Tools:
-    """Runs tools through ``runner`` with a time limit, counting the runs of each tool."""
+    """Runs tools through ``runner`` with a time limit, counting the runs of each tool.
+
+    ``remaining``, when given, says how many seconds the caller has left (None: no limit); a
+    run never gets more than that (at least a second), so a deadline bounds tools too.
+    """
 
     def __init__(
-        self, runner: Runner = run_command, timeout: float = defaults.TOOL_TIMEOUT
+        self,
+        runner: Runner = run_command,
+        timeout: float = defaults.TOOL_TIMEOUT,
+        remaining: Callable[[], float | None] | None = None,
     ) -> None:
         self.runner = runner
         self.timeout = timeout
+        self.remaining = remaining
         self.runs: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -59,12 +67,16 @@ class Tools:
     ) -> subprocess.CompletedProcess[str]:
         with self._lock:
             self.runs[tool] += 1
+        timeout = self.timeout
+        left = self.remaining() if self.remaining else None
+        if left is not None and left < timeout:
+            timeout = max(left, 1.0)
         try:
-            return self.runner(argv, env, self.timeout)
+            return self.runner(argv, env, timeout)
         except FileNotFoundError as exc:
             raise ToolError(f"{argv[0]}: not found ({tool} is needed to sync)", True) from exc
         except subprocess.TimeoutExpired as exc:
-            raise ToolError(f"{tool} did not finish within {self.timeout:g} s") from exc
+            raise ToolError(f"{tool} did not finish within {timeout:g} s") from exc
 
 
 def tool_error(output: str) -> str:

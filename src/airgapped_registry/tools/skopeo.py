@@ -18,6 +18,12 @@ from airgapped_registry.transport.access import RegistryAccess
 
 _DIGEST = r"sha256:[0-9a-f]{64}"
 _DIGEST_MISMATCH = re.compile(rf"[Dd]igest did not match, expected ({_DIGEST}), got ({_DIGEST})")
+_MANIFEST_MISMATCH = re.compile(
+    rf"[Mm]anifest does not match provided manifest digest ({_DIGEST})|"
+    rf"[Mm]anifest digest ({_DIGEST}) does not match"
+)
+# An upload session, as skopeo's failure message names it (with its token).
+_UPLOAD_SESSION = re.compile(r"(https?://[^\s\"'?]+/blobs/uploads/[^\s\"'?]+)\?_state=[\w.~%=-]+")
 
 
 def skopeo_copy_argv(
@@ -64,10 +70,27 @@ def copy_failure(completed: subprocess.CompletedProcess[str]) -> SkopeoCopyError
             True,
             (mismatch[1], mismatch[2]),
         )
+    manifest = _MANIFEST_MISMATCH.search(message)
+    if manifest:
+        return SkopeoCopyError(
+            f"manifest {manifest[1] or manifest[2]}: the source served bytes with another "
+            "digest; refused, nothing tagged",
+            True,
+            None,
+        )
     permanent = "manifest unknown" in message.lower()
     return SkopeoCopyError(
         f"skopeo copy failed (exit {completed.returncode}): {message}", permanent, None
     )
+
+
+def upload_sessions(output: str) -> list[str]:
+    """The upload sessions a failed ``skopeo copy`` names (the upload it failed in: ``uploading
+    layer to http://…/blobs/uploads/<uuid>?_state=…``), each with the last URL given for it
+    and so its current ``_state`` token: what to close. Uploads skopeo abandoned without
+    naming them are left to the registry's upload purging."""
+    last = {match[1]: match[0] for match in _UPLOAD_SESSION.finditer(output)}
+    return list(last.values())
 
 
 def source_flags(access: RegistryAccess, directory: Path) -> list[str]:

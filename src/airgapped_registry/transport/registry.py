@@ -27,7 +27,7 @@ from email.message import Message
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from airgapped_registry import __version__, defaults
-from airgapped_registry.errors import DigestMismatchError, RegistryError
+from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
 from airgapped_registry.oci.mediatypes import MANIFEST_MEDIA_TYPES
 from airgapped_registry.oci.reference import (
     DIGEST_PATTERN,

@@ -27,15 +27,11 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
+from airgapped_registry import defaults
 from airgapped_registry.errors import DigestMismatchError, RegistryError
 
 T = TypeVar("T")
 
-# Tries of one request or entry, and the first wait between two (doubled after each).
-ATTEMPTS = 3
-FIRST_WAIT = 1.0
-# The longest wait between two tries, also when a registry asks for more.
-LONGEST_WAIT = 300.0
 # What a retry of the same request can fix at the socket level.
 _TRANSIENT_ERRNOS = frozenset(
     {
@@ -112,8 +108,8 @@ class Backoff:
     """Waits between tries: ``first`` doubled per attempt up to ``longest``, jittered (each
     wait between half and all of that), never before ``Retry-After`` (itself capped)."""
 
-    first: float = FIRST_WAIT
-    longest: float = LONGEST_WAIT
+    first: float = defaults.SYNC_BACKOFF
+    longest: float = defaults.LONGEST_RETRY_WAIT
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
@@ -152,9 +148,9 @@ class RetryPolicy:
 
     @classmethod
     def standard(cls, **changes: Any) -> RetryPolicy:
-        """:data:`ATTEMPTS` tries with waits from :data:`FIRST_WAIT`, unless ``changes``
-        say otherwise."""
-        return cls(**{"attempts": ATTEMPTS, **changes})
+        """As many tries and waits as a sync gives an entry (``defaults.SYNC_ATTEMPTS``,
+        ``SYNC_BACKOFF``), unless ``changes`` say otherwise."""
+        return cls(**{"attempts": defaults.SYNC_ATTEMPTS, **changes})
 
     def call(self, work: Callable[[], T]) -> T:
         """``work()``, tried again after transient failures; the last failure is raised."""
