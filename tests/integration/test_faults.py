@@ -240,6 +240,26 @@ def test_sync_whose_plan_cannot_reach_the_destination_writes_its_report_and_stat
     assert run is not None and run.finished_at is not None and run.failures >= 1
 
 
+def test_plan_and_verify_retry_one_fault_at_the_destination(
+    distribution_factory, upstream, faulty, tmp_path, capsys
+) -> None:
+    target = distribution_factory()
+    destination = faulty(target)
+    spec_path = lab_list(tmp_path, upstream.address)
+    locked(spec_path, capsys)
+    assert main(sync_args(spec_path, target.url, tmp_path / "state.db")) == 0
+    capsys.readouterr()
+    lock_path = str(spec_path.with_name("mirror.lock"))
+    destination.add(Rule("HEAD", MANIFESTS, times=1))
+    plan = ["plan", "--lock", lock_path, "--registry", destination.url, "--json"]
+    assert main([*plan, "--state", str(tmp_path / "state.db")]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["up_to_date"] == 12
+    destination.add(Rule("GET", MANIFESTS, action=DROP, times=1))
+    assert main(["verify", "--lock", lock_path, "--registry", destination.url]) == 0
+    assert json.loads(capsys.readouterr().out)["failed"] == 0
+    assert destination.count(outcome=r"injected 503|drop") == 2
+
+
 # -- 2. a child manifest whose digest does not match ---------------------------------------
 
 
