@@ -83,8 +83,8 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
         stop.request(f"interrupted ({name})", name)
 
     handlers: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
-    for number in (signal.SIGINT, signal.SIGTERM):
-        handlers[number] = signal.signal(number, handler)
+    for stopping in (signal.SIGINT, signal.SIGTERM):
+        handlers[stopping] = signal.signal(stopping, handler)
     try:
         yield
     finally:
