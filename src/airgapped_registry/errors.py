@@ -23,6 +23,11 @@ class AirgapError(Exception):
     exit_status = 1
 
 
+class InvariantError(AirgapError):
+    """What the engine's own logic rules out happened (a bug, or a lock edited by hand): the
+    message names the object. Checked with ``if``, since ``python -O`` drops asserts."""
+
+
 class Interrupted(AirgapError):
     """A signal stopped the command (after it wrote what it had done)."""
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from airgapped_registry import defaults
-from airgapped_registry.errors import DigestMismatchError, RegistryError
+from airgapped_registry.errors import DigestMismatchError, InvariantError, RegistryError
 from airgapped_registry.mirror.ledger import BlobLedger
 from airgapped_registry.mirror.lock import Blob, LockEntry, Manifest
 from airgapped_registry.mirror.outcome import EntryFailure, storage_full_failure
@@ -74,7 +74,8 @@ class EngineCopier:
         if todo is None:
             return None
         repository, upstream = entry.destination, entry.repository
-        assert upstream is not None
+        if upstream is None:
+            raise InvariantError(f"lock entry {entry.reference}: no source repository")
         sent = 0
         for blob, mount_from in todo:
             fetch = functools.partial(source_blob, source, upstream, blob)
@@ -207,7 +208,8 @@ class SkopeoCopier:
     def copy(self, entry: LockEntry, source: CopySource) -> Copied | None:
         missing = self._missing(entry)
         if entry.children and entry.digest != entry.upstream_digest:
-            assert entry.repository is not None
+            if entry.repository is None:
+                raise InvariantError(f"lock entry {entry.reference}: no source repository")
             kept = [child for child in entry.children if child.copy]
             for child in kept:
                 self._run(entry, source, child.digest, index=False)

@@ -15,6 +15,7 @@ from urllib.parse import urljoin
 
 import yaml
 
+from airgapped_registry.errors import InvariantError
 from airgapped_registry.mirror.lock import Archive, Blob, LockEntry, LockError, Manifest
 from airgapped_registry.mirror.outcome import EntryFailure
 from airgapped_registry.mirror.spec import Entry, tag_order_key
@@ -42,7 +43,8 @@ class ChartRepositories:
             return self._files[url]
 
     def resolve(self, entry: Entry) -> list[LockEntry]:
-        assert entry.url is not None and entry.chart is not None
+        if entry.url is None or entry.chart is None:
+            raise InvariantError(entry.location.problem("a classic chart entry without url"))
         index_url = urljoin(entry.url.rstrip("/") + "/", "index.yaml")
         try:
             index = yaml.safe_load(self.read(index_url))
@@ -114,7 +116,8 @@ def copy_classic_chart(entry: LockEntry, client: RegistryClient, fetch: UrlFetch
 
     Returns the bytes sent; the caller writes the tag.
     """
-    assert entry.archive is not None and entry.manifest.config is not None
+    if entry.archive is None or entry.manifest.config is None:
+        raise InvariantError(f"lock entry {entry.reference}: no chart archive or config")
     archive = fetch(entry.archive.url)
     if digest_of(archive) != entry.archive.digest:
         raise EntryFailure(

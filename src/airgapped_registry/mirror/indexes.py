@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from airgapped_registry.errors import InvariantError
 from airgapped_registry.mirror.lock import PRESERVE_INDEX, Child, LockError
 from airgapped_registry.mirror.sources import SourceReader
 from airgapped_registry.mirror.spec import Entry
@@ -29,7 +30,8 @@ def index_children(
     mode: str,
 ) -> tuple[Child, ...]:
     """The children of an upstream ``document`` (an index) for ``entry`` in ``mode``."""
-    assert entry.repository is not None
+    if entry.repository is None:
+        raise InvariantError(entry.location.problem("no source repository"))
     items = document.get("manifests")
     if not isinstance(items, list) or not items:
         raise LockError(f"{where}: index without manifests")

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from airgapped_registry import defaults
-from airgapped_registry.errors import ContentError, RegistryError, UrlError
+from airgapped_registry.errors import ContentError, InvariantError, RegistryError, UrlError
 from airgapped_registry.mirror.helmrepo import ChartRepositories
 from airgapped_registry.mirror.indexes import check_platforms, index_children
 from airgapped_registry.mirror.lock import (
@@ -204,7 +204,8 @@ class Resolver:
 
     def _pins(self, entry: Entry) -> tuple[SourceReader, list[TagPin], set[str]]:
         """The entry's source, the tags it selects and every tag the repository lists."""
-        assert entry.source is not None and entry.repository is not None
+        if entry.source is None or entry.repository is None:
+            raise InvariantError(entry.location.problem("a registry entry without source"))
         reader = self._reader(entry.source)
         listed = reader.tags(entry.repository)
         registry = self.spec.sources[entry.source].registry
@@ -219,7 +220,8 @@ class Resolver:
         unchanged, which costs the registry less than a ``HEAD``; when the tag moved, its
         manifest comes with the answer and is returned second, for the new entry.
         """
-        assert entry.source is not None and entry.repository is not None
+        if entry.source is None or entry.repository is None:
+            raise InvariantError(entry.location.problem("a registry entry without source"))
         previous = self._previous.get((entry.destination, pin.tag))
         if previous is None or not previous.reusable_for(
             kind=entry.kind,
@@ -244,7 +246,8 @@ class Resolver:
     def _resolve_tag(
         self, entry: Entry, reader: SourceReader, pin: TagPin, available: set[str]
     ) -> LockEntry:
-        assert entry.source is not None and entry.repository is not None
+        if entry.source is None or entry.repository is None:
+            raise InvariantError(entry.location.problem("a registry entry without source"))
         repository = entry.repository
         previous, fetched = self._unchanged(entry, reader, pin)
         if previous is not None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from airgapped_registry.errors import InvariantError
 from airgapped_registry.mirror.lock import LockEntry, LockError, Signature
 from airgapped_registry.mirror.outcome import EntryFailure
 from airgapped_registry.mirror.sources import CopySource, SourceReader
@@ -88,7 +89,8 @@ def with_signatures(
     """``resolved`` with the signatures the tag list names for it and its copied children;
     those ``previous`` recorded are checked with a ``HEAD``. ``required``: the policy has
     keys, so the upstream digest must carry a ``.sig``."""
-    assert resolved.repository is not None
+    if resolved.repository is None:
+        raise InvariantError(f"lock entry {resolved.reference}: no source repository")
     upstream = resolved.upstream_digest
     subjects = [(upstream, resolved.digest == upstream)]
     subjects += [(child.digest, True) for child in resolved.children if child.copy]
@@ -189,7 +191,8 @@ def copy_signatures(
         current = client.head_manifest(entry.destination, signature.tag)
         if current is not None and current.digest == signature.digest and not check_all:
             continue
-        assert entry.repository is not None
+        if entry.repository is None:
+            raise InvariantError(f"lock entry {entry.reference}: no source repository")
         body = source.get_manifest(entry.repository, signature.digest)
         for blob in signature.blobs():
             fetch = functools.partial(source.get_blob, entry.repository, blob.digest)

@@ -53,7 +53,7 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from airgapped_registry import defaults
-from airgapped_registry.errors import AirgapError, RegistryError
+from airgapped_registry.errors import AirgapError, InvariantError, RegistryError
 from airgapped_registry.mirror.bounds import RunBounds, Stop
 from airgapped_registry.mirror.copiers import (
     ENGINE,
@@ -310,7 +310,8 @@ class EntryWorker:
                 copier = ENGINE
         else:
             source = self._source(entry)
-            assert self.signatures is not None  # _source refuses a sync without a list
+            if self.signatures is None:  # _source refuses a sync without a list
+                raise InvariantError(f"{entry.reference}: no mirror list for its signatures")
             keys = self.signatures.keys(entry)
             if keys:
                 self.signatures.verify(entry, source, keys)

@@ -38,7 +38,8 @@ def chart_manifest(archive: bytes) -> tuple[bytes, bytes]:
             if member is None:
                 raise ContentError("chart archive without <chart>/Chart.yaml")
             extracted = tar.extractfile(member)
-            assert extracted is not None
+            if extracted is None:
+                raise ContentError(f"chart archive: {member.name} is not a regular file")
             metadata = yaml.safe_load(extracted.read())
     except (OSError, EOFError, tarfile.TarError, yaml.YAMLError) as exc:
         raise ContentError(f"chart archive unreadable: {exc}") from exc

@@ -223,7 +223,8 @@ class StateStore:
             "INSERT INTO sync_runs (destination, lock_path, started_at) VALUES (?, ?, ?)",
             (destination, lock_path, utc_now()),
         )
-        assert cursor.lastrowid is not None
+        if cursor.lastrowid is None:
+            raise AirgapError(f"state database {self.path}: the new run got no id")
         return cursor.lastrowid
 
     def finish_run(
