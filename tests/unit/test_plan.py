@@ -266,6 +266,7 @@ def test_skopeo_copy_argv() -> None:
     assert argv == [
         "skopeo",
         "--insecure-policy",
+        "--debug",
         "copy",
         "--preserve-digests",
         "--remove-signatures",

@@ -22,7 +22,7 @@ _MANIFEST_MISMATCH = re.compile(
     rf"[Mm]anifest does not match provided manifest digest ({_DIGEST})|"
     rf"[Mm]anifest digest ({_DIGEST}) does not match"
 )
-# An upload session, as skopeo's failure message names it (with its token).
+# An upload session, as skopeo's debug log and failure message name it (with its token).
 _UPLOAD_SESSION = re.compile(r"(https?://[^\s\"'?]+/blobs/uploads/[^\s\"'?]+)\?_state=[\w.~%=-]+")
 
 
@@ -41,9 +41,12 @@ def skopeo_copy_argv(
     ``--insecure-policy``: the appliance's trust is digest pinning plus cosign, checked by the
     engine; a host's ``policy.json`` must not change what a sync does. ``--remove-signatures``:
     skopeo's own (GPG/sigstore-attachment) signatures are not used; cosign signatures are
-    copied by the engine.
+    copied by the engine. ``--debug``: its log names each upload session skopeo uses (the
+    request URLs), so that those a failed run abandoned can be closed
+    (:func:`upload_sessions`); nothing else is read from it, and a skopeo whose log said
+    less would only leave more of them to the registry's upload purging.
     """
-    argv = [skopeo, "--insecure-policy", "copy", "--preserve-digests"]
+    argv = [skopeo, "--insecure-policy", "--debug", "copy", "--preserve-digests"]
     argv += ["--remove-signatures", f"--retry-times={retry_times}"]
     if index:
         argv.append("--all")
@@ -85,10 +88,10 @@ def copy_failure(completed: subprocess.CompletedProcess[str]) -> SkopeoCopyError
 
 
 def upload_sessions(output: str) -> list[str]:
-    """The upload sessions a failed ``skopeo copy`` names (the upload it failed in: ``uploading
-    layer to http://…/blobs/uploads/<uuid>?_state=…``), each with the last URL given for it
-    and so its current ``_state`` token: what to close. Uploads skopeo abandoned without
-    naming them are left to the registry's upload purging."""
+    """The upload sessions a ``skopeo --debug copy`` run used (its ``PATCH``/``PUT`` lines,
+    and the upload a failure names: ``uploading layer to http://…/blobs/uploads/<uuid>?
+    _state=…``), each with the last URL given for it and so its current ``_state`` token:
+    what to close after a failed run (a finished one answers 404)."""
     last = {match[1]: match[0] for match in _UPLOAD_SESSION.finditer(output)}
     return list(last.values())
 
