@@ -247,8 +247,11 @@ def main():
         spec = spec or load(p["spec"])
         manifests = {}
 
-        def relock_now():
-            _, new, report = relock(spec, p["lock"], manifests=manifests, previous=previous)
+        def relock_now(retry):
+            # retry: the sync's retry policy for the source requests (its attempts, backoff)
+            _, new, report = relock(
+                spec, p["lock"], manifests=manifests, previous=previous, retry=retry
+            )
             relocked.update(report)
             return new
 
@@ -283,7 +286,10 @@ def main():
         result["diff"] = plan_diff(planned)
     if report["failed"]:
         module.fail_json(
-            msg=f"{report['failed']} of {report['entries']} entries failed: "
+            # "error": the run failed before copying (the relock or the plan)
+            msg=registry_failure(report["error"], p)
+            if "error" in report
+            else f"{report['failed']} of {report['entries']} entries failed: "
             + registry_failure("; ".join(report["errors"]), p),
             **result,
         )
