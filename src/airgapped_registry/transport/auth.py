@@ -29,7 +29,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from airgapped_registry.errors import AirgapError, RegistryError
-from airgapped_registry.transport.registry import RegistryClient, Response
+from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.session import Response
 
 _CHALLENGE = re.compile(r"\s*(\w+)\s*(.*)", re.DOTALL)
 _PARAMETER = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')

@@ -1,32 +1,22 @@
 """Client of the OCI distribution-spec v2 API, built on the standard library only.
 
 The engine runs on isolated hosts with nothing but python3 and python3-yaml, so this speaks
-HTTP through ``http.client`` and TLS through an ``ssl`` context built here from the files the
+HTTP through ``http.client`` and TLS through an ``ssl`` context built from the files the
 caller names. Environment variables such as ``SSL_CERT_FILE`` or ``REQUESTS_CA_BUNDLE`` never
 change which CA is trusted: an appliance that silently trusted the system bundle instead of its
 own internal CA would fail (or, worse, succeed) for reasons nobody can see.
 
-Every request goes through :meth:`RegistryClient._send`; that is where token authentication
-(a 401 with a ``Bearer`` challenge answered by fetching a scoped token and retrying once) will
-be added when a registry needs it.
+HTTP itself (connections, TLS, redirects, retries of reads, counters) is
+:class:`~airgapped_registry.transport.session.RegistrySession`'s; this module is the API.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import re
-import socket
-import ssl
-import threading
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from email.message import Message
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
-from airgapped_registry import __version__, defaults
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
 from airgapped_registry.oci.mediatypes import MANIFEST_MEDIA_TYPES
 from airgapped_registry.oci.reference import (
@@ -35,19 +25,7 @@ from airgapped_registry.oci.reference import (
     TAG_PATTERN,
     digest_of,
 )
-from airgapped_registry.transport.retry import RetryPolicy, parse_retry_after
-from airgapped_registry.transport.tls import tls_context
-
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_MAX_REDIRECTS = 5
-_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
-# Errors that mean the server closed an idle keep-alive connection under us.
-_DROPPED_CONNECTION = (
-    http.client.RemoteDisconnected,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    BrokenPipeError,
-)
+from airgapped_registry.transport.session import RegistrySession, Response
 
 
 @dataclass(frozen=True)
@@ -59,82 +37,9 @@ class ManifestRef:
     size: int
 
 
-@dataclass(frozen=True)
-class Response:
-    """An answer as the client hands it to its subclasses (see ``transport.auth``)."""
-
-    method: str
-    url: str
-    status: int
-    headers: Message
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-class RegistryClient:
-    """Talks to one registry, keeping one persistent connection per thread.
-
-    Counters (``requests``, ``requests_by_method``, ``blobs_uploaded``, ``blobs_mounted``,
-    ``bytes_uploaded``) accumulate over the client's life; benchmarks and reports take
-    differences around the work they measure.
-
-    ``retry`` says how ``GET`` and ``HEAD`` requests are tried again after a transient
-    failure (default: not at all; callers that retry whole operations keep it so, callers
-    that do not, such as the lock's resolution and the plan, set one). Other methods are
-    never retried here: an upload or a tag is retried by the operation that owns it.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        ca_file: str | os.PathLike[str] | None = None,
-        cert_file: str | os.PathLike[str] | None = None,
-        key_file: str | os.PathLike[str] | None = None,
-        timeout: float = defaults.REQUEST_TIMEOUT,
-    ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"registry URL {base_url!r}: expected http(s)://host[:port]")
-        if parts.path.strip("/") or parts.query or parts.fragment:
-            raise ValueError(f"registry URL {base_url!r}: must not carry a path or query")
-        if parts.scheme == "http" and (ca_file or cert_file or key_file):
-            raise ValueError(f"registry URL {base_url!r}: TLS files given for a plain http URL")
-        if key_file and not cert_file:
-            raise ValueError("a client key was given without its client certificate")
-        self.base_url = f"{parts.scheme}://{parts.netloc}"
-        self.timeout = timeout
-        self._origin = (parts.scheme, parts.netloc)
-        self._tls = tls_context(ca_file, cert_file, key_file) if parts.scheme == "https" else None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[http.client.HTTPConnection] = []
-        self.requests = 0
-        self.requests_by_method: Counter[str] = Counter()
-        self.blobs_uploaded = 0
-        self.blobs_mounted = 0
-        self.bytes_uploaded = 0
-        self.retry = RetryPolicy()
-
-    def __enter__(self) -> RegistryClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RegistryClient({self.base_url!r})"
-
-    def close(self) -> None:
-        """Close the persistent connections of every thread."""
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
-        self._local = threading.local()
-
-    # -- API ------------------------------------------------------------------------------
+class RegistryClient(RegistrySession):
+    """Talks to one registry's OCI distribution API (manifests, blobs, uploads, tags) over
+    a :class:`RegistrySession`; see there for connections, retries and counters."""
 
     def ping(self) -> None:
         """Check that the endpoint speaks the v2 API and lets us in."""
@@ -375,134 +280,6 @@ class RegistryClient:
     def catalog(self, page_size: int | None = None) -> list[str]:
         """All repositories the registry lists, following ``Link`` pagination."""
         return self._paginate("/v2/_catalog", "repositories", page_size)
-
-    # -- transport ------------------------------------------------------------------------
-
-    def _paginate(self, path: str, key: str, page_size: int | None) -> list[str]:
-        target = f"{path}?{urlencode({'n': page_size})}" if page_size else path
-        items: list[str] = []
-        seen: set[str] = set()
-        while target and target not in seen:
-            seen.add(target)
-            response = self._call("GET", target, expect=(200,))
-            try:
-                document = json.loads(response.body)
-            except ValueError as exc:
-                raise RegistryError(
-                    "GET", response.url, response.status, cause=f"invalid JSON: {exc}"
-                ) from exc
-            items.extend(document.get(key) or [])
-            match = _LINK_NEXT.search(response.header("Link") or "")
-            target = urljoin(response.url, match.group(1)) if match else ""
-        return items
-
-    def _call(
-        self,
-        method: str,
-        target: str,
-        *,
-        expect: tuple[int, ...],
-        headers: dict[str, str] | None = None,
-        body: bytes | None = None,
-    ) -> Response:
-        if method in ("GET", "HEAD") and self.retry.attempts > 1:
-            return self.retry.call(lambda: self._call_once(method, target, expect, headers, body))
-        return self._call_once(method, target, expect, headers, body)
-
-    def _call_once(
-        self,
-        method: str,
-        target: str,
-        expect: tuple[int, ...],
-        headers: dict[str, str] | None,
-        body: bytes | None,
-    ) -> Response:
-        url = urljoin(self.base_url + "/", target)
-        response = self._send(method, url, headers or {}, body)
-        redirects = 0
-        while (
-            response.status in _REDIRECTS
-            and response.status not in expect
-            and method in ("GET", "HEAD")
-            and redirects < _MAX_REDIRECTS
-            and response.header("Location")
-        ):
-            # Registries on object storage answer blob GETs with a redirect to the storage.
-            redirects += 1
-            url = urljoin(response.url, response.header("Location") or "")
-            response = self._send(method, url, headers or {}, None)
-        if response.status not in expect:
-            wait = parse_retry_after(response.header("Retry-After"))
-            raise RegistryError(
-                method, response.url, response.status, response.body, retry_after=wait
-            )
-        return response
-
-    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
-        parts = urlsplit(url)
-        path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
-        headers = {"User-Agent": f"airgapped-registry/{__version__}", **headers}
-        own_origin = (parts.scheme, parts.netloc) == self._origin
-        for attempt in (1, 2):
-            if own_origin:
-                connection = self._thread_connection()
-                reused = connection.sock is not None
-            else:
-                connection = self._new_connection(parts.scheme, parts.netloc)
-                reused = False
-            with self._lock:
-                self.requests += 1
-                self.requests_by_method[method] += 1
-            try:
-                connection.request(method, path, body=body, headers=headers)
-                response = connection.getresponse()
-                data = response.read()
-            except _DROPPED_CONNECTION as exc:
-                connection.close()
-                if reused and attempt == 1:
-                    continue
-                raise RegistryError(method, url, None, cause=_describe(exc, self.timeout)) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                connection.close()
-                raise RegistryError(method, url, None, cause=_describe(exc, self.timeout)) from exc
-            if not own_origin:
-                connection.close()
-            return Response(method, url, response.status, response.headers, data)
-        raise AssertionError("unreachable: the second attempt returns or raises")
-
-    def _thread_connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._new_connection(*self._origin)
-            self._local.connection = connection
-            with self._lock:
-                self._connections.append(connection)
-        return connection
-
-    def _new_connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        if scheme == "https":
-            # A foreign origin (storage redirect) gets the same trust as the registry.
-            context = self._tls or tls_context(None, None, None)
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
-        return http.client.HTTPConnection(netloc, timeout=self.timeout)
-
-
-def _describe(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return f"no answer within {timeout} s"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host: {exc.strerror}"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        return "connection closed without a response"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
 
 
 def _media_type(response: Response) -> str:
