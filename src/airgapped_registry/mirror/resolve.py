@@ -260,39 +260,54 @@ class Resolver:
             return with_signatures(
                 resolved, reader, available, where, entry.signatures.required, previous
             )
-        body, media_type, digest = fetched or reader.get(repository, pin.digest or pin.tag)
-        where = f"{repository}:{pin.tag} ({digest})"
-        document = parse_manifest(body, where)
-        upstream = Manifest(digest, media_type, len(body))
-        children: tuple[Child, ...] = ()
-        platform_mode = None
-        top = upstream
-        if media_type in INDEX_MEDIA_TYPES or "manifests" in document:
-            platform_mode = entry.platform_mode or PRESERVE_INDEX
-            children = index_children(entry, reader, document, where, platform_mode)
-            kept = {child.digest for child in children if child.copy}
-            if platform_mode == FILTER and len(kept) < len(children):
-                filtered = filtered_index(body, kept)
-                top = Manifest(digest_of(filtered), media_type, len(filtered))
-        else:
-            config, layers = image_parts(document, where)
-            upstream = top = replace(upstream, config=config, layers=layers)
-        resolved = LockEntry(
-            kind=entry.kind,
-            destination=entry.destination,
-            tag=pin.tag,
-            manifest=top,
-            upstream_digest=upstream.digest,
-            source=entry.source,
-            registry=self.spec.sources[entry.source].registry,
-            repository=repository,
-            pinned=pin.digest,
-            platform_mode=platform_mode,
-            platforms=entry.platforms,
-            children=children,
-            signature_keys=entry.signatures.keys,
+        resolved, where = resolve_manifest(
+            entry, reader, pin, self.spec.sources[entry.source].registry, fetched
         )
         return with_signatures(resolved, reader, available, where, entry.signatures.required)
+
+
+def resolve_manifest(
+    entry: Entry, reader: SourceReader, pin: TagPin, registry: str, fetched: Fetched | None
+) -> tuple[LockEntry, str]:
+    """The lock entry of one tag from its manifest as the source serves it now (``fetched``
+    when the reuse check already has it), without signatures; and where it was read, for
+    messages. An index's children are fetched as far as they will be copied."""
+    if entry.source is None or entry.repository is None:
+        raise InvariantError(entry.location.problem("a registry entry without source"))
+    repository = entry.repository
+    body, media_type, digest = fetched or reader.get(repository, pin.digest or pin.tag)
+    where = f"{repository}:{pin.tag} ({digest})"
+    document = parse_manifest(body, where)
+    upstream = Manifest(digest, media_type, len(body))
+    children: tuple[Child, ...] = ()
+    platform_mode = None
+    top = upstream
+    if media_type in INDEX_MEDIA_TYPES or "manifests" in document:
+        platform_mode = entry.platform_mode or PRESERVE_INDEX
+        children = index_children(entry, reader, document, where, platform_mode)
+        kept = {child.digest for child in children if child.copy}
+        if platform_mode == FILTER and len(kept) < len(children):
+            filtered = filtered_index(body, kept)
+            top = Manifest(digest_of(filtered), media_type, len(filtered))
+    else:
+        config, layers = image_parts(document, where)
+        upstream = top = replace(upstream, config=config, layers=layers)
+    resolved = LockEntry(
+        kind=entry.kind,
+        destination=entry.destination,
+        tag=pin.tag,
+        manifest=top,
+        upstream_digest=upstream.digest,
+        source=entry.source,
+        registry=registry,
+        repository=repository,
+        pinned=pin.digest,
+        platform_mode=platform_mode,
+        platforms=entry.platforms,
+        children=children,
+        signature_keys=entry.signatures.keys,
+    )
+    return resolved, where
 
 
 def select_tags(entry: Entry, listed: list[str], registry: str) -> list[TagPin]:

@@ -20,3 +20,15 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
 def canonical_json(document: object) -> bytes:
     """Compact JSON in the document's own key order: the bytes a written manifest gets."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_repository(repository: str) -> None:
+    """Refuse a repository name the distribution spec does not allow (ValueError)."""
+    if not REPOSITORY_PATTERN.fullmatch(repository):
+        raise ValueError(f"invalid repository name {repository!r}")
+
+
+def check_digest(digest: str) -> None:
+    """Refuse a string that is not a sha256 or sha512 digest (ValueError)."""
+    if not DIGEST_PATTERN.fullmatch(digest):
+        raise ValueError(f"invalid digest {digest!r}: expected sha256:<64 hex> or sha512:<128 hex>")

@@ -1,0 +1,173 @@
+"""Blobs into a registry: mounts, monolithic uploads, and closing what was opened.
+
+The upload protocol is the part of the API where a failure leaves something behind: an
+upload session holds its bytes at the registry until it is closed or purged. Every session
+opened here is completed or closed (``DELETE``), whatever happens to the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+
+from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
+from airgapped_registry.oci.reference import check_digest, check_repository
+from airgapped_registry.transport.session import RegistrySession
+
+
+class BlobUploads(RegistrySession):
+    """Whether a repository holds a blob, and making it hold one: mount or upload."""
+
+    def blob_exists(self, repository: str, digest: str) -> bool:
+        response = self._call("HEAD", blob_path(repository, digest), expect=(200, 404))
+        return response.status == 200
+
+    def mount_blob(self, repository: str, digest: str, mount_from: str) -> bool:
+        """Mount a blob from another repository of this registry (``POST ?mount=&from=``,
+        nothing sent); False when the registry did not (it opened an upload session
+        instead, which is closed again at once so that none is left behind)."""
+        check_repository(repository)
+        check_repository(mount_from)
+        check_digest(digest)
+        query = urlencode({"mount": digest, "from": mount_from})
+        uploads = f"/v2/{repository}/blobs/uploads/?{query}"
+        response = self._call("POST", uploads, expect=(201, 202))
+        if response.status == 201:
+            with self._lock:
+                self.blobs_mounted += 1
+            return True
+        location = response.header("Location")
+        if location:
+            self._call("DELETE", urljoin(response.url, location), expect=(204, 404))
+        return False
+
+    def push_blob(
+        self,
+        repository: str,
+        digest: str,
+        data: bytes | Callable[[], bytes],
+        mount_from: str | None = None,
+    ) -> bool:
+        """Make a blob present in a repository; False when it already was.
+
+        ``data`` may be a function producing the bytes: it is called only if an upload is
+        really needed, so callers that generate or read blobs lazily pay nothing for blobs
+        the registry already has or can mount. With ``mount_from``, a cross-repository mount
+        is tried first; a registry that refuses it opens an upload session instead, which is
+        then used for the upload.
+        """
+        check_repository(repository)
+        check_digest(digest)
+        if mount_from:
+            check_repository(mount_from)
+        if self.blob_exists(repository, digest):
+            return False
+        self.place_blob(repository, digest, data, mount_from)
+        return True
+
+    def place_blob(
+        self,
+        repository: str,
+        digest: str,
+        data: bytes | Callable[[], bytes],
+        mount_from: str | None = None,
+    ) -> str:
+        """Mount or upload a blob without asking first whether it is there.
+
+        Returns ``mounted`` (``POST ?mount=&from=`` answered 201: nothing sent) or
+        ``uploaded`` (``POST`` then one monolithic ``PUT`` with the bytes; a registry that
+        refuses the mount opens the upload session instead). ``mount_from`` may be
+        ``repository`` itself: the blob is then found there or uploaded. For callers that
+        know the blob is absent or mountable (the sync's ledger); :meth:`push_blob` asks
+        first.
+        """
+        check_repository(repository)
+        check_digest(digest)
+        if mount_from:
+            check_repository(mount_from)
+        uploads = f"/v2/{repository}/blobs/uploads/"
+        if mount_from:
+            # From the repository itself too: one request that either finds the blob there
+            # (201) or opens the upload (202), where a HEAD would cost one more.
+            query = urlencode({"mount": digest, "from": mount_from})
+            response = self._call("POST", f"{uploads}?{query}", expect=(201, 202))
+            if response.status == 201:
+                with self._lock:
+                    self.blobs_mounted += 1
+                return "mounted"
+        else:
+            response = self._call("POST", uploads, expect=(202,))
+        location = response.header("Location")
+        if not location:
+            raise RegistryError(
+                "POST", response.url, response.status, cause="upload session without Location"
+            )
+        session = urljoin(response.url, location)
+        try:
+            payload = data() if callable(data) else data
+            response = self._call(
+                "PUT",
+                _with_query(session, digest=digest),
+                headers={"Content-Type": "application/octet-stream"},
+                body=payload,
+                expect=(201,),
+            )
+        except BaseException:
+            # A session left open holds its bytes until the registry purges it (days).
+            self.cancel_upload(session)
+            raise
+        stored = response.header("Docker-Content-Digest")
+        if stored and stored != digest:
+            raise DigestMismatchError("PUT", response.url, response.status, digest, stored)
+        with self._lock:
+            self.blobs_uploaded += 1
+            self.bytes_uploaded += len(payload)
+        return "uploaded"
+
+    def check_upload(self, repository: str, size: int = 64 * 1024) -> None:
+        """Open an upload session, write ``size`` bytes into it and close it again: raises
+        what the registry answers when it cannot take them (a full disk)."""
+        check_repository(repository)
+        response = self._call("POST", f"/v2/{repository}/blobs/uploads/", expect=(202,))
+        location = response.header("Location")
+        if not location:
+            return
+        session = urljoin(response.url, location)
+        try:
+            response = self._call(
+                "PATCH",
+                session,
+                headers={"Content-Type": "application/octet-stream"},
+                body=bytes(size),
+                expect=(202,),
+            )
+            session = urljoin(response.url, response.header("Location") or session)
+        finally:
+            self.cancel_upload(session)
+
+    def cancel_upload(self, session: str) -> bool:
+        """Close an upload session (``DELETE`` its URL, as ``Location`` gave it); True when
+        the registry closed it. Best effort: a failure here must not hide the failure that
+        made the caller give up the upload, so none is raised."""
+        parts = urlsplit(session)
+        if (parts.scheme, parts.netloc) != self._origin or "/blobs/uploads/" not in parts.path:
+            return False
+        try:
+            self._call("DELETE", session, expect=(204, 404))
+        except (AirgapError, OSError):
+            return False
+        return True
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    extra = urlencode(params)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
+
+
+def blob_path(repository: str, digest: str) -> str:
+    """The path of a blob in the v2 API, its parts checked."""
+    check_repository(repository)
+    check_digest(digest)
+    return f"/v2/{repository}/blobs/{digest}"
