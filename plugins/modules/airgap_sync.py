@@ -62,6 +62,12 @@ options:
   tool_timeout:
     description: Seconds one skopeo or cosign run may take; unset, the engine's default (3600).
     type: float
+  deadline:
+    description:
+      - Seconds the whole run (relock included) may take; no entry or retry starts after it,
+        and the entries left are reported not attempted. V(0) for no deadline. Unset, the
+        engine's default (21600).
+    type: float
   force:
     description:
       - Copy every entry again, checking each blob and child, whatever its tag names
@@ -193,6 +199,8 @@ def sync_options(p):
     options = set_options(p, SYNC_OPTIONS)
     if p["tool_timeout"] is not None:
         options["timeout"] = p["tool_timeout"]
+    if p["deadline"] is not None:
+        options["deadline"] = p["deadline"] or None
     return SyncOptions(keep_going=p["keep_going"], **options)
 
 
@@ -209,6 +217,7 @@ def main():
             "backoff": {"type": "float"},
             "retry_times": {"type": "int"},
             "tool_timeout": {"type": "float"},
+            "deadline": {"type": "float"},
             "engine_copy_max_bytes": {"type": "int"},
             "force": {"type": "bool", "default": False},
             "state_db": {"type": "path"},

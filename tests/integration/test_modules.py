@@ -225,6 +225,7 @@ def test_relock_sync_with_the_cli_options(distribution_factory, tmp_path) -> Non
         "retry_times": 1,
         "timeout": 20,
         "tool_timeout": 120,
+        "deadline": 600,
         "engine_copy_max_bytes": 0,
     }
     tasks = [
@@ -234,10 +235,15 @@ def test_relock_sync_with_the_cli_options(distribution_factory, tmp_path) -> Non
             "airgap_sync": {**args, "attempts": 0},
             "ignore_errors": True,
         },
+        {
+            "name": "deadline refused by the engine",
+            "airgap_sync": {**args, "deadline": -1},
+            "ignore_errors": True,
+        },
     ]
     path = tmp_path / "relock.yml"
     path.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
-    results = run_playbook_allowing(path, "refused by the engine")
+    results = run_playbook_allowing(path, "refused by the engine", "deadline refused by the engine")
 
     check, applied, again = (results[f"relock sync: {s}"] for s in ("check", "apply", "again"))
     assert check["changed"] and check["relock"]["changed"] and not check["relock"]["written"]
@@ -248,6 +254,8 @@ def test_relock_sync_with_the_cli_options(distribution_factory, tmp_path) -> Non
     assert again["changed"] is False and again["relock"]["changed"] is False
     refused = results["refused by the engine"]
     assert refused["failed"] and "attempts must be >= 1" in refused["msg"]
+    refused = results["deadline refused by the engine"]
+    assert refused["failed"] and "deadline must be > 0" in refused["msg"]
 
 
 def test_every_module_answers_basic_auth_from_auth_file(distribution_factory, tmp_path) -> None:

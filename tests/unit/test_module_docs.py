@@ -33,6 +33,7 @@ ENGINE_DEFAULTS: dict[str, object] = {
     "retry_times": defaults.SKOPEO_RETRY_TIMES,
     "tool_timeout": defaults.TOOL_TIMEOUT,
     "engine_copy_max_bytes": defaults.ENGINE_COPY_MAX_BYTES,
+    "deadline": defaults.SYNC_DEADLINE,
     "state_db": defaults.STATE_PATH,
     "repository": defaults.LOCK_REPOSITORY,
     "tag": defaults.LOCK_TAG,

@@ -153,6 +153,7 @@ def test_the_role_variables_become_flags(tmp_path: Path) -> None:
         mirror_backoff=2.5,
         mirror_timeout=60,
         mirror_tool_timeout=600,
+        mirror_deadline=900,
         mirror_keep_going=False,
         mirror_lock_repository="site/mirror-lock",
     )
@@ -168,6 +169,7 @@ def test_the_role_variables_become_flags(tmp_path: Path) -> None:
         "--backoff 2.5",
         "--timeout 60",
         "--tool-timeout 600",
+        "--deadline 900",
     ):
         assert flag in flags
     assert "--keep-going" not in sync
