@@ -12,7 +12,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
 from airgapped_registry.oci.reference import check_digest, check_repository
-from airgapped_registry.transport.session import RegistrySession
+from airgapped_registry.transport.session import RegistrySession, Response
 
 
 class BlobUploads(RegistrySession):
@@ -29,17 +29,24 @@ class BlobUploads(RegistrySession):
         check_repository(repository)
         check_repository(mount_from)
         check_digest(digest)
-        query = urlencode({"mount": digest, "from": mount_from})
-        uploads = f"/v2/{repository}/blobs/uploads/?{query}"
-        response = self._call("POST", uploads, expect=(201, 202))
-        if response.status == 201:
-            with self._lock:
-                self.blobs_mounted += 1
+        response = self._post_mount(repository, digest, mount_from)
+        if response is None:
             return True
         location = response.header("Location")
         if location:
             self._call("DELETE", urljoin(response.url, location), expect=(204, 404))
         return False
+
+    def _post_mount(self, repository: str, digest: str, mount_from: str) -> Response | None:
+        """``POST ?mount=&from=``: None when the registry mounted the blob (201), else its
+        answer opening an upload session (202)."""
+        query = urlencode({"mount": digest, "from": mount_from})
+        response = self._call("POST", f"/v2/{repository}/blobs/uploads/?{query}", expect=(201, 202))
+        if response.status != 201:
+            return response
+        with self._lock:
+            self.blobs_mounted += 1
+        return None
 
     def push_blob(
         self,
@@ -85,18 +92,15 @@ class BlobUploads(RegistrySession):
         check_digest(digest)
         if mount_from:
             check_repository(mount_from)
-        uploads = f"/v2/{repository}/blobs/uploads/"
         if mount_from:
             # From the repository itself too: one request that either finds the blob there
             # (201) or opens the upload (202), where a HEAD would cost one more.
-            query = urlencode({"mount": digest, "from": mount_from})
-            response = self._call("POST", f"{uploads}?{query}", expect=(201, 202))
-            if response.status == 201:
-                with self._lock:
-                    self.blobs_mounted += 1
+            opened = self._post_mount(repository, digest, mount_from)
+            if opened is None:
                 return "mounted"
+            response = opened
         else:
-            response = self._call("POST", uploads, expect=(202,))
+            response = self._call("POST", f"/v2/{repository}/blobs/uploads/", expect=(202,))
         location = response.header("Location")
         if not location:
             raise RegistryError(
