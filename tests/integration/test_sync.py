@@ -22,6 +22,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -597,21 +598,33 @@ def test_heavy_entries_go_to_skopeo_light_ones_are_mounted_by_the_engine(
     assert verify(lock_file, RegistryClient(target.url), deep=True)["failed"] == 0
 
 
-def test_skopeo_copies_count_only_what_the_repository_lacked(
-    distribution_factory, upstream, tmp_path
-) -> None:
+def base_then_app(
+    distribution_factory, upstream, tmp_path: Path
+) -> tuple[Any, Path, Path, Lock, set[str]]:
+    """The engine places ``sample/base`` in ``mirror/a``; then the list also names
+    ``app-001`` (built on that base) for ``mirror/b``, locked. Returns the destination, the
+    list, the state database, the lock and the digests ``mirror/a`` holds."""
     target = distribution_factory()
     line = "  - {source: upstream, repository: sample/%s, tags: [1.0.0], destination: mirror/%s}\n"
     base, app = line % ("base", "a"), line % ("app-001", "b")
     state = tmp_path / "state.db"
-    # The engine places the base image; skopeo, which knows nothing of it, copies an image
-    # built on it into another repository.
     spec_path = write_list(tmp_path, upstream.address, "images:\n" + base)
     locked(spec_path)
     assert run_sync(spec_path, target, state)["copies"] == {"engine": 1}
     spec_path = write_list(tmp_path, upstream.address, "images:\n" + base + app)
     lock_file = locked(spec_path)
     held = {blob.digest for blob in lock_file.get("mirror/a", "1.0.0").content_blobs()}
+    return target, spec_path, state, lock_file, held
+
+
+def test_skopeo_copies_count_only_what_the_repository_lacked(
+    distribution_factory, upstream, tmp_path
+) -> None:
+    # The engine places the base image; skopeo, which knows nothing of it, copies an image
+    # built on it into another repository.
+    target, spec_path, state, lock_file, held = base_then_app(
+        distribution_factory, upstream, tmp_path
+    )
     entry = lock_file.get("mirror/b", "1.0.0")
     blobs = {blob.digest: blob.size for blob in entry.content_blobs()}
     lacked = set(blobs) - held
@@ -632,16 +645,9 @@ def test_skopeo_copies_count_only_what_the_repository_lacked(
 def test_skopeo_copies_after_a_mount_the_ledger_got_wrong(
     distribution_factory, upstream, tmp_path
 ) -> None:
-    target = distribution_factory()
-    line = "  - {source: upstream, repository: sample/%s, tags: [1.0.0], destination: mirror/%s}\n"
-    base, app = line % ("base", "a"), line % ("app-001", "b")
-    state = tmp_path / "state.db"
-    spec_path = write_list(tmp_path, upstream.address, "images:\n" + base)
-    locked(spec_path)
-    run_sync(spec_path, target, state)
-    spec_path = write_list(tmp_path, upstream.address, "images:\n" + base + app)
-    lock_file = locked(spec_path)
-    held = {blob.digest for blob in lock_file.get("mirror/a", "1.0.0").content_blobs()}
+    target, spec_path, state, lock_file, held = base_then_app(
+        distribution_factory, upstream, tmp_path
+    )
     blobs = {b.digest: b.size for b in lock_file.get("mirror/b", "1.0.0").content_blobs()}
     lost = sorted(held & set(blobs))[0]
     # Behind the mirror's back, mirror/a loses a layer its tag still vouches for: the ledger
