@@ -28,7 +28,10 @@ LAYERS = {
     f"{ENGINE}.tools": 3,
     f"{ENGINE}.state": 3,
     f"{ENGINE}.mirror": 4,
-    f"{ENGINE}.cli": 5,
+    f"{ENGINE}.signing": 4,
+    f"{ENGINE}.scanning": 4,
+    f"{ENGINE}.service": 5,
+    f"{ENGINE}.cli": 6,
 }
 # Never imported by the engine: the lab's content, and Ansible (modules wrap the engine).
 FORBIDDEN = ("airgap_lab", "ansible")
