@@ -3,9 +3,10 @@
 A platform manifest's verdict comes from its findings (:func:`judge`); an index's is the
 worst of its children's (:func:`combine`: ``error`` over ``fail`` over ``pass``, since an
 index with a child nobody could scan is not known to pass, and the reconciliation retries
-an ``error``). The stored status is ``pass``, ``fail`` or ``error``; ``stale`` is decided
-when a verdict is read (:func:`stale_reason`): the DB it was made with is not the current
-one, or the current one is older than ``max_age``. A stale verdict counts as not scanned.
+an ``error``). The stored status is ``pass``, ``fail``, ``error`` or ``skipped`` (an
+artifact that is not a container image); ``stale`` is decided when a verdict is read
+(:func:`stale_reason`): the DB it was made with is not the current one, or the current one
+is older than ``max_age``. A stale verdict counts as not scanned.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 
 from airgapped_registry.scanning.policy import SEVERITIES, Policy, at_or_above, severity_rank
 
-STATUSES = ("pass", "fail", "error")
+# ``skipped``: not a container image (a Helm chart, the Trivy DB, the mirror's lock): nothing
+# for Trivy to scan, and no DB makes that verdict out of date.
+STATUSES = ("pass", "fail", "error", "skipped")
 STALE = "stale"
 # Worst last: what an index gets from its children.
 _ORDER = {"pass": 0, "fail": 1, "error": 2}
@@ -204,6 +207,8 @@ def stale_reason(
 ) -> str | None:
     """Why ``verdict`` no longer counts as a scan (None: it does). ``current``: the DB in
     use now."""
+    if verdict.status == "skipped":
+        return None
     if current is None:
         return "no vulnerability DB is installed"
     if verdict.db is None or verdict.db.digest != current.digest:
@@ -237,3 +242,20 @@ def _days(delta: timedelta) -> str:
     if seconds >= 86400:
         return f"{seconds / 86400:.1f}d"
     return f"{seconds // 3600}h" if seconds % 3600 == 0 else f"{seconds}s"
+
+
+def skipped(
+    repository: str, digest: str, why: str, policy: Policy, scanned_at: datetime
+) -> Verdict:
+    """The verdict of an artifact that is not a container image: nothing to scan."""
+    return Verdict(
+        repository=repository,
+        digest=digest,
+        status="skipped",
+        counts=count(()),
+        findings=(),
+        db=None,
+        scanned_at=scanned_at,
+        fail_on=policy.fail_on(repository),
+        error=why,
+    )

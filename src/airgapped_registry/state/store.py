@@ -79,7 +79,7 @@ CREATE TABLE scan_verdicts (
     repository TEXT NOT NULL,
     digest TEXT NOT NULL,
     media_type TEXT,
-    status TEXT NOT NULL CHECK (status IN ('pass', 'fail', 'error')),
+    status TEXT NOT NULL CHECK (status IN ('pass', 'fail', 'error', 'skipped')),
     fail_on TEXT NOT NULL,
     counts TEXT NOT NULL,
     findings TEXT NOT NULL,

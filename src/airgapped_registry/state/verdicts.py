@@ -214,18 +214,20 @@ class VerdictStore:
 
     # -- the queue ------------------------------------------------------------------------
 
-    def enqueue(self, items: Iterable[tuple[str, str]], source: str) -> int:
-        """Queue ``(repository, digest)`` pairs for a scan; one already queued stays as it
-        is. Returns how many were added."""
+    def enqueue(
+        self, items: Iterable[tuple[str, str]], source: str, not_before: str | None = None
+    ) -> int:
+        """Queue ``(repository, digest)`` pairs for a scan (due from ``not_before``); one
+        already queued stays as it is. Returns how many were added."""
         if source not in SOURCES:
             raise ValueError(f"scan queue source {source!r}: expected one of {', '.join(SOURCES)}")
         now = utc_now()
         with self._transaction():
             before = self._db.total_changes
             self._db.executemany(
-                "INSERT INTO scan_queue (repository, digest, source, queued_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (repository, digest) DO NOTHING",
-                [(repository, digest, source, now) for repository, digest in items],
+                "INSERT INTO scan_queue (repository, digest, source, queued_at, not_before) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (repository, digest) DO NOTHING",
+                [(repository, digest, source, now, not_before) for repository, digest in items],
             )
             return self._db.total_changes - before
 
