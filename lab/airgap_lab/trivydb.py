@@ -30,6 +30,9 @@ from airgap_lab.sample import VULNERABLE_OS, VULNERABLE_PACKAGE, gzip_stored
 
 PAGE_SIZE = 4096
 SCHEMA_VERSION = 2
+# The artifact's media types, as Trivy's --db-repository download expects them.
+CONFIG_MEDIA_TYPE = "application/vnd.aquasec.trivy.config.v1+json"
+LAYER_MEDIA_TYPE = "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
 
 _MAGIC = 0xED0CDAED
 _FORMAT_VERSION = 2

@@ -1,6 +1,6 @@
 """The lab's Trivy DB writer: bbolt bytes as bbolt lays them out, read back page by page.
 
-Real Trivy reading these files is in tests/integration/test_trivydb.py; here a minimal
+Real Trivy reading these files is in tests/integration/test_trivydb_scan.py; here a minimal
 bbolt reader (below) checks the structure: meta checksums, sorted keys, inline buckets,
 overflow pages.
 """
