@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from airgapped_registry.scanning.verdict import DbInfo, Finding
-from airgapped_registry.service.ports import ManifestScan
+from airgapped_registry.scanning.db import InstalledDb
+from airgapped_registry.scanning.scanner import Finding, ManifestScan
+from airgapped_registry.scanning.verdict import DbInfo
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import VerdictRecord, VerdictStore
 from airgapped_registry.transport.registry import RegistryClient
@@ -116,13 +117,25 @@ class RecordingScanner:
             self.scans.append((repository, digest))
         if self.db is None:
             raise AssertionError("scanned without a DB")
+        db = InstalledDb(
+            Path("/nonexistent"),
+            self.db.digest,
+            self.db.updated_at,
+            started,
+            "aquasecurity/trivy-db",
+            "2",
+        )
         return ManifestScan(
             digest=digest,
+            platform=None,
             findings=tuple(self.findings.get(repository, ())),
             report={"SchemaVersion": 2, "ArtifactName": f"{repository}@{digest}", "Results": []},
-            db=self.db,
-            started_at=started,
-            finished_at=datetime.now(UTC),
+            trivy_version="recording",
+            db=db,
+            started=started,
+            finished=datetime.now(UTC),
+            blobs_fetched=0,
+            layers_skipped=0,
         )
 
 

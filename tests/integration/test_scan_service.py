@@ -17,7 +17,7 @@ import pytest
 
 from airgap_lab.sample import Sample, SampleSpec, build, push
 from airgapped_registry.scanning.policy import Policy
-from airgapped_registry.scanning.verdict import Finding
+from airgapped_registry.scanning.scanner import Finding
 from airgapped_registry.service.ports import ServiceSettings
 from airgapped_registry.service.reconcile import reconcile
 from airgapped_registry.service.server import ScanService
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 SMALL = SampleSpec(
     repositories=3, tags_per_repository=1, base_layer_bytes=2048, unique_layer_bytes=2048
 )
-CRITICAL = Finding("CVE-2026-0001", "busybox", "1.36.1-r1", "1.36.1-r2", "CRITICAL")
+CRITICAL = Finding("CVE-2026-0001", "busybox", "1.36.1-r1", "1.36.1-r2", "CRITICAL", None)
 
 
 @pytest.fixture(scope="module")

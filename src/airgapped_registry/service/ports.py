@@ -8,28 +8,15 @@ and the worker and the reconciliation are tested against a real registry with an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from airgapped_registry.scanning.policy import Policy
-from airgapped_registry.scanning.verdict import DbInfo, Finding
-
-
-@dataclass(frozen=True)
-class ManifestScan:
-    """One platform manifest scanned: its findings, Trivy's JSON report (the attestation's
-    ``scanner.result``), the DB used and when."""
-
-    digest: str
-    findings: tuple[Finding, ...]
-    report: Mapping[str, Any]
-    db: DbInfo
-    started_at: datetime
-    finished_at: datetime
-    platform: str | None = None
+from airgapped_registry.scanning.scanner import ManifestScan
+from airgapped_registry.scanning.verdict import DbInfo
 
 
 class Scanner(Protocol):
@@ -38,7 +25,8 @@ class Scanner(Protocol):
         ...
 
     def scan(self, repository: str, digest: str) -> ManifestScan:
-        """Scan one image manifest (not an index) of the backend; AirgapError on failure."""
+        """Scan one image manifest (not an index) of the backend: Trivy's report and its
+        findings, the DB used, when; AirgapError on failure."""
         ...
 
 

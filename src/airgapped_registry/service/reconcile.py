@@ -15,6 +15,7 @@ or a tag list is paginated) and no scan.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from airgapped_registry.service.records import is_current
 from airgapped_registry.service.worker import platform_children
 from airgapped_registry.state.verdicts import VerdictStore
 from airgapped_registry.transport.counters import RequestCount
-from airgapped_registry.transport.registry import RegistryClient
+from airgapped_registry.transport.registry import ManifestRef, RegistryClient
 
 
 @dataclass
@@ -49,6 +50,14 @@ class Reconciliation:
         return dict(vars(self))
 
 
+def served_tags(client: RegistryClient) -> Iterator[tuple[str, str, ManifestRef | None]]:
+    """Every tag the backend serves (cosign's left out) with what a HEAD says it names."""
+    for repository in client.catalog():
+        for tag in client.tags(repository):
+            if not COSIGN_TAG.fullmatch(tag):
+                yield repository, tag, client.head_manifest(repository, tag)
+
+
 def reconcile(
     client: RegistryClient, verdicts: VerdictStore, current_db: DbInfo | None
 ) -> Reconciliation:
@@ -60,33 +69,31 @@ def reconcile(
     try:
         known_children = verdicts.all_children()
         served: dict[tuple[str, str], None] = {}
-        for repository in client.catalog():
-            result.repositories += 1
-            for tag in client.tags(repository):
-                if COSIGN_TAG.fullmatch(tag):
+        repositories: set[str] = set()
+        for repository, _, head in served_tags(client):
+            repositories.add(repository)
+            result.repositories = len(repositories)
+            result.tags += 1
+            if head is None:  # untagged meanwhile
+                continue
+            served[(repository, head.digest)] = None
+            if head.media_type not in INDEX_MEDIA_TYPES:
+                continue
+            children = known_children.get((repository, head.digest))
+            if children is None:
+                where = f"{repository}@{head.digest}"
+                body, _, _ = client.get_manifest(repository, head.digest)
+                result.indexes_fetched += 1
+                try:
+                    children = platform_children(parse_manifest(body, where), where)
+                except AirgapError as exc:
+                    # The index itself is queued: its job records the error verdict.
+                    result.errors.append(str(exc))
                     continue
-                result.tags += 1
-                head = client.head_manifest(repository, tag)
-                if head is None:  # untagged meanwhile
-                    continue
-                served[(repository, head.digest)] = None
-                if head.media_type not in INDEX_MEDIA_TYPES:
-                    continue
-                children = known_children.get((repository, head.digest))
-                if children is None:
-                    where = f"{repository}@{head.digest}"
-                    body, _, _ = client.get_manifest(repository, head.digest)
-                    result.indexes_fetched += 1
-                    try:
-                        children = platform_children(parse_manifest(body, where), where)
-                    except AirgapError as exc:
-                        # The index itself is queued: its job records the error verdict.
-                        result.errors.append(str(exc))
-                        continue
-                    verdicts.remember_children(repository, head.digest, children)
-                    known_children[(repository, head.digest)] = children
-                for child in children:
-                    served[(repository, child)] = None
+                verdicts.remember_children(repository, head.digest, children)
+                known_children[(repository, head.digest)] = children
+            for child in children:
+                served[(repository, child)] = None
         result.digests = len(served)
         stored = verdicts.verdict_keys()
         missing, outdated = [], []

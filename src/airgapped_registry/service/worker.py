@@ -25,8 +25,17 @@ from typing import Any
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.oci.manifest import descriptor, parse_manifest
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES, OCI_CONFIG
-from airgapped_registry.scanning.verdict import Verdict, combine, failed, judge, skipped
-from airgapped_registry.service.ports import ManifestScan, Provenance, Scanner, ServiceSettings
+from airgapped_registry.scanning.scanner import ManifestScan
+from airgapped_registry.scanning.verdict import (
+    DbInfo,
+    Finding,
+    Verdict,
+    combine,
+    failed,
+    judge,
+    skipped,
+)
+from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
 from airgapped_registry.service.records import from_record, is_current, iso, to_record
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import QueueItem, VerdictStore
@@ -191,13 +200,17 @@ class DigestJob:
         return outcome
 
     def _judge(self, repository: str, scan: ManifestScan) -> Verdict:
+        findings = [
+            Finding(item.id, item.package, item.installed, item.fixed, item.severity)
+            for item in scan.findings
+        ]
         return judge(
             repository,
             scan.digest,
-            scan.findings,
+            findings,
             self.settings.policy,
-            db=scan.db,
-            scanned_at=scan.finished_at,
+            db=DbInfo(scan.db.digest, scan.db.updated_at),
+            scanned_at=scan.finished,
         )
 
     def _attest(
