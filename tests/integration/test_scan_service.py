@@ -18,6 +18,7 @@ import pytest
 from airgap_lab.sample import Sample, SampleSpec, build, push
 from airgapped_registry.scanning.policy import Policy
 from airgapped_registry.scanning.scanner import Finding
+from airgapped_registry.scanning.verdict import DbInfo
 from airgapped_registry.service.ports import ServiceSettings
 from airgapped_registry.service.reconcile import reconcile
 from airgapped_registry.service.server import ScanService
@@ -209,3 +210,36 @@ def test_reconciliation_at_scale_and_push_latency_figures(
             f"{idle.requests['total']} requests, {idle.seconds:.3f} s"
         )
     assert threading.active_count() < 50
+
+
+def test_a_new_db_rescans_every_served_digest(service, source, sample) -> None:
+    running, scanner, backend = service
+    reference, digest, platforms = index_of(sample, 0)
+    skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/app:1.0.0")
+    wait_for_verdict(running.settings.state, "ci/app", digest)
+    eventually(lambda: running.health()["queue"] == 0, "the queue empties")
+    scans_before = len(scanner.scans)
+    new_db = DbInfo("sha256:" + "e" * 64, scanner.db.updated_at)  # type: ignore[union-attr]
+    scanner.db = new_db
+
+    def rescanned() -> bool:
+        with StateStore(running.settings.state) as store:
+            made_with = {v.db_digest for v in VerdictStore(store).verdicts("ci/app")}
+        return made_with == {new_db.digest}
+
+    eventually(rescanned, "every verdict made with the new DB", timeout=30)
+    assert len(scanner.scans) - scans_before == len(platforms)
+
+
+def test_a_delete_forgets_the_verdict(service, source, sample) -> None:
+    running, _, backend = service
+    reference, digest, _ = index_of(sample, 1)
+    skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/gone:1")
+    wait_for_verdict(running.settings.state, "ci/gone", digest)
+    RegistryClient(backend.url).delete_manifest("ci/gone", digest)
+
+    def forgotten() -> bool:
+        with StateStore(running.settings.state) as store:
+            return VerdictStore(store).verdict("ci/gone", digest) is None
+
+    eventually(forgotten, "the deleted index's verdict forgotten")
