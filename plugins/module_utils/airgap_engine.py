@@ -55,12 +55,19 @@ def registry_failure(message, params):
     return message
 
 
-def engine_module(argument_spec, import_error, **kwargs):
+def engine_module(argument_spec, import_error, *, registry=True, **kwargs):
     """An AnsibleModule with check mode and the registry options; fails at once,
-    naming the engine, when its import failed (``import_error``: a traceback)."""
-    required_together = [("cert_file", "key_file"), *kwargs.pop("required_together", [])]
+    naming the engine, when its import failed (``import_error``: a traceback).
+
+    ``registry=False``: a module configured by the registry host's provenance file, which
+    says how to reach the backend and the gateway; it takes no registry options."""
+    required_together = list(kwargs.pop("required_together", []))
+    shared = {}
+    if registry:
+        required_together.insert(0, ("cert_file", "key_file"))
+        shared = REGISTRY_OPTIONS
     module = AnsibleModule(
-        argument_spec={**argument_spec, **REGISTRY_OPTIONS},
+        argument_spec={**argument_spec, **shared},
         required_together=required_together,
         supports_check_mode=True,
         **kwargs,
