@@ -107,7 +107,7 @@ summary:
 
 import traceback
 
-from ansible.module_utils.airgap_engine import engine_module, set_options
+from ansible.module_utils.airgap_engine import engine_module
 
 try:
     from airgapped_registry.errors import AirgapError
@@ -124,7 +124,8 @@ else:
 
 def signer_for(p):
     tools = Tools(**({"timeout": p["tool_timeout"]} if p["tool_timeout"] is not None else {}))
-    return Signer(load_signing(p["config"]), tools=tools, **set_options(p, ["cosign"]))
+    cosign = {"cosign_path": p["cosign"]} if p["cosign"] else {}
+    return Signer(load_signing(p["config"]), tools=tools, **cosign)
 
 
 def lock_targets(path):
