@@ -125,7 +125,7 @@ def test_scan_db_update_now_status(distribution_factory, sample, tmp_path) -> No
 
     common = {"config": str(config)}
     now = {**common, "action": "now", "references": [VULNERABLE, BASE]}
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {"name": "status before any scan", "airgap_scan": common, "ignore_errors": True},
         {
             "name": "now without a DB",
@@ -325,7 +325,7 @@ def test_signing_keys_sign_verify_rotate_retire(
     verify = {**common, "reference": BASE}
     sign = {**common, "action": "sign", "references": [BASE]}
     lock = publishing_lock(tmp_path / "relay.lock", gateway, pki, BASE_REPOSITORY, "1.0.0", "1.1.0")
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {"name": "list before", "airgap_signing_key": common},
         {"name": "sign without a key", "airgap_signature": sign, "ignore_errors": True},
         *three_times("init", "airgap_signing_key", {**common, "action": "init"}),
@@ -439,7 +439,7 @@ def test_without_the_engine_the_modules_say_what_is_missing(tmp_path) -> None:
     )
     assert probe.returncode != 0, f"{python} has the engine; this test needs one without"
     modules = ("airgap_scan", "airgap_signature", "airgap_signing_key")
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {
             "name": module,
             module: {"config": str(tmp_path / "provenance.yaml"), "reference": "a/b:1"}
