@@ -149,6 +149,13 @@ def test_scan_now_fails_the_vulnerable_image_and_passes_the_others(site) -> None
     site["config"].write_text(yaml.safe_dump(document))
     again = airgap("scan", "now", "--config", config, f"{VULNERABLE_REPOSITORY}:{VULNERABLE_TAG}")
     assert [r["status"] for r in again["results"]] == ["pass"]
+    # A DB older than max_age (its UpdatedAt is the start of today) makes every verdict stale.
+    document["scanning"]["db"] = {**document["scanning"]["db"], "max_age": "1s"}
+    site["config"].write_text(yaml.safe_dump(document))
+    stale = airgap("scan", "status", "--config", config)
+    assert stale["db"]["stale"] is True
+    assert set(stale["totals"]) == {"stale"}
+    assert all("more than max_age 1s" in v["stale"] for v in stale["verdicts"])
 
 
 def test_the_service_scans_a_push_and_the_reconciliation_one_it_missed(
