@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from airgap_lab.sample import Sample, SampleSpec, build, push
+from airgapped_registry.errors import AirgapError
 from airgapped_registry.scanning.policy import Policy
 from airgapped_registry.scanning.scanner import Finding
 from airgapped_registry.scanning.verdict import DbInfo
@@ -243,3 +244,27 @@ def test_a_delete_forgets_the_verdict(service, source, sample) -> None:
             return VerdictStore(store).verdict("ci/gone", digest) is None
 
     eventually(forgotten, "the deleted index's verdict forgotten")
+
+
+def test_without_a_db_the_queue_waits_for_one(service, source, sample) -> None:
+    running, scanner, backend = service
+    db = scanner.db
+    scanner.db = None
+    reference, digest, platforms = index_of(sample, 2)
+    skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/waiting:1")
+    eventually(lambda: running.health()["queue"] == 3, "the index and its children queued")
+    time.sleep(2.5)  # past the children's delay: still nothing scanned, nothing recorded
+    assert running.health()["queue"] == 3
+    assert scanner.scans == []
+    scanner.db = db
+    verdict = wait_for_verdict(running.settings.state, "ci/waiting", digest, timeout=30)
+    assert verdict.status == "pass"
+    assert len(scanner.scans) == len(platforms)
+
+
+def test_a_port_in_use_is_named(tmp_path, notifying, service) -> None:
+    running, scanner, _ = service
+    backend, _ = notifying
+    taken = settings(tmp_path, backend, running.address[1])
+    with pytest.raises(AirgapError, match=rf"cannot listen on 127\.0\.0\.1:{running.address[1]}"):
+        ScanService(taken, scanner, None, lambda: RegistryClient(backend.url))
