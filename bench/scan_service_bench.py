@@ -14,7 +14,13 @@ repository of both backends in turn; measured for each push:
 
 Then an idle reconciliation over everything the backend serves: time and requests.
 
+``--reconcile-repositories N``: instead, the reconciliation alone at scale: the sample with
+N repositories of 3 tags (about 9 N + 20 digests) in one backend, a first pass (which fetches
+each index once), every digest given a current verdict as workers would record it, then
+three passes with nothing to do.
+
     .venv/bin/python bench/scan_service_bench.py --pushes 20
+    .venv/bin/python bench/scan_service_bench.py --reconcile-repositories 55
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -139,10 +146,71 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def reconcile_at_scale(repositories: int) -> None:
+    from airgapped_registry.scanning.verdict import DbInfo
+    from airgapped_registry.service.reconcile import reconcile
+    from airgapped_registry.state.store import StateStore, utc_now
+    from airgapped_registry.state.verdicts import VerdictRecord, VerdictStore
+
+    sample = build(
+        SampleSpec(
+            repositories=repositories,
+            tags_per_repository=3,
+            base_layer_bytes=512,
+            unique_layer_bytes=512,
+        )
+    )
+    with tempfile.TemporaryDirectory(prefix="scan-bench-") as scratch:
+        work = Path(scratch)
+        process, address = registry(work / "backend")
+        try:
+            client = RegistryClient(f"http://{address}")
+            push(sample, client)
+            db = DbInfo("sha256:" + "d" * 64, datetime.now(UTC))
+            with StateStore(work / "state.db") as store:
+                verdicts = VerdictStore(store)
+                first = reconcile(client, verdicts, db).to_json()
+                now = utc_now()
+                for item in verdicts.queue():
+                    verdicts.record(
+                        VerdictRecord(
+                            item.repository,
+                            item.digest,
+                            "pass",
+                            "CRITICAL",
+                            {},
+                            [],
+                            now,
+                            db_digest=db.digest,
+                            db_updated_at=now,
+                        )
+                    )
+                    verdicts.done(item)
+                idle = [reconcile(client, verdicts, db).to_json() for _ in range(3)]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    print(
+        f"first pass: {first['digests']} digests ({first['repositories']} repositories, "
+        f"{first['tags']} tags), {first['indexes_fetched']} indexes fetched, "
+        f"{first['requests']['total']} requests, {first['seconds']} s, queued {first['queued']}"
+    )
+    for number, result in enumerate(idle, 1):
+        print(
+            f"idle pass {number}: {result['current']} current, queued "
+            f"{result['queued'] + result['requeued']}, {result['requests']['total']} "
+            f"requests {result['requests']['by_method']}, {result['seconds']} s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--pushes", type=int, default=20)
+    parser.add_argument("--reconcile-repositories", type=int, metavar="N")
     args = parser.parse_args()
+    if args.reconcile_repositories:
+        reconcile_at_scale(args.reconcile_repositories)
+        return
     sample = build(
         SampleSpec(
             repositories=args.pushes,
