@@ -427,6 +427,11 @@ class Signer:
         """Check ``repository`` at ``reference`` (tag or digest) with every published key;
         the report names the keys that verify it (``verified``: at least one)."""
         target = self.reference(repository, reference)
+        if not self.ring.published:
+            raise SigningError(
+                f"{self.ring.record}: no active signing key, nothing to verify with "
+                "(run: airgap signing-key init --config ...)"
+            )
         verified: list[str] = []
         problems: list[str] = []
         for key in self.ring.published:
