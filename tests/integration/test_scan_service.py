@@ -11,14 +11,17 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
 from airgap_lab.sample import Sample, SampleSpec, build, push
+from airgapped_registry.errors import AirgapError
 from airgapped_registry.scanning.policy import Policy
 from airgapped_registry.scanning.scanner import Finding
 from airgapped_registry.scanning.verdict import DbInfo
+from airgapped_registry.service.events import ENVELOPE_MEDIA_TYPE, ManifestPush, parse_envelope
 from airgapped_registry.service.ports import ServiceSettings
 from airgapped_registry.service.reconcile import reconcile
 from airgapped_registry.service.server import ScanService
@@ -243,3 +246,69 @@ def test_a_delete_forgets_the_verdict(service, source, sample) -> None:
             return VerdictStore(store).verdict("ci/gone", digest) is None
 
     eventually(forgotten, "the deleted index's verdict forgotten")
+
+
+def test_without_a_db_the_queue_waits_for_one(service, source, sample) -> None:
+    running, scanner, backend = service
+    db = scanner.db
+    scanner.db = None
+    reference, digest, platforms = index_of(sample, 2)
+    skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/waiting:1")
+    eventually(lambda: running.health()["queue"] == 3, "the index and its children queued")
+    time.sleep(2.5)  # past the children's delay: still nothing scanned, nothing recorded
+    assert running.health()["queue"] == 3
+    assert scanner.scans == []
+    scanner.db = db
+    verdict = wait_for_verdict(running.settings.state, "ci/waiting", digest, timeout=30)
+    assert verdict.status == "pass"
+    assert len(scanner.scans) == len(platforms)
+
+
+def test_a_port_in_use_is_named(tmp_path, notifying, service) -> None:
+    running, scanner, _ = service
+    backend, _ = notifying
+    taken = settings(tmp_path, backend, running.address[1])
+    with pytest.raises(AirgapError, match=rf"cannot listen on 127\.0\.0\.1:{running.address[1]}"):
+        ScanService(taken, scanner, None, lambda: RegistryClient(backend.url))
+
+
+def test_what_distribution_sends_parses_as_the_captured_fixture(tmp_path, source, sample) -> None:
+    """Capture the envelopes a real Distribution POSTs while skopeo pushes a multi-arch
+    image (what tests/unit/fixtures/notifications holds), and parse them."""
+    received: list[tuple[str | None, bytes]] = []
+
+    class Capture(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers.get("Content-Type"), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    listener = HTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    backend = NotifyingDistribution(
+        tmp_path / "backend",
+        _free_port(),
+        endpoint=f"http://127.0.0.1:{listener.server_address[1]}/events",
+    )
+    backend.root.mkdir()
+    backend.start()
+    try:
+        reference, digest, platforms = index_of(sample, 0)
+        skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/app:1.0.0")
+
+        def pushes() -> list[ManifestPush]:
+            return [p for _, body in list(received) for p in parse_envelope(body).pushes]
+
+        eventually(lambda: len(pushes()) == 3, "three manifest pushes notified")
+    finally:
+        backend.stop()
+        listener.shutdown()
+    assert {content_type for content_type, _ in received} == {ENVELOPE_MEDIA_TYPE}
+    # Distribution does not promise the order: the index is the tagged push.
+    tagged = [(p.digest, p.tag) for p in pushes() if p.tag]
+    untagged = {p.digest for p in pushes() if not p.tag}
+    assert (tagged, untagged) == ([(digest, "1.0.0")], set(platforms.values()))

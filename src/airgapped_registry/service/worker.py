@@ -272,7 +272,9 @@ class Worker:
                 self.settings, self.scanner, self.provenance, self.client, verdicts, self.locks
             )
             while not self.stop.is_set():
-                item = verdicts.claim()
+                # Without a DB every scan would fail and end as an error verdict: the queue
+                # waits for one instead (the reconciliation thread wakes us when it comes).
+                item = verdicts.claim() if self.scanner.current_db() is not None else None
                 if item is None:
                     with self.wake:
                         self.wake.wait(timeout=1.0)
