@@ -1,7 +1,9 @@
 """What every module over the airgapped_registry engine shares: the options
 that reach a registry (TLS files, credentials, timeout), the same as the
-CLI's ``--ca-file --cert-file --key-file --auth-file --timeout``, and the one
-way to stop when the engine is not importable on the host that runs the module.
+CLI's ``--ca-file --cert-file --key-file --auth-file --timeout`` (not for the
+provenance modules, which the provenance file tells how to reach the backend and
+the gateway), and the one way to stop when the engine is not importable on the
+host that runs the module.
 
 An option the engine has a default for is None unless the user set it, and
 is then not passed: the engine's default is the only one."""

@@ -144,13 +144,15 @@ def lock_targets(path):
 
 
 def targets(signer, p):
+    """What to sign, and whether an index's children are still to be looked up (a lock
+    lists them already, which saves a GET per digest)."""
     if p["lock"]:
-        return lock_targets(p["lock"])
+        return lock_targets(p["lock"]), False
     found = {}
     for text in p["references"]:
         repository, reference = split_reference(text)
         found[(repository, signer.resolve(repository, reference))] = None
-    return list(found)
+    return list(found), True
 
 
 def verify(module, p):
@@ -186,8 +188,9 @@ def sign_check(p):
         active = signer.ring.active
         key = PublicKey(active.public_key(signer.ring.directory))
         subjects = {}
-        for repository, digest in targets(signer, p):
-            for subject in signer.subjects(repository, digest):
+        wanted, expand = targets(signer, p)
+        for repository, digest in wanted:
+            for subject in signer.subjects(repository, digest) if expand else [digest]:
                 subjects[(repository, subject)] = None
         would, done = [], []
         for repository, digest in subjects:
@@ -210,7 +213,8 @@ def sign_check(p):
 
 def sign(module, p):
     with signer_for(p) as signer:
-        report = signer.sign_all(targets(signer, p))
+        wanted, expand = targets(signer, p)
+        report = signer.sign_all(wanted, expand=expand)
     result = {
         "changed": report["signed"] > 0,
         "report": report,

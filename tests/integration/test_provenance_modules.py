@@ -328,6 +328,7 @@ def test_signing_keys_sign_verify_rotate_retire(
     tasks: list[dict[str, Any]] = [
         {"name": "list before", "airgap_signing_key": common},
         {"name": "sign without a key", "airgap_signature": sign, "ignore_errors": True},
+        {"name": "verify without a key", "airgap_signature": verify, "ignore_errors": True},
         *three_times("init", "airgap_signing_key", {**common, "action": "init"}),
         {"name": "verify unsigned", "airgap_signature": verify, "ignore_errors": True},
         *three_times("sign", "airgap_signature", sign),
@@ -364,6 +365,7 @@ def test_signing_keys_sign_verify_rotate_retire(
 
     assert results["list before"]["report"]["keys"] == [] and changed["list before"] is False
     assert "no active signing key" in results["sign without a key"]["msg"]
+    assert "no active signing key" in results["verify without a key"]["msg"]
     for step in ("init", "sign", "sign after rotation", "retire now", "sign the lock"):
         assert (changed[f"{step}: check"], changed[f"{step}: apply"]) == (True, True), step
         assert changed[f"{step}: again"] is False, f"{step} is not idempotent"
