@@ -40,12 +40,15 @@ from airgapped_registry.mirror.lock import Child, Lock, LockEntry, Manifest
 from airgapped_registry.signing import keys
 from airgapped_registry.signing.config import load_signing
 from airgapped_registry.transport.registry import RegistryClient
+from tests.integration.conftest import _free_port
+from tests.integration.scan_service import skopeo_copy
 from tests.integration.test_modules import (
     ANSIBLE_PLAYBOOK,
     ROOT,
     run_playbook_allowing,
     three_times,
 )
+from tests.integration.test_scan_trivy import GatewayDistribution
 
 pytestmark = pytest.mark.integration
 
@@ -431,6 +434,73 @@ def test_signing_keys_sign_verify_rotate_retire(
     assert ring.active.id == second
     # No password in what the modules returned.
     assert PASSWORD not in json.dumps(results)
+
+
+def test_scan_now_attests_and_signs_a_ci_push(distribution_factory, pki, sample, tmp_path) -> None:
+    """With a signing section and attest: true, airgap_scan now attests the verdict and
+    signs a digest pushed into a CI repository, with the key airgap_signing_key made, through
+    a gateway over the backend's storage (as on the host); airgap_signature then verifies it
+    with that key."""
+    backend = distribution_factory()
+    with RegistryClient(backend.url) as client:
+        push(sample, client)
+        db_head = client.head_manifest(TRIVY_DB_REPOSITORY, TRIVY_DB_TAG)
+    assert db_head is not None
+    skopeo_copy(f"{backend.address}/{VULNERABLE}", f"{backend.address}/ci/vulnerable:1")
+    gateway = GatewayDistribution(tmp_path / "gateway", _free_port(), pki, shared=backend.storage)
+    gateway.root.mkdir()
+    gateway.start()
+    try:
+        lock = lock_naming(tmp_path / "relay.lock", db_head.digest)
+        signing = yaml.safe_load(signing_config(tmp_path, gateway, pki).read_text())["signing"]
+        document = {**scanning_config(tmp_path, backend, lock, attest=True), "signing": signing}
+        config = tmp_path / "provenance.yaml"
+        config.write_text(yaml.safe_dump(document))
+        common = {"config": str(config), "cosign": str(COSIGN)}
+        tasks: list[dict[str, Any]] = [
+            {"name": "key", "airgap_signing_key": {**common, "action": "init"}},
+            {"name": "db", "airgap_scan": {**common, "action": "db_update"}},
+            *three_times(
+                "now", "airgap_scan", {**common, "action": "now", "references": ["ci/vulnerable:1"]}
+            ),
+            {
+                "name": "now with another cosign",
+                "airgap_scan": {
+                    **common,
+                    "cosign": str(tmp_path / "no-cosign"),
+                    "action": "now",
+                    "references": ["ci/vulnerable:1"],
+                    "force": True,
+                },
+                "ignore_errors": True,
+            },
+            {"name": "verify", "airgap_signature": {**common, "reference": "ci/vulnerable:1"}},
+            {
+                "name": "sign",
+                "airgap_signature": {**common, "action": "sign", "reference": "ci/vulnerable:1"},
+            },
+        ]
+        results = run_playbook_allowing(
+            write_play(tmp_path / "ci.yml", tasks), "now with another cosign"
+        )
+    finally:
+        gateway.stop()
+    changed = {name: result.get("changed") for name, result in results.items()}
+    assert (changed["now: check"], changed["now: apply"], changed["now: again"]) == (
+        True,
+        True,
+        False,
+    )
+    (scanned,) = results["now: apply"]["report"]["results"]
+    assert (scanned["repository"], scanned["status"]) == ("ci/vulnerable", "fail")
+    assert scanned["failing"] == [FIXTURE_VULNERABILITY_ID]
+    assert scanned["attested"] >= 1 and scanned["signed"] is True
+    # The cosign named is the one run (the attestation fails without it).
+    assert str(tmp_path / "no-cosign") in results["now with another cosign"]["msg"]
+    key = results["key"]["report"]["active"]
+    assert results["verify"]["verified"] == {"ci/vulnerable:1": [key]}
+    # The scan signed it already: nothing left to sign.
+    assert changed["sign"] is False and results["sign"]["report"]["signed"] == 0
 
 
 def test_without_the_engine_the_modules_say_what_is_missing(tmp_path) -> None:
