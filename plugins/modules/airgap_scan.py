@@ -438,7 +438,9 @@ def main():
     if action == "now" and result["report"].get("errors"):
         errors = result["report"]["errors"]
         module.fail_json(
-            msg=f"{len(errors)} digests could not be scanned: " + "; ".join(errors), **result
+            msg=f"{len(errors)} of {len(errors) + len(result['report']['results'])} digests "
+            "could not be scanned: " + "; ".join(errors),
+            **result,
         )
     diff = result.pop("diff", None)
     if module._diff and diff and result["changed"]:

@@ -223,7 +223,8 @@ def sign(module, p):
     }
     if report["failed"]:
         module.fail_json(
-            msg=f"{report['failed']} digests could not be signed: " + "; ".join(report["errors"]),
+            msg=f"{report['failed']} of {len(report['results'])} digests could not be signed: "
+            + "; ".join(report["errors"]),
             **result,
         )
     return result

@@ -189,7 +189,7 @@ def test_scan_db_update_now_status(distribution_factory, sample, tmp_path) -> No
     assert "none yet (no scan was recorded)" in results["status before any scan"]["msg"]
     assert results["status before any scan"]["msg"].startswith(f"scan status ({config}): ")
     without = results["now without a DB"]
-    assert without["msg"].startswith("1 digests could not be scanned: ")
+    assert without["msg"].startswith("1 of 1 digests could not be scanned: ")
     assert f"{VULNERABLE_REPOSITORY}@{vulnerable}: " in without["msg"]
     assert "no vulnerability DB installed" in without["msg"], without["msg"]
 
@@ -358,6 +358,15 @@ def test_signing_keys_sign_verify_rotate_retire(
         ),
         {"name": "verify after retirement", "airgap_signature": verify},
         {"name": "list", "airgap_signing_key": common},
+        {
+            "name": "sign with another cosign",
+            "airgap_signature": {
+                **sign,
+                "references": [f"{BASE_REPOSITORY}:1.1.0"],
+                "cosign": str(tmp_path / "no-cosign"),
+            },
+            "ignore_errors": True,
+        },
         *three_times(
             "sign the lock", "airgap_signature", {**common, "action": "sign", "lock": str(lock)}
         ),
@@ -424,6 +433,13 @@ def test_signing_keys_sign_verify_rotate_retire(
     ]
     assert [item["id"] for item in listed["published"]] == [second]
     assert listed["published"][0]["pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    failed = results["sign with another cosign"]
+    assert failed["msg"].startswith(
+        f"{1 + children} of {1 + children} digests could not be signed: "
+    )
+    assert (
+        str(tmp_path / "no-cosign") in failed["msg"] and failed["report"]["failed"] == 1 + children
+    )
     # The lock publishes base:1.0.0 and 1.1.0 with their children: 1.0.0's are signed by the
     # active key already, 1.1.0's are not.
     assert sorted(results["sign the lock: check"]["report"]["would_sign"]) == sorted(
