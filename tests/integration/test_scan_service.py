@@ -312,3 +312,32 @@ def test_what_distribution_sends_parses_as_the_captured_fixture(tmp_path, source
     tagged = [(p.digest, p.tag) for p in pushes() if p.tag]
     untagged = {p.digest for p in pushes() if not p.tag}
     assert (tagged, untagged) == ([(digest, "1.0.0")], set(platforms.values()))
+
+
+def test_a_digest_gone_before_its_scan_is_dropped_without_a_verdict(service) -> None:
+    running, scanner, _ = service
+    gone = "sha256:" + "7" * 64
+    envelope = {
+        "events": [
+            {
+                "action": "push",
+                "target": {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "repository": "ci/gone",
+                    "digest": gone,
+                    "tag": "1",
+                },
+            }
+        ]
+    }
+    host, port = running.address
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+    connection.request(
+        "POST", "/events", body=json.dumps(envelope), headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+    )
+    assert json.loads(connection.getresponse().read())["queued"] == 1
+    eventually(lambda: running.health()["queue"] == 0, "the item dropped")
+    time.sleep(1.0)  # a retry would have been due by now (backoff 0.2 s)
+    with StateStore(running.settings.state) as store:
+        assert VerdictStore(store).verdicts("ci/gone") == []
+    assert scanner.scans == []

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airgapped_registry.errors import AirgapError
+from airgapped_registry.errors import AirgapError, RegistryError
 from airgapped_registry.oci.manifest import descriptor, parse_manifest
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES, OCI_CONFIG
 from airgapped_registry.scanning.scanner import ManifestScan
@@ -285,25 +285,38 @@ class Worker:
         where = f"{item.repository}@{item.digest}"
         try:
             outcome = job.run(item.repository, item.digest)
-        except (AirgapError, ValueError) as exc:
-            if item.attempts < self.settings.attempts:
-                wait = self.settings.backoff * 2 ** (item.attempts - 1)
-                due = iso(datetime.now(UTC) + timedelta(seconds=wait))
-                log.warning("%s: %s (try %d; again after %s)", where, exc, item.attempts, due)
-                verdicts.retry(item, str(exc), due)
+        except RegistryError as exc:
+            if exc.status != 404 or job.client.head_manifest(item.repository, item.digest):
+                self.give_back(verdicts, item, exc)
                 return
-            log.error("%s: %s (gave up after %d tries)", where, exc, item.attempts)
-            verdict = failed(
-                item.repository,
-                item.digest,
-                str(exc),
-                self.settings.policy,
-                db=self.scanner.current_db(),
-                scanned_at=datetime.now(UTC),
-            )
-            verdicts.record(to_record(verdict))
-            verdicts.done(item)
+            # Deleted before its scan: nothing is served, so there is nothing to judge.
+            log.info("%s: gone from the backend (%s)", where, exc)
+            verdicts.forget(item.repository, item.digest)
+            return
+        except (AirgapError, ValueError) as exc:
+            self.give_back(verdicts, item, exc)
             return
         log.info("%s: %s (%s)", where, outcome.verdict.status, item.source)
         verdicts.done(item)
         self.done += 1
+
+    def give_back(self, verdicts: VerdictStore, item: QueueItem, exc: Exception) -> None:
+        """Try ``item`` again later, or after the last try record an ``error`` verdict."""
+        where = f"{item.repository}@{item.digest}"
+        if item.attempts < self.settings.attempts:
+            wait = self.settings.backoff * 2 ** (item.attempts - 1)
+            due = iso(datetime.now(UTC) + timedelta(seconds=wait))
+            log.warning("%s: %s (try %d; again after %s)", where, exc, item.attempts, due)
+            verdicts.retry(item, str(exc), due)
+            return
+        log.error("%s: %s (gave up after %d tries)", where, exc, item.attempts)
+        verdict = failed(
+            item.repository,
+            item.digest,
+            str(exc),
+            self.settings.policy,
+            db=self.scanner.current_db(),
+            scanned_at=datetime.now(UTC),
+        )
+        verdicts.record(to_record(verdict))
+        verdicts.done(item)
