@@ -137,30 +137,22 @@ class DigestJob:
                 return Outcome(verdict)
             scan = self.scanner.scan(repository, digest)
             verdict = self._judge(repository, scan)
-            outcome = Outcome(verdict, scans=1)
-            self._attest(repository, digest, [scan], outcome)
-            self._sign(repository, digest, outcome)
+            attested = self._attest(repository, digest, [scan])
+            signed = self._sign(repository, digest)
             self.verdicts.record(to_record(verdict, media_type))
-            return outcome
+            return Outcome(verdict, scans=1, attested=attested, signed=signed)
 
     def _index(
         self, repository: str, digest: str, media_type: str, document: dict[str, Any], force: bool
     ) -> Outcome:
         where = f"{repository}@{digest}"
         children = platform_children(document, where)
+        if not children:
+            raise AirgapError(f"{where}: the index lists no platform manifest to scan")
         self.verdicts.remember_children(repository, digest, children)
         verdicts: list[Verdict] = []
-        scans: list[ManifestScan] = []
-        tally = Outcome(
-            failed(
-                repository,
-                digest,
-                "unfinished",
-                self.settings.policy,
-                db=None,
-                scanned_at=datetime.now(UTC),
-            )
-        )
+        scans: dict[str, ManifestScan] = {}
+        reused = attested = 0
         for child in children:
             with self.locks.hold(repository, child):
                 stored = self.verdicts.verdict(repository, child)
@@ -171,33 +163,31 @@ class DigestJob:
                     and is_current(stored.status, stored.db_digest, self.scanner.current_db())
                 ):
                     verdicts.append(from_record(stored))
-                    tally.reused += 1
+                    reused += 1
                     continue
-                scan = self.scanner.scan(repository, child)
+                scan = scans[child] = self.scanner.scan(repository, child)
                 verdict = self._judge(repository, scan)
-                self._attest(repository, child, [scan], tally)
+                attested += self._attest(repository, child, [scan])
                 self.verdicts.record(to_record(verdict))
                 verdicts.append(verdict)
-                scans.append(scan)
-                tally.scans += 1
-        if not verdicts:
-            raise AirgapError(f"{where}: the index lists no platform manifest to scan")
-        outcome = tally
-        outcome.verdict = combine(repository, digest, verdicts)
-        # The index's own attestation needs every child's report: when some were reused,
-        # their reports are gone, so those children are scanned again (Trivy's layer cache
-        # makes that cheap) only if the index has no attestation yet.
-        if self.settings.attest and self.provenance is not None:
-            if len(scans) < len(verdicts):
-                scanned = {scan.digest for scan in scans}
-                for child in children:
-                    if child not in scanned:
-                        scans.append(self.scanner.scan(repository, child))
-                        outcome.scans += 1
-            self._attest(repository, digest, scans, outcome)
-        self._sign(repository, digest, outcome)
+        outcome = Outcome(combine(repository, digest, verdicts), scans=len(scans), reused=reused)
+        if self.attesting:
+            # The index's predicate holds every child's report, and a reused child's is
+            # gone: scan it again (Trivy's layer cache makes that cheap). Rare, since a
+            # child pushed by digest waits in the queue for its index's job.
+            for child in children:
+                if child not in scans:
+                    scans[child] = self.scanner.scan(repository, child)
+                    outcome.scans += 1
+            attested += self._attest(repository, digest, [scans[c] for c in children])
+        outcome.attested = attested
+        outcome.signed = self._sign(repository, digest)
         self.verdicts.record(to_record(outcome.verdict, media_type))
         return outcome
+
+    @property
+    def attesting(self) -> bool:
+        return self.settings.attest and self.provenance is not None
 
     def _judge(self, repository: str, scan: ManifestScan) -> Verdict:
         findings = [
@@ -213,17 +203,18 @@ class DigestJob:
             scanned_at=scan.finished,
         )
 
-    def _attest(
-        self, repository: str, digest: str, scans: list[ManifestScan], outcome: Outcome
-    ) -> None:
-        if self.settings.attest and self.provenance is not None:
-            self.provenance.attest(repository, digest, scans)
-            outcome.attested += 1
+    def _attest(self, repository: str, digest: str, scans: list[ManifestScan]) -> int:
+        """Attest ``digest`` when the settings say so; 1 when it did."""
+        if not self.attesting or self.provenance is None:
+            return 0
+        self.provenance.attest(repository, digest, scans)
+        return 1
 
-    def _sign(self, repository: str, digest: str, outcome: Outcome) -> None:
-        if self.provenance is not None and self.provenance.signs(repository):
-            self.provenance.sign(repository, digest)
-            outcome.signed = True
+    def _sign(self, repository: str, digest: str) -> bool:
+        if self.provenance is None or not self.provenance.signs(repository):
+            return False
+        self.provenance.sign(repository, digest)
+        return True
 
 
 def platform_children(document: dict[str, Any], where: str) -> tuple[str, ...]:
