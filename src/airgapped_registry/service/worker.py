@@ -3,7 +3,8 @@
 :class:`DigestJob` reads the manifest from the backend once. An image manifest is scanned;
 an index's children are each taken like one (a child whose verdict is current is not
 scanned again, so the children pushed by digest just before their index cost one scan
-each, whoever takes them first), and the index's verdict is the worst of theirs. An
+each, whoever takes them first; a child whose index is queued is left to the index's
+job), and the index's verdict is the worst of theirs. An
 artifact whose config is not a container image's (a Helm chart, the Trivy DB) is
 ``skipped``. The verdict is recorded last, after the attestation and the signature: a
 recorded verdict means all three were done, and a failure leaves the digest queued for
@@ -38,7 +39,7 @@ from airgapped_registry.scanning.verdict import (
 from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
 from airgapped_registry.service.records import from_record, is_current, iso, to_record
 from airgapped_registry.state.store import StateStore
-from airgapped_registry.state.verdicts import QueueItem, VerdictStore
+from airgapped_registry.state.verdicts import QueueItem, VerdictRecord, VerdictStore
 from airgapped_registry.transport.registry import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class DigestJob:
             current = self.scanner.current_db()
             if not force:
                 stored = self.verdicts.verdict(repository, digest)
-                if stored and is_current(stored.status, stored.db_digest, current):
+                if stored and self._stands(stored, current):
                     return Outcome(from_record(stored), reused=1)
             body, media_type, _ = self.client.get_manifest(repository, digest)
             where = f"{repository}@{digest}"
@@ -184,6 +185,17 @@ class DigestJob:
         outcome.signed = self._sign(repository, digest)
         self.verdicts.record(to_record(outcome.verdict, media_type))
         return outcome
+
+    def _stands(self, stored: VerdictRecord, current: DbInfo | None) -> bool:
+        """A verdict stands when current, and for an index when its children's are too
+        (a child's item is dropped while its index is queued: the index's job answers)."""
+        if not is_current(stored.status, stored.db_digest, current):
+            return False
+        for child in stored.children:
+            found = self.verdicts.verdict(stored.repository, child)
+            if found is None or not is_current(found.status, found.db_digest, current):
+                return False
+        return True
 
     @property
     def attesting(self) -> bool:
@@ -274,6 +286,11 @@ class Worker:
 
     def take(self, job: DigestJob, verdicts: VerdictStore, item: QueueItem) -> None:
         where = f"{item.repository}@{item.digest}"
+        if verdicts.parent_queued(item.repository, item.digest):
+            # Its index's job scans it (and needs its report for the index's attestation).
+            log.info("%s: left to its index's job", where)
+            verdicts.done(item)
+            return
         try:
             outcome = job.run(item.repository, item.digest)
         except RegistryError as exc:
