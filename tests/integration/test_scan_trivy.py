@@ -129,6 +129,10 @@ def test_scan_now_fails_the_vulnerable_image_and_passes_the_others(site) -> None
     }
     status = airgap("scan", "status", "--config", config, "--repository", VULNERABLE_REPOSITORY)
     assert {v["status"] for v in status["verdicts"]} == {"fail"}
+    assert all("findings" not in v for v in status["verdicts"])
+    digest = report["results"][0]["digest"]
+    (one,) = airgap("scan", "status", "--config", config, digest)["verdicts"]
+    assert FIXTURE_VULNERABILITY_ID in {f["id"] for f in one["findings"]}
     assert status["db"]["stale"] is False
     # The allow-list lets it pass, until its expiry day.
     document = dict(site["document"])
