@@ -259,6 +259,16 @@ class VerdictStore:
             "UPDATE scan_queue SET claimed_at = NULL WHERE claimed_at IS NOT NULL", ()
         ).rowcount
 
+    def parent_queued(self, repository: str, digest: str) -> bool:
+        """Whether an index listing ``digest`` in ``repository`` is queued too."""
+        row = self._db.execute(
+            "SELECT 1 FROM scan_children AS c JOIN scan_queue AS q "
+            "ON q.repository = c.repository AND q.digest = c.digest "
+            "WHERE c.repository = ? AND c.child = ? LIMIT 1",
+            (repository, digest),
+        ).fetchone()
+        return row is not None
+
     def queue(self) -> list[QueueItem]:
         rows = self._db.execute("SELECT * FROM scan_queue ORDER BY id").fetchall()
         return [QueueItem(**dict(row)) for row in rows]
