@@ -118,8 +118,9 @@ report:
       C(totals) (verdicts by status as read now, C(stale) included), C(queue) (digests
       waiting for the scan service), C(last_reconciliation), C(verdicts) (each with
       C(repository), C(digest), C(status), C(stale) (why, when stale), C(counts) by
-      severity, C(fail_on), C(failing), C(findings), C(db), C(scanned_at), C(error),
-      C(children)).
+      severity, C(fail_on), C(failing), C(db), C(scanned_at), C(error), C(children); with
+      O(digest) also C(findings) - C(id), C(package), C(installed), C(fixed),
+      C(severity), C(allowed), C(reason), ...).
     - O(action=now) - C(scanned) (verdicts recorded), C(current) (left as they were),
       C(failed) (recorded verdicts that fail), C(errors), C(results) (per digest -
       C(repository), C(digest), C(status), C(counts), C(failing), C(scans), C(reused),
@@ -203,7 +204,11 @@ def status(p):
         verdict = from_record(record)
         state, why = read_status(verdict, current_db(installed), settings.max_age, now)
         totals[state] = totals.get(state, 0) + 1
-        listed.append(verdict.to_json(status=state, stale=why))
+        shown = verdict.to_json(status=state, stale=why)
+        if not p["digest"]:
+            # As the CLI: a listing shows counts and failing IDs, one digest its findings.
+            del shown["findings"]
+        listed.append(shown)
     if p["digest"] and not listed:
         where = f" in {p['repository']}" if p["repository"] else ""
         raise AirgapError(f"{p['digest']}: no verdict{where}")

@@ -156,6 +156,7 @@ def test_scan_db_update_now_status(distribution_factory, sample, tmp_path) -> No
             "check_mode": True,
         },
         {"name": "now forced", "airgap_scan": {**now, "references": [VULNERABLE], "force": True}},
+        {"name": "status forced digest", "airgap_scan": {**common, "digest": vulnerable}},
         {
             "name": "now not in the backend",
             "airgap_scan": {**now, "references": ["sample/absent:1"]},
@@ -236,7 +237,7 @@ def test_scan_db_update_now_status(distribution_factory, sample, tmp_path) -> No
     (verdict,) = [v for v in status["report"]["verdicts"] if v["digest"] == vulnerable]
     assert (verdict["status"], verdict["stale"]) == ("fail", None)
     assert verdict["counts"]["CRITICAL"] >= 1
-    assert FIXTURE_VULNERABILITY_ID in {f["id"] for f in verdict["findings"]}
+    assert verdict["failing"] == [FIXTURE_VULNERABILITY_ID] and "findings" not in verdict
     assert status["report"]["db"]["digest"] == db_head.digest
     assert status["report"]["db"]["stale"] is False
     # The module reads verdicts as the CLI does: the same report.
@@ -248,6 +249,12 @@ def test_scan_db_update_now_status(distribution_factory, sample, tmp_path) -> No
     assert [(v["repository"], v["digest"], v["status"]) for v in per_digest] == [
         (BASE_REPOSITORY, base, "pass")
     ]
+    assert per_digest[0]["findings"] == []  # one digest: its findings (none), shown
+    (forced,) = results["status forced digest"]["report"]["verdicts"]
+    assert FIXTURE_VULNERABILITY_ID in {f["id"] for f in forced["findings"]}
+    assert forced["status"] == "fail"
+    cli = airgap("scan", "status", "--config", str(config), vulnerable)
+    assert results["status forced digest"]["report"] == cli
     assert "no verdict" in results["status unknown digest"]["msg"]
 
     stale = results["status stale"]["report"]
