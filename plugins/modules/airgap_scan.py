@@ -255,19 +255,41 @@ def targets(client, backend, p):
     return list(found)
 
 
-def stored_verdicts(state_path, wanted):
-    """The stored verdict of each ``(repository, digest)`` (None when there is none); a
-    state database that does not exist yet is not created."""
+def stored_verdicts(state_path, wanted, installed):
+    """The stored verdict of each ``(repository, digest)`` (None when there is none), and
+    whether it stands: current, and for an index its children's verdicts too (the rule by
+    which ``DigestJob.run`` without force leaves it as it is). A state database that does
+    not exist yet is not created."""
     if not state_path.exists():
-        return {target: None for target in wanted}
+        return {target: (None, False) for target in wanted}
     with StateStore(state_path) as store:
         verdicts = VerdictStore(store)
-        return {target: verdicts.verdict(*target) for target in wanted}
+        found = {}
+        for repository, digest in wanted:
+            record = verdicts.verdict(repository, digest)
+            records = [record]
+            if record is not None:
+                records += [verdicts.verdict(repository, child) for child in record.children]
+            stands = all(
+                item is not None and is_current(item.status, item.db_digest, installed)
+                for item in records
+            )
+            found[(repository, digest)] = (record, stands)
+        return found
 
 
-def current(record, installed):
-    """Whether the job would leave this verdict as it is (DigestJob.run without force)."""
-    return record is not None and is_current(record.status, record.db_digest, installed)
+if ENGINE_IMPORT_ERROR is None:
+
+    class RecordingVerdicts(VerdictStore):
+        """The state's verdicts, noting which ``(repository, digest)`` got one recorded."""
+
+        def __init__(self, store):
+            super().__init__(store)
+            self.recorded = set()
+
+        def record(self, verdict):
+            super().record(verdict)
+            self.recorded.add((verdict.repository, verdict.digest))
 
 
 def now_check(p):
@@ -275,8 +297,8 @@ def now_check(p):
     installed = current_db(db.current(config.cache_dir))
     with RegistryAccess(config.backend, name="backend").client() as client:
         wanted = targets(client, config.backend, p)
-    stored = stored_verdicts(config.state, wanted)
-    scan = [t for t in wanted if p["force"] or not current(stored[t], installed)]
+    stored = stored_verdicts(config.state, wanted, installed)
+    scan = [t for t in wanted if p["force"] or not stored[t][1]]
     left = [t for t in wanted if t not in scan]
     report = {
         "would_scan": [f"{repository}@{digest}" for repository, digest in scan],
@@ -297,7 +319,7 @@ def status_diff(scanned, before, after):
     old, new = [], []
     for target in scanned:
         name = "@".join(target)
-        record = before.get(target)
+        record, _ = before.get(target, (None, False))
         old.append(f"{name} {record.status if record else '(absent)'}\n")
         new.append(f"{name} {after.get(target, '(scanned)')}\n")
     return {"before": "".join(old), "after": "".join(new)}
@@ -307,20 +329,18 @@ def now(p, cosign):
     with service_parts(p["config"], **cosign) as parts:
         client = parts.client
         wanted = targets(client, parts.config.backend, p)
-        installed = parts.scanner.current_db()
-        stored = stored_verdicts(parts.settings.state, wanted)
+        stored = stored_verdicts(parts.settings.state, wanted, parts.scanner.current_db())
         with StateStore(parts.settings.state) as store:
-            job = DigestJob(
-                parts.settings, parts.scanner, parts.provenance, client, VerdictStore(store)
-            )
+            verdicts = RecordingVerdicts(store)
+            job = DigestJob(parts.settings, parts.scanner, parts.provenance, client, verdicts)
             results, errors = [], []
             for repository, digest in wanted:
-                recorded = p["force"] or not current(stored[(repository, digest)], installed)
                 try:
                     outcome = job.run(repository, digest, force=p["force"])
                 except (AirgapError, ValueError) as exc:
                     errors.append(f"{repository}@{digest}: {exc}")
                     continue
+                recorded = (repository, digest) in verdicts.recorded
                 results.append({**outcome.to_json(), "recorded": recorded})
     scanned = [r for r in results if r["recorded"]]
     report = {

@@ -137,6 +137,7 @@ def test_scan_db_update_now_status(distribution_factory, sample, tmp_path) -> No
         },
         *three_times("db update", "airgap_scan", {**common, "action": "db_update"}),
         *three_times("now", "airgap_scan", now),
+        {"name": "now: check again", "airgap_scan": now, "check_mode": True},
         *three_times("now all", "airgap_scan", {**common, "action": "now", "all": True}),
         {"name": "status", "airgap_scan": common},
         {
@@ -220,6 +221,10 @@ def test_scan_db_update_now_status(distribution_factory, sample, tmp_path) -> No
     assert (applied["scanned"], applied["failed"], applied["current"]) == (2, 1, 0)
     assert sum(r["scans"] for r in applied["results"]) >= 2
     assert f"{VULNERABLE_REPOSITORY}@{vulnerable} fail" in results["now: apply"]["diff"]["after"]
+    # Check mode tells as the job decides: nothing to scan once verdicts stand (the index's
+    # children's included).
+    assert results["now: check again"]["changed"] is False
+    assert results["now: check again"]["report"]["would_scan"] == []
     again = results["now: again"]["report"]
     assert (again["scanned"], again["current"]) == (0, 2)
     assert all(r["scans"] == 0 for r in again["results"])
