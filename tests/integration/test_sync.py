@@ -29,6 +29,7 @@ import yaml
 from mirror_lists import COSIGN, LAB_ENTRIES, MOVED, SMALL, lab_list
 
 from airgap_lab.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
+from airgap_lab.trivydb import LAYER_MEDIA_TYPE
 from airgapped_registry.cli import main
 from airgapped_registry.mirror.lock import Lock, LockEntry, read_lock
 from airgapped_registry.mirror.relock import lock
@@ -273,6 +274,10 @@ def test_lab_list_cold_sync_then_noop(
     body, _, digest = client.get_manifest("charts/demo", "0.1.0")
     assert digest == lock_file.get("charts/demo", "0.1.0").digest
     assert json.loads(body)["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
+    # So is the Trivy DB, with Trivy's own config and layer media types.
+    body, _, digest = client.get_manifest("aquasecurity/trivy-db", "2")
+    assert digest == expected["aquasecurity/trivy-db:2"]["digest"]
+    assert [layer["mediaType"] for layer in json.loads(body)["layers"]] == [LAYER_MEDIA_TYPE]
     assert verify(lock_file, client)["failed"] == 0
 
     # Uploaded bytes per the destination's own log equal what the report says it sent.
