@@ -105,14 +105,15 @@ _DATA_SOURCES = {
 
 
 def write_db(path: Path, *, updated_at: datetime, advisories: Iterable[Advisory] = FIXTURE) -> None:
-    """Write ``trivy.db`` holding ``advisories`` to ``path``.
+    """Write ``trivy.db`` holding ``advisories`` to ``path``, and ``metadata.json`` beside it.
 
-    ``updated_at`` is what ``metadata.json`` will say; the bbolt file itself holds no time,
-    but the argument is taken so callers cannot mistake a DB without metadata for a
-    complete one.
+    Trivy reads both from ``<cache-dir>/db/`` (and refuses ``--skip-db-update`` without the
+    metadata), so ``write_db(cache / "db" / "trivy.db", ...)`` makes a usable DB directory.
     """
-    _utc(updated_at)
-    Path(path).write_bytes(bolt_file(db_tree(advisories)))
+    path = Path(path)
+    document = _json(metadata(updated_at))
+    path.write_bytes(bolt_file(db_tree(advisories)))
+    (path.parent / "metadata.json").write_bytes(document)
 
 
 def db_tree(advisories: Iterable[Advisory]) -> dict[str, dict]:
