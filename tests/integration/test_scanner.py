@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from airgap_lab import trivydb
 from airgap_lab.sample import (
     BASE_REPOSITORY,
     CHART_REPOSITORY,
@@ -38,6 +39,7 @@ from airgapped_registry.scanning.layout import BlobCache, write_layout
 from airgapped_registry.scanning.predicate import PREDICATE_TYPE, vuln_predicate
 from airgapped_registry.scanning.scanner import Scanner
 from airgapped_registry.scanning.server import TrivyServer
+from airgapped_registry.tools.process import Tools, run_command
 from airgapped_registry.transport.auth import AuthenticatingClient
 from airgapped_registry.transport.registry import RegistryClient
 from tests.integration.conftest import Distribution, DistributionFactory, htpasswd_line
@@ -608,3 +610,31 @@ def test_download_blob_streams_to_a_file_and_checks_the_digest(
         (stored / "data").write_bytes(data[:-1] + b"\0")
         with (tmp_path / "bad").open("w+b") as sink, pytest.raises(DigestMismatchError):
             client.download_blob("scan/blob", digest_of(data), sink)
+
+
+def test_a_db_installed_during_a_scan_is_not_the_one_it_reports(
+    db_cache: Path, tmp_path: Path, registry: Distribution, sample: Sample
+) -> None:
+    """Trivy reads the DB the scan reports, even when another is installed meanwhile: here
+    one without any advisory, installed just before trivy runs."""
+    empty_layer = trivydb.db_archive(updated_at=UPDATED_AT + timedelta(days=2), advisories=())
+    installed_first = vulndb.current(db_cache)
+    assert installed_first is not None
+
+    def install_then_run(
+        argv: Sequence[str], env: Mapping[str, str] | None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        if argv[1] == "image" and vulndb.current(db_cache) == installed_first:
+            with RegistryClient(registry.url) as other:
+                digest = push_db_artifact(other, empty_layer, "empty")
+                lock = write_lock(tmp_path / "empty.lock", digest, "empty")
+                vulndb.install(other, db_cache, TRIVY_DB_REPOSITORY, "empty", lock)
+        return run_command(argv, env, timeout)
+
+    with RegistryClient(registry.url) as client:
+        scanner = Scanner(client, db_cache, TRIVY, tools=Tools(runner=install_then_run))
+        during = scanner.scan(VULNERABLE_REPOSITORY, VULNERABLE_TAG).manifests[0]
+        after = scanner.scan(VULNERABLE_REPOSITORY, VULNERABLE_TAG).manifests[0]
+    assert during.db.digest == installed_first.digest
+    assert [f.id for f in during.findings] == [FIXTURE_VULNERABILITY_ID]
+    assert after.db.digest != installed_first.digest and after.findings == ()

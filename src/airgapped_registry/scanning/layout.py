@@ -78,7 +78,10 @@ class BlobCache:
             with self._lock:
                 self._in_use[blob.digest] -= 1
                 if not self._in_use[blob.digest]:
+                    # nobody waits on its lock either: a long-running service keeps no
+                    # entry per digest it ever fetched
                     del self._in_use[blob.digest]
+                    del self._fetching[blob.digest]
         raise ContentError(f"{repository}@{blob.digest}: blob vanished from {path} twice")
 
     def prune(self, keep: Iterable[str] = ()) -> int:

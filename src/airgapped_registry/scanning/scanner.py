@@ -9,7 +9,7 @@ attestation's predicate), trivy's version, the DB used and the times.
 
 Trivy holds an exclusive lock on its analysis cache for a whole run, so parallel runs each
 get a *slot*: a trivy cache directory of their own (``slots/<n>/``, its ``db`` a symlink to
-the installed DB, which trivy opens read-only and shares), taken with a file lock, so that
+the DB the scan reports, which trivy opens read-only and shares), taken with a file lock, so that
 scans in other processes (``airgap scan now`` beside the service) share the slots too. In
 server mode (:class:`~airgapped_registry.scanning.server.TrivyServer`) every run is a client
 of one ``trivy server`` holding the DB and one cache, and no slot is needed.
@@ -179,6 +179,19 @@ class _Slot:
         for digest in digests:
             (where / digest.replace(":", "-")).touch()
 
+    def use_db(self, database: vulndb.InstalledDb) -> None:
+        """Point the slot's ``db`` at ``database``'s directory (the slot is held: no run
+        reads it meanwhile), so the DB a scan reports is the one trivy read, even when
+        another was installed since the scan began."""
+        link = self.cache_dir / "db"
+        target = os.path.relpath(database.path, self.cache_dir)
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        temporary = self.cache_dir / f".db-{os.getpid()}-{threading.get_ident()}"
+        temporary.unlink(missing_ok=True)
+        os.symlink(target, temporary)
+        os.replace(temporary, link)
+
     def forget(self, version: str) -> None:
         for path in self.analyzed_dir(version).glob("*"):
             path.unlink(missing_ok=True)
@@ -303,6 +316,8 @@ class Scanner:
             layer_digests = [layer.digest for layer in layers]
             version = self.version()
             with self._slot(version, layer_digests) as slot:
+                if self.server is None:
+                    slot.use_db(database)
                 started = datetime.now(UTC)
                 skip = slot.analyzed(version, layer_digests)
                 try:
