@@ -150,249 +150,94 @@ from ansible.module_utils.airgap_engine import engine_module
 
 try:
     from airgapped_registry.errors import AirgapError
-    from airgapped_registry.scanning import config as scanning_config
-    from airgapped_registry.scanning import db
-    from airgapped_registry.scanning.verdict import DbInfo, read_status
-    from airgapped_registry.service.reconcile import served_tags
-    from airgapped_registry.service.records import from_record, is_current
-    from airgapped_registry.service.setup import service_parts, settings_from
-    from airgapped_registry.service.worker import DigestJob
-    from airgapped_registry.signing.signer import split_reference
-    from airgapped_registry.state.store import StateStore
-    from airgapped_registry.state.verdicts import VerdictStore
-    from airgapped_registry.transport.access import RegistryAccess
+    from airgapped_registry.service import operations
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:
     ENGINE_IMPORT_ERROR = None
 
 
-def age_seconds(installed, now):
-    return None if installed is None else int((now - installed.updated_at).total_seconds())
+def age_seconds(db):
+    """Seconds since the DB's ``UpdatedAt`` (None without a DB)."""
+    if db is None or not db.get("updated_at"):
+        return None
+    updated = datetime.strptime(db["updated_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return int((datetime.now(UTC) - updated).total_seconds())
 
 
-def describe_db(installed, now):
-    if installed is None:
+def describe_db(db):
+    if db is None:
         return "no DB installed"
-    hours = age_seconds(installed, now) // 3600
-    return f"DB {installed.to_json()['updated_at']}, {hours} h old"
+    age = age_seconds(db)
+    return f"DB {db['updated_at']}" + ("" if age is None else f", {age // 3600} h old")
 
 
-def current_db(installed):
-    return None if installed is None else DbInfo(installed.digest, installed.updated_at)
-
-
-# -- status --------------------------------------------------------------------------------
+def status_diff(names, before, after):
+    """``REPO@DIGEST status`` lines before and after, for the digests scanned."""
+    old = "".join(f"{name} {before.get(name) or '(absent)'}\n" for name in names)
+    new = "".join(f"{name} {after.get(name, '(scanned)')}\n" for name in names)
+    return {"before": old, "after": new}
 
 
 def status(p):
-    """``airgap scan status``'s report (cli/scan.py run_status), read the same way."""
-    config = scanning_config.load(p["config"])
-    settings = settings_from(config)
-    installed = db.current(config.cache_dir)
-    if not settings.state.exists():
-        raise AirgapError(f"state database {settings.state}: none yet (no scan was recorded)")
-    now = datetime.now(UTC)
-    with StateStore(settings.state) as store:
-        verdicts = VerdictStore(store)
-        records = verdicts.verdicts(p["repository"], p["digest"])
-        depth = verdicts.queue_depth()
-        last = verdicts.last_reconciliation()
-    listed = []
-    totals = {}
-    for record in records:
-        verdict = from_record(record)
-        state, why = read_status(verdict, current_db(installed), settings.max_age, now)
-        totals[state] = totals.get(state, 0) + 1
-        shown = verdict.to_json(status=state, stale=why)
-        if not p["digest"]:
-            # As the CLI: a listing shows counts and failing IDs, one digest its findings.
-            del shown["findings"]
-        listed.append(shown)
-    if p["digest"] and not listed:
-        where = f" in {p['repository']}" if p["repository"] else ""
-        raise AirgapError(f"{p['digest']}: no verdict{where}")
-    report = {
-        "db": None
-        if installed is None
-        else {
-            "digest": installed.digest,
-            "updated_at": installed.to_json().get("updated_at"),
-            "stale": installed.stale(settings.max_age, now),
-            "max_age_seconds": int(settings.max_age.total_seconds()),
-        },
-        "totals": dict(sorted(totals.items())),
-        "queue": depth,
-        "last_reconciliation": None if last is None else last.to_json(),
-        "verdicts": listed,
-    }
+    report = operations.status(p["config"], p["repository"], p["digest"])
     counted = ", ".join(f"{name} {number}" for name, number in report["totals"].items())
-    summary = f"{len(listed)} verdicts" + (f": {counted}" if counted else "")
+    summary = f"{len(report['verdicts'])} verdicts" + (f": {counted}" if counted else "")
+    db = report["db"]
     return {
         "changed": False,
         "report": report,
-        "db_age_seconds": age_seconds(installed, now),
-        "summary": f"{summary}; {describe_db(installed, now)}",
+        "db_age_seconds": age_seconds(db),
+        "summary": f"{summary}; {describe_db(db)}",
     }
-
-
-# -- now -----------------------------------------------------------------------------------
-
-
-def targets(client, backend, p):
-    """``(repository, digest)`` to scan, in order, once each: as ``airgap scan now``."""
-    found = {}
-    if p["all"]:
-        for repository, _, head in served_tags(client):
-            if head is not None:
-                found[(repository, head.digest)] = None
-    for text in p["references"] or []:
-        repository, reference = split_reference(text)
-        head = client.head_manifest(repository, reference)
-        if head is None:
-            raise AirgapError(f"{text}: not in the backend {backend}")
-        found[(repository, head.digest)] = None
-    return list(found)
-
-
-def stored_verdicts(state_path, wanted, installed):
-    """The stored verdict of each ``(repository, digest)`` (None when there is none), and
-    whether it stands: current, and for an index its children's verdicts too (the rule by
-    which ``DigestJob.run`` without force leaves it as it is). A state database that does
-    not exist yet is not created."""
-    if not state_path.exists():
-        return {target: (None, False) for target in wanted}
-    with StateStore(state_path) as store:
-        verdicts = VerdictStore(store)
-        found = {}
-        for repository, digest in wanted:
-            record = verdicts.verdict(repository, digest)
-            records = [record]
-            if record is not None:
-                records += [verdicts.verdict(repository, child) for child in record.children]
-            stands = all(
-                item is not None and is_current(item.status, item.db_digest, installed)
-                for item in records
-            )
-            found[(repository, digest)] = (record, stands)
-        return found
-
-
-if ENGINE_IMPORT_ERROR is None:
-
-    class RecordingVerdicts(VerdictStore):
-        """The state's verdicts, noting which ``(repository, digest)`` got one recorded."""
-
-        def __init__(self, store):
-            super().__init__(store)
-            self.recorded = set()
-
-        def record(self, verdict):
-            super().record(verdict)
-            self.recorded.add((verdict.repository, verdict.digest))
 
 
 def now_check(p):
-    config = scanning_config.load(p["config"])
-    installed = current_db(db.current(config.cache_dir))
-    with RegistryAccess(config.backend, name="backend").client() as client:
-        wanted = targets(client, config.backend, p)
-    stored = stored_verdicts(config.state, wanted, installed)
-    scan = [t for t in wanted if p["force"] or not stored[t][1]]
-    left = [t for t in wanted if t not in scan]
-    report = {
-        "would_scan": [f"{repository}@{digest}" for repository, digest in scan],
-        "current": [f"{repository}@{digest}" for repository, digest in left],
-    }
+    plan = operations.plan_now(p["config"], p["references"] or [], p["all"], p["force"])
+    before = plan.pop("before")
+    scan = plan["would_scan"]
     result = {
         "changed": bool(scan),
-        "report": report,
-        "summary": f"would scan {len(scan)} of {len(wanted)} digests",
+        "report": plan,
+        "summary": f"would scan {len(scan)} of {len(scan) + len(plan['current'])} digests",
     }
     if scan:
-        result["diff"] = status_diff(scan, stored, {})
+        result["diff"] = status_diff(scan, before, {})
     return result
-
-
-def status_diff(scanned, before, after):
-    """``REPO@DIGEST status`` lines before and after, for the digests scanned."""
-    old, new = [], []
-    for target in scanned:
-        name = "@".join(target)
-        record, _ = before.get(target, (None, False))
-        old.append(f"{name} {record.status if record else '(absent)'}\n")
-        new.append(f"{name} {after.get(target, '(scanned)')}\n")
-    return {"before": "".join(old), "after": "".join(new)}
 
 
 def now(p, cosign):
-    with service_parts(p["config"], **cosign) as parts:
-        client = parts.client
-        wanted = targets(client, parts.config.backend, p)
-        stored = stored_verdicts(parts.settings.state, wanted, parts.scanner.current_db())
-        with StateStore(parts.settings.state) as store:
-            verdicts = RecordingVerdicts(store)
-            job = DigestJob(parts.settings, parts.scanner, parts.provenance, client, verdicts)
-            results, errors = [], []
-            for repository, digest in wanted:
-                try:
-                    outcome = job.run(repository, digest, force=p["force"])
-                except (AirgapError, ValueError) as exc:
-                    errors.append(f"{repository}@{digest}: {exc}")
-                    continue
-                recorded = (repository, digest) in verdicts.recorded
-                results.append({**outcome.to_json(), "recorded": recorded})
-    scanned = [r for r in results if r["recorded"]]
-    report = {
-        "scanned": len(scanned),
-        "current": len(results) - len(scanned),
-        "failed": sum(r["status"] == "fail" for r in scanned),
-        "errors": errors,
-        "results": results,
+    report = operations.now(
+        p["config"], p["references"] or [], p["all"], force=p["force"], **cosign
+    )
+    before = report.pop("before")
+    scanned = {
+        f"{r['repository']}@{r['digest']}": r["status"] for r in report["results"] if r["recorded"]
     }
+    total = len(report["results"]) + len(report["errors"])
     result = {
         "changed": bool(scanned),
         "report": report,
-        "summary": f"scanned {len(scanned)} of {len(wanted)} digests "
-        f"({report['failed']} fail, {len(errors)} errors)",
+        "summary": f"scanned {len(scanned)} of {total} digests "
+        f"({report['failed']} fail, {len(report['errors'])} errors)",
     }
     if scanned:
-        targets_scanned = [(r["repository"], r["digest"]) for r in scanned]
-        after = {(r["repository"], r["digest"]): r["status"] for r in scanned}
-        result["diff"] = status_diff(targets_scanned, stored, after)
+        result["diff"] = status_diff(list(scanned), before, scanned)
     return result
 
 
-# -- db update -----------------------------------------------------------------------------
-
-
 def db_update(p, check):
-    config = scanning_config.load(p["config"])
-    source = config.db
-    with RegistryAccess(config.backend, name="backend").client() as client:
-        if check:
-            report = db_update_check(client, config)
-        else:
-            report = db.install(
-                client, config.cache_dir, source.repository, source.tag, source.lock
-            )
-    at = datetime.now(UTC)
-    installed = db.current(config.cache_dir)
-    if installed is not None:
-        report["stale"] = installed.stale(source.max_age, at)
-        report["max_age_seconds"] = int(source.max_age.total_seconds())
-    if check:
-        summary = f"would install {report['digest']}" if report["changed"] else "no change"
-    else:
-        summary = f"installed {report['digest']}" if report["changed"] else "no change"
-    before = report["previous"]
+    report = operations.db_update(p["config"], check=check)
+    verb = "would install" if check else "installed"
+    summary = f"{verb} {report['digest']}" if report["changed"] else "no change"
+    installed = report.get("current") or report["previous"]
     after = report.get("current") or {"digest": report["digest"]}
     return {
         "changed": report["changed"],
         "report": report,
-        "db_age_seconds": age_seconds(installed, at),
-        "summary": f"{summary}; {describe_db(installed, at)}",
-        "diff": {"before": db_line(before), "after": db_line(after)},
+        "db_age_seconds": age_seconds(installed),
+        "summary": f"{summary}; {describe_db(installed)}",
+        "diff": {"before": db_line(report["previous"]), "after": db_line(after)},
     }
 
 
@@ -401,30 +246,6 @@ def db_line(record):
         return "(no DB installed)\n"
     updated = record.get("updated_at")
     return f"{record['digest']}" + (f" UpdatedAt {updated}" if updated else "") + "\n"
-
-
-def db_update_check(client, config):
-    """What ``db.install`` would do, from digests alone: the lock's, the backend's, the
-    installed one's. Refused as ``db.install`` refuses, before any download."""
-    source = config.db
-    expected = db.lock_digest(source.lock, source.repository, source.tag)
-    artifact = f"{source.repository}:{source.tag}"
-    head = client.head_manifest(source.repository, source.tag)
-    if head is None:
-        raise db.DbError(f"DB artifact {artifact}: not in the backend {config.backend}")
-    if head.digest != expected:
-        raise db.DbError(
-            f"DB artifact {artifact}: the registry serves {head.digest}, "
-            f"the lock {source.lock} says {expected}"
-        )
-    installed = db.current(config.cache_dir)
-    return {
-        "changed": installed is None or installed.digest != head.digest,
-        "repository": source.repository,
-        "tag": source.tag,
-        "digest": head.digest,
-        "previous": None if installed is None else installed.to_json(),
-    }
 
 
 def main():

@@ -153,6 +153,34 @@ def lock_digest(lock: Path, repository: str, tag: str) -> str:
     raise DbError(f"{where}: no entry for {repository}:{tag} (is the DB in the mirror list?)")
 
 
+def plan_install(
+    client: RegistryClient, cache_dir: Path, repository: str, tag: str, lock: Path
+) -> dict[str, Any]:
+    """What :func:`install` would do, from digests alone (the lock's, the registry's, the
+    installed DB's), refusing what it would refuse before any download: check mode."""
+    expected = lock_digest(lock, repository, tag)
+    artifact = f"{repository}:{tag}"
+    try:
+        head = client.head_manifest(repository, tag)
+    except RegistryError as exc:
+        raise DbError(f"DB artifact {artifact}: cannot read it from the registry: {exc}") from exc
+    if head is None:
+        raise DbError(f"DB artifact {artifact}: not in the registry")
+    if head.digest != expected:
+        raise DbError(
+            f"DB artifact {artifact}: the registry serves {head.digest}, "
+            f"the lock {lock} says {expected}"
+        )
+    installed = current(cache_dir)
+    return {
+        "changed": installed is None or installed.digest != head.digest,
+        "repository": repository,
+        "tag": tag,
+        "digest": head.digest,
+        "previous": None if installed is None else installed.to_json(),
+    }
+
+
 def install(
     client: RegistryClient,
     cache_dir: Path,

@@ -37,9 +37,9 @@ from airgapped_registry.scanning.verdict import (
     skipped,
 )
 from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
-from airgapped_registry.service.records import from_record, is_current, iso, to_record
+from airgapped_registry.service.records import from_record, is_current, iso, stands, to_record
 from airgapped_registry.state.store import StateStore
-from airgapped_registry.state.verdicts import QueueItem, VerdictRecord, VerdictStore
+from airgapped_registry.state.verdicts import QueueItem, VerdictStore
 from airgapped_registry.transport.registry import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class DigestJob:
             current = self.scanner.current_db()
             if not force:
                 stored = self.verdicts.verdict(repository, digest)
-                if stored and self._stands(stored, current):
+                if stored and stands(stored, self.verdicts, current):
                     return Outcome(from_record(stored), reused=1)
             body, media_type, _ = self.client.get_manifest(repository, digest)
             where = f"{repository}@{digest}"
@@ -185,17 +185,6 @@ class DigestJob:
         outcome.signed = self._sign(repository, digest)
         self.verdicts.record(to_record(outcome.verdict, media_type))
         return outcome
-
-    def _stands(self, stored: VerdictRecord, current: DbInfo | None) -> bool:
-        """A verdict stands when current, and for an index when its children's are too
-        (a child's item is dropped while its index is queued: the index's job answers)."""
-        if not is_current(stored.status, stored.db_digest, current):
-            return False
-        for child in stored.children:
-            found = self.verdicts.verdict(stored.repository, child)
-            if found is None or not is_current(found.status, found.db_digest, current):
-                return False
-        return True
 
     @property
     def attesting(self) -> bool:
