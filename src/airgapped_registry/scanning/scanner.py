@@ -222,7 +222,8 @@ class Scanner:
         """Trivy's version (asked once)."""
         with self._version_lock:
             if self._version is None:
-                directory = self._slot_dir(0)
+                directory = self.server.cache_dir if self.server else self._slot_dir(0)
+                directory.mkdir(parents=True, exist_ok=True)
                 self._version = trivy.version(self.tools, self.trivy, directory).version
             return self._version
 
