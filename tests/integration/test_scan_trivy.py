@@ -4,6 +4,7 @@ pushed by skopeo, verdicts by policy, the reconciliation with the service stoppe
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import io
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,14 @@ from airgap_lab.sample import (
 from airgap_lab.trivydb import FIXTURE_VULNERABILITY_ID
 from airgapped_registry.cli import main
 from airgapped_registry.transport.registry import RegistryClient
-from tests.integration.conftest import DistributionFactory, _free_port
+from tests.integration.conftest import Distribution, DistributionFactory, _free_port
 from tests.integration.scan_service import NotifyingDistribution, skopeo_copy, wait_for_verdict
 
 pytestmark = pytest.mark.integration
 
 PROJECT = Path(__file__).resolve().parents[2]
 TRIVY = PROJECT / ".venv" / "bin" / "trivy"
+COSIGN = PROJECT / ".venv" / "bin" / "cosign"
 SPEC = SampleSpec(
     repositories=1, tags_per_repository=1, base_layer_bytes=2048, unique_layer_bytes=2048
 )
@@ -206,7 +209,17 @@ def test_the_service_scans_a_push_and_the_reconciliation_one_it_missed(
 
 def start_service(config: str, log: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "airgapped_registry.cli", "scan", "serve", "--config", config],
+        [
+            sys.executable,
+            "-m",
+            "airgapped_registry.cli",
+            "scan",
+            "serve",
+            "--config",
+            config,
+            "--cosign",
+            str(COSIGN),
+        ],
         stdout=subprocess.PIPE,
         stderr=log.open("w"),
         text=True,
@@ -227,3 +240,108 @@ def wait_healthy(port: int, timeout: float = 30.0) -> dict[str, Any]:
             pass
         time.sleep(0.1)
     pytest.fail(f"the scan service did not answer on 127.0.0.1:{port} within {timeout} s")
+
+
+@dataclass
+class GatewayDistribution(Distribution):
+    """Distribution with TLS and client certificates over another one's storage: the
+    appliance's gateway in front of the backend the scanner reads (as on the host)."""
+
+    shared: Path = Path()
+
+    @property
+    def storage(self) -> Path:
+        return self.shared
+
+
+def test_a_push_into_a_ci_repository_is_scanned_attested_and_signed(
+    site, sample, distribution_factory: DistributionFactory, pki, tmp_path
+) -> None:
+    backend = site["backend"]
+    gateway = GatewayDistribution(tmp_path / "gateway", _free_port(), pki, shared=backend.storage)
+    gateway.root.mkdir()
+    gateway.start()
+    try:
+        config = signing_site(site, gateway, pki, tmp_path)
+        source = distribution_factory()
+        push(sample, RegistryClient(source.url))
+        entry = sample.expected()[f"{VULNERABLE_REPOSITORY}:{VULNERABLE_TAG}"]
+        service = start_service(config, tmp_path / "serve.log")
+        try:
+            wait_healthy(site["port"])
+            skopeo_copy(
+                f"{source.address}/{VULNERABLE_REPOSITORY}:{VULNERABLE_TAG}",
+                f"{backend.address}/ci/vulnerable:1",
+            )
+            verdict = wait_for_verdict(
+                Path(site["document"]["state"]), "ci/vulnerable", entry["digest"], timeout=120
+            )
+        finally:
+            service.send_signal(signal.SIGTERM)
+            service.communicate(timeout=60)
+        assert verdict.status == "fail", (tmp_path / "serve.log").read_text()
+        public = next((tmp_path / "keys").glob("cosign-*.pub"))
+        for digest in [entry["digest"], *entry["platforms"].values()]:
+            reference = f"{gateway.address}/ci/vulnerable@{digest}"
+            checked = cosign(
+                pki, "verify", "--key", str(public), "--insecure-ignore-tlog", reference
+            )
+            assert checked.returncode == 0, checked.stderr
+        attested = cosign(
+            pki,
+            "verify-attestation",
+            "--type",
+            "vuln",
+            "--key",
+            str(public),
+            "--insecure-ignore-tlog",
+            f"{gateway.address}/ci/vulnerable:1",
+        )
+        assert attested.returncode == 0, attested.stderr
+        (statement,) = [
+            json.loads(base64.b64decode(json.loads(line)["payload"]))
+            for line in attested.stdout.splitlines()
+        ]
+        found = {
+            vulnerability["VulnerabilityID"]
+            for result in statement["predicate"]["scanner"]["result"]["Results"]
+            for vulnerability in result.get("Vulnerabilities") or []
+        }
+        assert FIXTURE_VULNERABILITY_ID in found
+    finally:
+        gateway.stop()
+
+
+def signing_site(site: dict[str, Any], gateway: Distribution, pki: Any, tmp_path: Path) -> str:
+    """The site's provenance file with a signing section for ``gateway``, keys made."""
+    (tmp_path / "password").write_text("correct horse\n")
+    os.chmod(tmp_path / "password", 0o600)
+    document = dict(site["document"])
+    document["scanning"] = {**document["scanning"], "attest": True}
+    document["signing"] = {
+        "registry": gateway.address,
+        "ca_file": str(pki.ca_file),
+        "cert_file": str(pki.client_cert),
+        "key_file": str(pki.client_key),
+        "keys_dir": str(tmp_path / "keys"),
+        "password_file": str(tmp_path / "password"),
+        "repositories": ["ci/"],
+    }
+    site["config"].write_text(yaml.safe_dump(document))
+    config = str(site["config"])
+    airgap("signing-key", "init", "--config", config, "--cosign", str(COSIGN))
+    return config
+
+
+def cosign(pki: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    tls = [
+        "--registry-cacert",
+        str(pki.ca_file),
+        "--registry-client-cert",
+        str(pki.client_cert),
+        "--registry-client-key",
+        str(pki.client_key),
+    ]
+    return subprocess.run(
+        [str(COSIGN), *args, *tls], capture_output=True, text=True, timeout=60, check=False
+    )

@@ -5,6 +5,7 @@ policy, as nodes check them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -16,9 +17,17 @@ import pytest
 from mirror_lists import COSIGN
 
 from airgap_lab.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
+from airgapped_registry.cli import main
+from airgapped_registry.mirror.lock import read_lock
+from airgapped_registry.mirror.relock import lock
+from airgapped_registry.mirror.spec import load
+from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
+from airgapped_registry.mirror.verify import verify
 from airgapped_registry.signing import keys
 from airgapped_registry.signing.config import SigningConfigError, load_signing
 from airgapped_registry.signing.signer import Signer, signature_tag
+from airgapped_registry.state.store import StateStore
+from airgapped_registry.tools import cosign
 from airgapped_registry.tools.process import Tools, run_command
 from airgapped_registry.transport.registry import RegistryClient
 
@@ -97,6 +106,13 @@ def cosign_verify(registry, pki, public_key: Path, reference: str) -> subprocess
 def init_keys(config_path: Path, now: datetime | None = None) -> dict:
     config = load_signing(config_path)
     return keys.init(config.keys_dir, config.password(), Tools(), str(COSIGN), now=now)
+
+
+def airgap(capsys, *argv: str, status: int = 0) -> dict:
+    """``airgap ARGV`` in this process with the project's cosign; its JSON report."""
+    assert main([*argv, "--cosign", str(COSIGN)]) == status, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return json.loads(captured.out) if captured.out else {"stderr": captured.err}
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -325,3 +341,228 @@ def test_rotation_old_and_new_signatures_verify_until_retired(
         # The next signing run signs it with the active key: verified again, by it only.
         assert signer.sign_one(BASE_REPOSITORY, old_child).result == "signed"
         assert signer.verify(BASE_REPOSITORY, old_child)["keys"] == [new_key.id]
+
+
+# -- the mirror keeps the appliance's signature ----------------------------------------------
+
+
+def cosign_cli(*args: str, cwd: Path) -> None:
+    completed = subprocess.run(
+        [str(COSIGN), *args],
+        cwd=cwd,
+        env={**os.environ, "COSIGN_PASSWORD": "upstream", "COSIGN_YES": "true"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, f"cosign {' '.join(args)}: {completed.stderr}"
+
+
+def sync_into(spec_path: Path, target, pki, state: Path, force: bool = False) -> dict:
+    lock_path = spec_path.with_name("mirror.lock")
+    lock(load(spec_path), lock_path)
+    lock_file = read_lock(lock_path)
+    assert lock_file is not None
+    destination = Destination(
+        target.url,
+        ca_file=str(pki.ca_file),
+        cert_file=str(pki.client_cert),
+        key_file=str(pki.client_key),
+    )
+    with StateStore(state) as store:
+        report = sync(
+            lock_file,
+            destination,
+            load(spec_path),
+            options=SyncOptions(cosign=str(COSIGN), backoff=0.1),
+            state=store,
+            lock_path=str(lock_path),
+            force=force,
+        )
+    assert report["failed"] == 0, report["errors"]
+    with destination.client() as client:
+        checked = verify(lock_file, client)
+    assert checked["problems"] == []
+    return report
+
+
+def test_the_nightly_sync_keeps_the_appliance_signature_beside_upstream(
+    distribution_factory, tmp_path, pki, sample, capsys
+) -> None:
+    upstream = distribution_factory()
+    push(sample, RegistryClient(upstream.url))
+    upstream_keys = tmp_path / "upstream"
+    upstream_keys.mkdir()
+    cosign_cli("generate-key-pair", cwd=upstream_keys)
+    artifact = sample.artifact(f"{BASE_REPOSITORY}:2.0.0")
+    subjects = [artifact.digest, *(child.digest for child in artifact.children)]
+    upstream_reference = f"{upstream.address}/{BASE_REPOSITORY}@{artifact.digest}"
+    signing = ["--tlog-upload=false", "--allow-http-registry", "--recursive"]
+    cosign_cli("sign", "--key", "cosign.key", *signing, upstream_reference, cwd=upstream_keys)
+    spec_path = tmp_path / "mirror.yaml"
+    spec_path.write_text(
+        f"""\
+version: 1
+sources:
+  upstream:
+    registry: {upstream.address}
+    insecure: true
+    signatures: {{keys: [upstream/cosign.pub]}}
+images:
+  - {{source: upstream, repository: {BASE_REPOSITORY}, tags: ["2.0.0"]}}
+"""
+    )
+    target = distribution_factory(tls=pki)
+    sync_into(spec_path, target, pki, tmp_path / "state.db")
+
+    config_path = provenance(tmp_path, target, pki)
+    init_keys(config_path)
+    config = load_signing(config_path)
+    appliance = keys.load(config.keys_dir).active.public_key(config.keys_dir)
+    # As the nightly job does: every digest of the lock, through the CLI.
+    lock_path = str(spec_path.with_name("mirror.lock"))
+    signed = airgap(capsys, "sign", "--config", str(config_path), "--lock", lock_path)
+    assert (signed["signed"], signed["failed"]) == (4, 0), signed["errors"]
+
+    def both_verify() -> None:
+        for digest in subjects:
+            for key in (appliance, upstream_keys / "cosign.pub"):
+                checked = cosign_verify(target, pki, key, f"{BASE_REPOSITORY}@{digest}")
+                assert checked.returncode == 0, f"{key.name} {digest}: {checked.stderr}"
+
+    both_verify()
+    # The nightly path again: a sync with the same lock (verify passes: the appliance's
+    # layer is not a difference), one forced, one with a lost state store.
+    sync_into(spec_path, target, pki, tmp_path / "state.db")
+    sync_into(spec_path, target, pki, tmp_path / "state.db", force=True)
+    sync_into(spec_path, target, pki, tmp_path / "fresh.db")
+    both_verify()
+
+    # Upstream signs again with another key: the lock's signatures change, the sync copies
+    # them, and the appliance's layer stays.
+    second = tmp_path / "second"
+    second.mkdir()
+    cosign_cli("generate-key-pair", cwd=second)
+    cosign_cli("sign", "--key", "cosign.key", *signing, upstream_reference, cwd=second)
+    report = sync_into(spec_path, target, pki, tmp_path / "state.db")
+    assert report["copied"] == 1
+    both_verify()
+    for digest in subjects:
+        checked = cosign_verify(target, pki, second / "cosign.pub", f"{BASE_REPOSITORY}@{digest}")
+        assert checked.returncode == 0, checked.stderr
+    again = airgap(capsys, "sign", "--config", str(config_path), "--lock", lock_path)
+    assert (again["signed"], again["skipped"], again["tools"]) == (0, 4, {"cosign": 0})
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_the_commands_sign_verify_and_manage_keys(tmp_path, gateway, pki, sample, capsys) -> None:
+    config = str(provenance(tmp_path, gateway, pki))
+    listed = airgap(capsys, "signing-key", "list", "--config", config)
+    assert (listed["active"], listed["keys"]) == (None, [])
+    made = airgap(capsys, "signing-key", "init", "--config", config)
+    assert made["changed"] is True
+    assert airgap(capsys, "signing-key", "init", "--config", config)["changed"] is False
+
+    artifact = sample.artifact(f"{BASE_REPOSITORY}:1.1.0")
+    child = artifact.children[0].digest
+    unsigned = f"{BASE_REPOSITORY}@{child}"
+    assert main(["signature", "verify", "--config", config, unsigned, "--cosign", str(COSIGN)]) == 1
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(
+        f"airgap: {gateway.address}/{unsigned}: no published key verifies it "
+        f"(key {made['active']}: "
+    )
+
+    # A tag resolves to its digest (the index), which is signed with its children.
+    report = airgap(capsys, "sign", "--config", config, f"{BASE_REPOSITORY}:1.1.0")
+    assert (report["signed"], report["skipped"], report["failed"]) == (4, 0, 0)
+    verified = airgap(capsys, "signature", "verify", "--config", config, unsigned)
+    assert (verified["verified"], verified["keys"]) == (True, [made["active"]])
+    by_tag = airgap(capsys, "signature", "verify", "--config", config, f"{BASE_REPOSITORY}:1.1.0")
+    assert by_tag["verified"] is True
+
+    rotated = airgap(capsys, "signing-key", "rotate", "--config", config, "--overlap", "30d")
+    assert [k["state"] for k in rotated["keys"]] == ["verifying", "active"]
+    assert airgap(capsys, "signing-key", "retire", "--config", config)["retired"] == []
+    retired = airgap(capsys, "signing-key", "retire", "--config", config, "--now")
+    assert retired["retired"] == [made["active"]]
+    assert [k["id"] for k in retired["published"]] == [rotated["active"]]
+
+    # A digest that is not there: one line naming it and the cause, exit status 1.
+    missing = "sha256:" + "0" * 64
+    assert (
+        main(["sign", "--config", config, f"{BASE_REPOSITORY}@{missing}", "--cosign", str(COSIGN)])
+        == 1
+    )
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(
+        f"airgap: {gateway.address}/{BASE_REPOSITORY}@{missing}: no such manifest"
+    )
+
+
+# -- attestations ----------------------------------------------------------------------------
+
+
+def vuln_predicate(path: Path, finished: str) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "scanner": {
+                    "uri": "pkg:github/aquasecurity/trivy@0.76.0",
+                    "version": "0.76.0",
+                    "db": {"uri": "registry/aquasecurity/trivy-db:2", "version": "2"},
+                    "result": {
+                        "SchemaVersion": 2,
+                        "Results": [{"Target": "x", "Vulnerabilities": []}],
+                    },
+                },
+                "metadata": {"scanStartedOn": "2026-11-30T10:00:00Z", "scanFinishedOn": finished},
+            }
+        )
+    )
+    return path
+
+
+def test_attest_once_per_predicate_and_verify_it(tmp_path, gateway, pki, sample) -> None:
+    config_path = provenance(tmp_path, gateway, pki)
+    init_keys(config_path)
+    config = load_signing(config_path)
+    public = keys.load(config.keys_dir).active.public_key(config.keys_dir)
+    digest = sample.artifact(f"{BASE_REPOSITORY}:1.0.0").children[0].digest
+    first = vuln_predicate(tmp_path / "first.json", "2026-11-30T10:00:05Z")
+    tools = Tools()
+    with Signer(config, cosign_path=str(COSIGN), tools=tools) as signer:
+        assert signer.attest(BASE_REPOSITORY, digest, first).result == "signed"
+        again = signer.attest(BASE_REPOSITORY, digest, first)
+        assert (again.result, tools.runs["cosign"]) == ("skipped", 1), again.detail
+        second = vuln_predicate(tmp_path / "second.json", "2026-12-01T10:00:05Z")
+        assert signer.attest(BASE_REPOSITORY, digest, second).result == "signed"
+    argv = cosign.verify_attestation_argv(
+        str(COSIGN),
+        public,
+        f"{gateway.address}/{BASE_REPOSITORY}@{digest}",
+        options=[
+            "--registry-cacert",
+            str(pki.ca_file),
+            "--registry-client-cert",
+            str(pki.client_cert),
+            "--registry-client-key",
+            str(pki.client_key),
+        ],
+    )
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert completed.returncode == 0, completed.stderr
+    statements = [
+        json.loads(base64.b64decode(json.loads(line)["payload"]))
+        for line in completed.stdout.splitlines()
+    ]
+    assert sorted(s["predicate"]["metadata"]["scanFinishedOn"] for s in statements) == [
+        "2026-11-30T10:00:05Z",
+        "2026-12-01T10:00:05Z",
+    ]
+    assert {s["predicateType"] for s in statements} == {cosign.VULN_PREDICATE_TYPE}

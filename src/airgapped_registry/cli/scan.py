@@ -82,6 +82,7 @@ def add_scan_service_commands(actions: argparse._SubParsersAction[argparse.Argum
     )
     now.add_argument("references", nargs="*", metavar="REPO@DIGEST|REPO:TAG")
     now.add_argument("--all", action="store_true", help="every tag the backend serves")
+    now.add_argument("--cosign", default="cosign", metavar="PATH", help="the cosign program")
     now.set_defaults(run=run_now)
     status = actions.add_parser(
         "status", parents=[config_option()], help="verdicts as they stand now (stale included)"
@@ -100,6 +101,7 @@ def add_scan_service_commands(actions: argparse._SubParsersAction[argparse.Argum
         parents=[config_option()],
         help="the scan service: notifications, queue, workers, reconciliation (until SIGTERM)",
     )
+    serve.add_argument("--cosign", default="cosign", metavar="PATH", help="the cosign program")
     serve.set_defaults(run=run_serve)
 
 
@@ -117,7 +119,10 @@ def split_target(text: str) -> tuple[str, str]:
 def run_now(args: argparse.Namespace) -> dict[str, Any]:
     if bool(args.references) == bool(args.all):
         raise ValueError("scan now: name REPO@DIGEST|REPO:TAG ... or --all (not both)")
-    with service_parts(args.config) as parts, StateStore(parts.settings.state) as store:
+    with (
+        service_parts(args.config, cosign=args.cosign) as parts,
+        StateStore(parts.settings.state) as store,
+    ):
         client = parts.client
         targets: dict[tuple[str, str], None] = {}
         if args.all:
@@ -225,7 +230,7 @@ class _Stop:
 
 def run_serve(args: argparse.Namespace) -> dict[str, Any]:
     stop = _Stop()
-    with service_parts(args.config) as parts:
+    with service_parts(args.config, cosign=args.cosign) as parts:
         service = ScanService(parts.settings, parts.scanner, parts.provenance, lambda: parts.client)
         logging.getLogger("airgapped_registry").setLevel(logging.INFO)
         if not logging.getLogger().handlers:
