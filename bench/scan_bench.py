@@ -535,6 +535,8 @@ def push_phase(
     stack.callback(site.stop)
     site.start()
     site.install_db(site.next_db_time())
+    out.append(cosign_alone(site))
+    out.append("")
     tag = "1.0.0"
     digests = {a.repository: a.digest for a in sample.artifacts}
 
@@ -849,6 +851,23 @@ def trivy_alone(trivy: Path, runs: int = 5) -> str:
         walls.append(time.monotonic() - started)
     median = statistics.median(walls)
     return f"`trivy --version` (process start, no DB): median {median:.2f} s of {runs}"
+
+
+def cosign_alone(site: Site, runs: int = 5) -> str:
+    """What a cosign run costs before it talks to a registry: its start (``cosign version``)
+    and the private key's decryption (scrypt; ``cosign public-key --key``)."""
+    key = next((site.work / "keys").glob("cosign-*.key"))
+    env = {**os.environ, "COSIGN_PASSWORD": PASSWORD}
+    cosign = str(VENV_BIN / "cosign")
+    figures = []
+    for argv in (["version"], ["public-key", "--key", str(key)]):
+        walls = []
+        for _ in range(runs):
+            started = time.monotonic()
+            subprocess.run([cosign, *argv], capture_output=True, check=True, env=env)
+            walls.append(time.monotonic() - started)
+        figures.append(f"`cosign {argv[0]}` median {statistics.median(walls):.2f} s")
+    return f"- cosign alone ({runs} runs each, load {load1():.2f}): " + "; ".join(figures)
 
 
 def main() -> int:
