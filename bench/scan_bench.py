@@ -472,7 +472,7 @@ def utc_iso() -> str:
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile (p95 of 20 values is the 19th)."""
     ordered = sorted(values)
-    rank = max(1, -(-int(fraction * 100) * len(ordered) // 100))
+    rank = max(1, -(-round(fraction * 100) * len(ordered) // 100))
     return ordered[min(rank, len(ordered)) - 1]
 
 
