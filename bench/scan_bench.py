@@ -257,21 +257,45 @@ exit $status
 """
 
 
+Span = tuple[str, float, float]  # a logged run: subcommand, start, end (epoch seconds)
+
+
 @dataclass
 class ToolLog:
     """The runs a wrapper logged: ``(subcommand, start, end, status)``, wall-clock seconds."""
 
     path: Path
 
-    def runs(self, since: float = 0.0, until: float = float("inf")) -> list[tuple[str, float]]:
+    def spans(
+        self, since: float = 0.0, until: float = float("inf")
+    ) -> list[tuple[str, float, float]]:
+        """``(subcommand, start, end)`` of the runs that started between the two times."""
         if not self.path.exists():
             return []
         found = []
         for line in self.path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 4 and since <= float(parts[1]) <= until:
-                found.append((parts[0], float(parts[2]) - float(parts[1])))
+                found.append((parts[0], float(parts[1]), float(parts[2])))
         return found
+
+    def runs(self, since: float = 0.0, until: float = float("inf")) -> list[tuple[str, float]]:
+        return [(name, end - start) for name, start, end in self.spans(since, until)]
+
+
+def in_flight(spans: list[Span], start: float, end: float) -> str:
+    """Seconds between ``start`` and ``end`` with 0, 1 and 2 or more ``image`` runs going."""
+    events = sorted(
+        [(a, 1) for name, a, _ in spans if name == "image"]
+        + [(b, -1) for name, _, b in spans if name == "image"]
+    )
+    shares = [0.0, 0.0, 0.0]
+    running, last = 0, start
+    for moment, change in [*events, (end, 0)]:
+        moment = min(max(moment, start), end)
+        shares[min(running, 2)] += moment - last
+        running, last = running + change, moment
+    return " / ".join(f"{share:.1f}" for share in shares)
 
 
 def write_wrapper(directory: Path, name: str, real: Path) -> ToolLog:
@@ -669,6 +693,7 @@ class Pass:
     trivy_seconds: float
     statuses: dict[str, int]
     load: float
+    flight: str = ""
 
     def row(self) -> str:
         rate = self.manifests / self.wall * 60 if self.wall else 0.0
@@ -676,7 +701,8 @@ class Pass:
         busy = self.trivy_seconds / (self.wall - self.detect) if self.wall > self.detect else 0.0
         return (
             f"| {self.name} | {self.wall:.1f} s | {self.detect:.1f} s | {self.manifests} "
-            f"| {rate:.0f} | {self.trivy_runs} | {per:.2f} s | {busy:.2f} | {self.load:.2f} "
+            f"| {rate:.0f} | {self.trivy_runs} | {per:.2f} s | {busy:.2f} | {self.flight} "
+            f"| {self.load:.2f} "
             f"| {json.dumps(self.statuses, sort_keys=True)} |"
         )
 
@@ -684,7 +710,8 @@ class Pass:
 PASS_HEADER = (
     "| pass | wall | of which until the reconciliation queued it | image manifests scanned "
     "| images per minute | trivy processes | trivy wall per process "
-    "| trivy runs at a time (mean) | load (1 min) | verdicts |\n|" + "---|" * 10
+    "| trivy runs at a time (mean) | seconds with 0 / 1 / 2+ trivy runs "
+    "| load (1 min) | verdicts |\n|" + "---|" * 11
 )
 
 
@@ -730,7 +757,10 @@ def registry_phase(
         begun = time.monotonic()
         trigger()
         done, reconciled = site.wait_for_pass(since)
+        queued_at = wall + (reconciled - begun)
+        finished_at = wall + (done - begun)
         time.sleep(0.2)
+        spans = trivy_log.spans(wall, time.time())
         trivy_runs, trivy_seconds = summary(trivy_log.runs(wall, time.time()), "image")
         found = Pass(
             label,
@@ -741,6 +771,7 @@ def registry_phase(
             trivy_seconds,
             dict(site.statuses()),
             load,
+            in_flight(spans, queued_at, finished_at),
         )
         print(f"{name}: {found.row()}", flush=True)
         return found
