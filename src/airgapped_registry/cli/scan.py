@@ -88,7 +88,9 @@ def add_scan_service_commands(actions: argparse._SubParsersAction[argparse.Argum
         "status", parents=[config_option()], help="verdicts as they stand now (stale included)"
     )
     status.add_argument("--repository", metavar="R", help="only this repository")
-    status.add_argument("digest", nargs="?", metavar="DIGEST", help="only this digest")
+    status.add_argument(
+        "digest", nargs="?", metavar="DIGEST", help="only this digest, with its findings"
+    )
     status.set_defaults(run=run_status)
     reconcile_parser = actions.add_parser(
         "reconcile",
@@ -182,7 +184,11 @@ def run_status(args: argparse.Namespace) -> dict[str, Any]:
         verdict = from_record(record)
         status, why = read_status(verdict, current, settings.max_age, now)
         totals[status] = totals.get(status, 0) + 1
-        listed.append(verdict.to_json(status=status, stale=why))
+        shown = verdict.to_json(status=status, stale=why)
+        if not args.digest:
+            # A listing stays readable: counts and failing IDs; one digest shows findings.
+            del shown["findings"]
+        listed.append(shown)
     if args.digest and not listed:
         where = f" in {args.repository}" if args.repository else ""
         raise AirgapError(f"{args.digest}: no verdict{where}")

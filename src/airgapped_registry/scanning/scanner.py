@@ -164,7 +164,6 @@ class _Slot:
     """Where one trivy run keeps its cache, and the layers that cache holds."""
 
     cache_dir: Path
-    standalone: bool
     handle: Any = field(default=None, repr=False)
 
     def analyzed_dir(self, version: str) -> Path:
@@ -217,6 +216,15 @@ class Scanner:
         self._version: str | None = None
         self._version_lock = threading.Lock()
         self._free_slots = threading.Semaphore(workers)
+        self._remove_abandoned_layouts()
+
+    def _remove_abandoned_layouts(self) -> None:
+        """Layouts a killed scan left behind: older than any run may take, nobody reads them."""
+        cutoff = time.time() - 2 * self.timeout
+        for path in (self.cache_dir / "layouts").glob("layout-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    remove_layout(path)
 
     def version(self) -> str:
         """Trivy's version (asked once)."""
@@ -335,13 +343,12 @@ class Scanner:
             layout = write_layout(
                 self.client, self.blobs, repository, manifest, directory / "image", skip
             )
-            if slot.standalone:
+            if self.server is None:
                 argv = trivy.image_argv(
                     self.trivy, layout.path, cache_dir=slot.cache_dir, timeout=self.timeout
                 )
                 env = trivy.environment()
             else:
-                assert self.server is not None
                 argv = trivy.image_argv(
                     self.trivy, layout.path, server=self.server.url, timeout=self.timeout
                 )
@@ -362,7 +369,7 @@ class Scanner:
     def _slot(self, version: str, layers: list[str]) -> Iterator[_Slot]:
         if self.server is not None:
             with self._free_slots:
-                yield _Slot(self.server.cache_dir, standalone=False)
+                yield _Slot(self.server.cache_dir)
             return
         with self._free_slots:
             slot = self._take_slot(version, layers)
@@ -380,9 +387,7 @@ class Scanner:
         any free one.
         """
         while True:
-            slots = [
-                _Slot(self._slot_dir(number), standalone=True) for number in range(self.workers)
-            ]
+            slots = [_Slot(self._slot_dir(number)) for number in range(self.workers)]
             ready = [slot for slot in slots if len(slot.analyzed(version, layers)) == len(layers)]
             for slot in ready or slots:
                 handle = (slot.cache_dir / "lock").open("a")

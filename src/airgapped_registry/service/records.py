@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airgapped_registry.scanning.verdict import DbInfo, Finding, Verdict
-from airgapped_registry.state.verdicts import DbRecord, VerdictRecord
+from airgapped_registry.state.verdicts import VerdictRecord
 
 _FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -51,10 +51,6 @@ def from_record(record: VerdictRecord) -> Verdict:
         error=record.error,
         children=record.children,
     )
-
-
-def db_info(record: DbRecord | None) -> DbInfo | None:
-    return None if record is None else DbInfo(record.digest, parse_time(record.updated_at))
 
 
 def is_current(status: str, db_digest: str | None, current: DbInfo | None) -> bool:
