@@ -27,15 +27,16 @@ Phases (each on fresh storage, state and Trivy cache):
 2. ``lab``: the lab's sample (``SampleSpec()``, as ``airgap-lab sample push`` serves it) in
    the backend; the service's first pass over it, then a new DB (another ``UpdatedAt``,
    lock and ``airgap scan db update``) and its rescan of everything; ``airgap scan reconcile``
-   with nothing to do.
+   with nothing to do; then (unless ``--no-compare-modes``) the same scans made in this
+   process by the engine's scanner, one Trivy process per image against Trivy's
+   client/server mode, each cold and after a new DB.
 3. ``scale``: the same at ``--repositories`` (default 160: 500 served digests with the
-   showcase content), then the same scans made in this process by the engine's scanner,
-   one Trivy process per image against Trivy's client/server mode.
+   showcase content).
 
 Trivy and cosign are run through wrappers (in the work directory) that log each run's
 subcommand, start and end: that is how processes are counted and their time split out.
 
-    .venv/bin/python bench/scan_bench.py                    # everything (about 20 minutes)
+    .venv/bin/python bench/scan_bench.py                    # everything (12-20 minutes)
     .venv/bin/python bench/scan_bench.py --quick            # a smoke run (a few minutes)
     .venv/bin/python bench/scan_bench.py --phases push --pushes 30
 """
