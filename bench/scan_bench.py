@@ -814,61 +814,88 @@ def registry_phase(
 
 def compare_modes(args: argparse.Namespace, name: str, site: Site, trivy_log: ToolLog) -> list[str]:
     """The same scans in this process with the engine's Scanner: a Trivy process per image
-    (slots of their own), then as clients of one ``trivy server``; each cold, then after a
-    new DB. The service cannot be switched to server mode by its configuration (yet)."""
+    (slots of their own) and as clients of one ``trivy server``; each cold, then after a new
+    DB. The two modes take turns, pass by pass (``--compare-rounds`` rounds, the first
+    mode alternating), so that a change of the machine's load falls on both. The service
+    cannot be switched to server mode by its configuration (yet)."""
     from airgapped_registry.scanning.server import TrivyServer
 
     out = [
         "",
         "Process per image against client/server (the engine's Scanner in the bench process, "
-        f"{args.workers} scans at a time, every tag the backend serves):",
+        f"{args.workers} scans at a time, every tag the backend serves; the modes take turns):",
         "",
         "| mode | pass | wall | images per minute | trivy processes | trivy wall per process "
         "| trivy runs at a time (mean) | load (1 min) |",
         "|" + "---|" * 8,
     ]
-    with RegistryClient(site.backend.url, timeout=120) as client:
+    modes = ("process per image", "client/server")
+    with RegistryClient(site.backend.url, timeout=120) as client, contextlib.ExitStack() as inner:
         targets = []
         for repository in client.catalog():
             for tag in client.tags(repository):
                 head = client.head_manifest(repository, tag)
                 if head is not None:
                     targets.append((repository, head.digest))
-        for mode in ("process per image", "client/server"):
-            cache = site.work / ("compare-server" if mode == "client/server" else "compare-slots")
-            vulndb.install(client, cache, TRIVY_DB_REPOSITORY, TRIVY_DB_TAG, site.lock)
-            with contextlib.ExitStack() as inner:
-                server = None
-                if mode == "client/server":
-                    server = inner.enter_context(TrivyServer(VENV_BIN / "trivy", cache))
-                scanner = Scanner(client, cache, site.trivy, workers=args.workers, server=server)
-                for label in ("cold", "after a new DB"):
-                    if label != "cold":
-                        site.install_db(site.next_db_time())
-                        vulndb.install(client, cache, TRIVY_DB_REPOSITORY, TRIVY_DB_TAG, site.lock)
-                    load = load1()
-                    wall = time.time()
-                    begun = time.monotonic()
-                    scanned = 0
-                    errors: list[str] = []
-                    with ThreadPoolExecutor(max_workers=args.workers) as pool:
-                        for result in pool.map(scanner.scan, *zip(*targets, strict=True)):
-                            scanned += len(result.manifests)
-                            errors += [f"{i.digest}: {i.reason}" for i in result.failed]
-                    seconds = time.monotonic() - begun
-                    time.sleep(0.2)
-                    runs, run_seconds = summary(trivy_log.runs(wall, time.time()), "image")
-                    per = run_seconds / runs if runs else 0.0
-                    servers = " + 1 server" if server is not None else ""
-                    out.append(
-                        f"| {mode} | {label} | {seconds:.1f} s | {scanned / seconds * 60:.0f} "
-                        f"| {runs}{servers} | {per:.2f} s | {run_seconds / seconds:.2f} "
-                        f"| {load:.2f} |"
+        scanners: dict[str, Scanner] = {}
+        caches: dict[str, Path] = {}
+        for round_number in range(args.compare_rounds):
+            for label in ("cold", "after a new DB"):
+                if label == "cold":
+                    for mode in modes:
+                        directory = "server" if mode == "client/server" else "slots"
+                        caches[mode] = site.work / f"compare-{directory}-{round_number}"
+                        server = None
+                        if mode == "client/server":
+                            server = inner.enter_context(
+                                TrivyServer(VENV_BIN / "trivy", caches[mode])
+                            )
+                        scanners[mode] = Scanner(
+                            client, caches[mode], site.trivy, workers=args.workers, server=server
+                        )
+                else:
+                    site.install_db(site.next_db_time())
+                for mode in modes[:: 1 if round_number % 2 == 0 else -1]:
+                    vulndb.install(
+                        client, caches[mode], TRIVY_DB_REPOSITORY, TRIVY_DB_TAG, site.lock
                     )
-                    print(f"{name}: {out[-1]}", flush=True)
-                    if errors:
-                        out.append(f"  {len(errors)} errors, the first: {errors[0]}")
+                    out.append(
+                        one_pass(name, mode, label, scanners[mode], targets, trivy_log, args)
+                    )
     return out
+
+
+def one_pass(
+    name: str,
+    mode: str,
+    label: str,
+    scanner: Scanner,
+    targets: list[tuple[str, str]],
+    trivy_log: ToolLog,
+    args: argparse.Namespace,
+) -> str:
+    load = load1()
+    wall = time.time()
+    begun = time.monotonic()
+    scanned = 0
+    errors: list[str] = []
+    with ThreadPoolExecutor(max_workers=args.workers) as pool:
+        for result in pool.map(scanner.scan, *zip(*targets, strict=True)):
+            scanned += len(result.manifests)
+            errors += [f"{i.digest}: {i.reason}" for i in result.failed]
+    seconds = time.monotonic() - begun
+    time.sleep(0.2)
+    runs, run_seconds = summary(trivy_log.runs(wall, time.time()), "image")
+    per = run_seconds / runs if runs else 0.0
+    servers = " + 1 server" if scanner.server is not None else ""
+    row = (
+        f"| {mode} | {label} | {seconds:.1f} s | {scanned / seconds * 60:.0f} "
+        f"| {runs}{servers} | {per:.2f} s | {run_seconds / seconds:.2f} | {load:.2f} |"
+    )
+    if errors:
+        row += f" {len(errors)} errors, the first: {errors[0]}"
+    print(f"{name}: {row}", flush=True)
+    return row
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -938,6 +965,12 @@ def main() -> int:
         "--reconcile-runs", type=int, default=3, help="idle reconciliations; the median (3)"
     )
     parser.add_argument(
+        "--compare-rounds",
+        type=int,
+        default=2,
+        help="rounds of the mode comparison, each mode cold then after a new DB (2)",
+    )
+    parser.add_argument(
         "--no-compare-modes",
         dest="compare_modes",
         action="store_false",
@@ -953,6 +986,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.pushes, args.burst, args.repositories, args.reconcile_runs = 3, 2, 10, 1
+        args.compare_rounds = 1
     phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
     unknown = sorted(set(phases) - {"push", "lab", "scale"})
     if unknown:
