@@ -579,3 +579,77 @@ def test_attest_once_per_predicate_and_verify_it(tmp_path, gateway, pki, sample)
         "2026-12-01T10:00:05Z",
     ]
     assert {s["predicateType"] for s in statements} == {cosign.VULN_PREDICATE_TYPE}
+
+
+# -- signing inside the sync -------------------------------------------------------------------
+
+
+def test_the_sync_signs_each_digest_before_its_tag_moves(
+    distribution_factory, tmp_path, pki, sample, capsys
+) -> None:
+    """``airgap sync --sign-config``: the registry host's nightly run signs an entry's
+    digests before writing its tag, so a node requiring signatures never sees a tag name an
+    unsigned digest; when signing fails, the entry fails and its tag is not written."""
+    upstream = distribution_factory()
+    push(sample, RegistryClient(upstream.url))
+    spec_path = tmp_path / "mirror.yaml"
+    spec_path.write_text(
+        f"""\
+version: 1
+sources:
+  upstream: {{registry: {upstream.address}, insecure: true, signatures: none}}
+images:
+  - {{source: upstream, repository: {BASE_REPOSITORY}, tags: ["2.0.0"]}}
+"""
+    )
+    lock_path = tmp_path / "mirror.lock"
+    lock(load(spec_path), lock_path)
+    artifact = sample.artifact(f"{BASE_REPOSITORY}:2.0.0")
+    subjects = [artifact.digest, *(child.digest for child in artifact.children)]
+
+    def airgap_sync(target, config: Path, state: str, status: int) -> dict:
+        return airgap(
+            capsys,
+            "sync",
+            "--lock", str(lock_path),
+            "--spec", str(spec_path),
+            "--registry", target.url,
+            "--ca-file", str(pki.ca_file),
+            "--cert-file", str(pki.client_cert),
+            "--key-file", str(pki.client_key),
+            "--state", str(tmp_path / state),
+            "--sign-config", str(config),
+            "--attempts", "1",
+            "--quiet",
+            status=status,
+        )  # fmt: skip
+
+    # Signing fails (the password does not open the key): nothing is tagged.
+    refused = distribution_factory(tls=pki)
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    init_keys(provenance(wrong, refused, pki))
+    (wrong / "password").write_text("not the password\n")
+    failed = airgap_sync(refused, wrong / "provenance.yaml", "refused.db", status=1)
+    (error,) = failed["errors"]
+    assert failed["failed"] == 1 and "decryption failed" in error, failed
+    with client_of(refused, pki) as client:
+        assert client.head_manifest(BASE_REPOSITORY, "2.0.0") is None
+        assert client.head_manifest(BASE_REPOSITORY, artifact.digest) is not None
+
+    # Signing works: the tag is written, and every digest verifies with the appliance key.
+    target = distribution_factory(tls=pki)
+    good = tmp_path / "good"
+    good.mkdir()
+    config_path = provenance(good, target, pki)
+    init_keys(config_path)
+    config = load_signing(config_path)
+    appliance = keys.load(config.keys_dir).active.public_key(config.keys_dir)
+    report = airgap_sync(target, config_path, "state.db", status=0)
+    assert (report["copied"], report["failed"]) == (1, 0), report
+    for digest in subjects:
+        checked = cosign_verify(target, pki, appliance, f"{BASE_REPOSITORY}@{digest}")
+        assert checked.returncode == 0, f"{digest}: {checked.stderr}"
+    # The nightly `sign --lock` after it finds nothing left to sign.
+    again = airgap(capsys, "sign", "--config", str(config_path), "--lock", str(lock_path))
+    assert (again["signed"], again["skipped"]) == (0, len(subjects)), again

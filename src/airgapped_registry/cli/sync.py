@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ from airgapped_registry.mirror.relock import relock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
+from airgapped_registry.signing.config import load_signing
+from airgapped_registry.signing.signer import FAILED, Signer, SigningError
 from airgapped_registry.state.runlock import EXIT_LOCKED, RunLock, RunLockedError
 from airgapped_registry.state.store import StateStore, recorded_fingerprints
+from airgapped_registry.tools.process import Tools
 from airgapped_registry.transport.retry import RetryPolicy
 
 # ``airgap sync``'s options that are SyncOptions fields, defaults from there: (flag, field,
@@ -138,6 +142,13 @@ def add_sync_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="first resolve --spec against its sources and rewrite --lock if it changed "
         "(airgap lock, in the same process and under the same run lock)",
     )
+    sync_parser.add_argument(
+        "--sign-config",
+        metavar="PROVENANCE",
+        help="sign each entry's digest (an index and its children) with the appliance's "
+        "active key, through the gateway this file's signing section names, before its tag "
+        "moves: a tag never names an unsigned digest (the registry host's nightly job)",
+    )
     sync_defaults = SyncOptions()
     for flag, field, kind, metavar, text in SYNC_TUNING:
         sync_parser.add_argument(
@@ -182,11 +193,39 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
     finish(result.table(), 0)
 
 
+class SignBeforeTag:
+    """``SyncOptions.before_tag`` that signs: an entry whose digest cannot be signed fails,
+    and its tag is not moved."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+
+    def __call__(self, repository: str, digest: str) -> None:
+        failed = [o for o in self.signer.sign(repository, digest) if o.result == FAILED]
+        if failed:
+            raise SigningError("; ".join(o.detail or o.digest for o in failed))
+
+
 def run_sync(args: argparse.Namespace) -> dict[str, Any]:
     spec = load(args.spec)
     tuning = {field: getattr(args, _dest(flag)) for flag, field, *_ in SYNC_TUNING}
+    signing = ExitStack()
+    before_tag = None
+    if args.sign_config:
+        signer = signing.enter_context(
+            Signer(
+                load_signing(Path(args.sign_config)),
+                cosign_path=tuning.get("cosign", "cosign"),
+                tools=Tools(timeout=tuning["timeout"]),
+            )
+        )
+        before_tag = SignBeforeTag(signer)
     options = SyncOptions(
-        workers=args.workers, keep_going=args.keep_going, deadline=args.deadline or None, **tuning
+        workers=args.workers,
+        keep_going=args.keep_going,
+        deadline=args.deadline or None,
+        before_tag=before_tag,
+        **tuning,
     )
 
     def progress(result: EntryResult, done: int, total: int) -> None:
@@ -206,7 +245,12 @@ def run_sync(args: argparse.Namespace) -> dict[str, Any]:
 
     stop = Stop()
     try:
-        with RunLock.beside(args.state), StateStore(args.state) as store, stop_on_signals(stop):
+        with (
+            signing,
+            RunLock.beside(args.state),
+            StateStore(args.state) as store,
+            stop_on_signals(stop),
+        ):
             manifests: dict[str, bytes] = {}
             relocked: dict[str, Any] = {}
             previous = read_lock(args.lock) if args.relock else None

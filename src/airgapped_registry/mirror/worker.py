@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,10 @@ class SyncOptions:
     most this much is copied by the engine itself over its open connections; a heavier one
     by skopeo. 0: skopeo copies every entry. ``deadline``: seconds the whole run (relock and
     plan included) may take; no entry or retry starts after it, and the entries left are
-    reported not attempted (None: no deadline).
+    reported not attempted (None: no deadline). ``before_tag``: called with the destination
+    repository and the entry's digest once its content is in place and before its tag moves
+    (the registry host signs there, so a tag never names an unsigned digest); what it raises
+    fails the entry, and the tag stays where it was.
     """
 
     workers: int = defaults.SYNC_WORKERS
@@ -110,6 +113,7 @@ class SyncOptions:
     cosign: str = "cosign"
     engine_copy_max_bytes: int = defaults.ENGINE_COPY_MAX_BYTES
     deadline: float | None = defaults.SYNC_DEADLINE
+    before_tag: Callable[[str, str], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.attempts < 1 or self.retry_times < 0:
@@ -282,6 +286,12 @@ class EntryWorker:
         if body is None:
             body = destination_manifest(self.client, entry)
         if not planned.content_present:
+            if self.options.before_tag is not None:
+                # Stored by digest first (the copiers leave the top manifest to the tag), so
+                # the hook finds it; the tag then names what is already there.
+                media_type = entry.manifest.media_type
+                self.client.put_manifest(entry.destination, entry.digest, body, media_type)
+                self.options.before_tag(entry.destination, entry.digest)
             self.client.put_manifest(entry.destination, entry.tag, body, entry.manifest.media_type)
         self.ledger.holds(entry.destination, entry.content_blobs())
         if copier:
