@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from airgap_lab.sample import SampleSpec, build, push, spec_fields
@@ -26,7 +27,27 @@ def sample_spec_options() -> argparse.ArgumentParser:
             group.add_argument(
                 option, type=int, default=spec_field.default, metavar="N", help=spec_field.help
             )
+    group.add_argument(
+        "--db-updated-at",
+        type=db_updated_at,
+        default=None,
+        metavar="TIME",
+        help="UpdatedAt of the Trivy DB artifact, ISO 8601 with a time zone "
+        "(default: the start of the current UTC day, so each day gives a new DB digest)",
+    )
     return parser
+
+
+def db_updated_at(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-30T00:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z for UTC)")
+    return moment
 
 
 def sample_spec(args: argparse.Namespace) -> SampleSpec:
@@ -57,13 +78,13 @@ def add_sample_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_sample_push(args: argparse.Namespace) -> dict[str, Any]:
-    sample = build(sample_spec(args))
+    sample = build(sample_spec(args), db_updated_at=args.db_updated_at)
     with registry_client(args) as client:
         return push(sample, client, check_mode=args.check)
 
 
 def run_sample_catalog(args: argparse.Namespace) -> dict[str, Any]:
-    return build(sample_spec(args)).expected()
+    return build(sample_spec(args), db_updated_at=args.db_updated_at).expected()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -10,7 +10,11 @@ way compressed blocks do.
 Besides ``repositories`` generated multi-arch application repositories (``sample/app-NNN``)
 the sample always holds fixed showcase content: ``sample/base`` (a three-platform index with a
 pre-release tag), ``sample/vulnerable`` (an Alpine image with one package below its fixed
-version, see :data:`VULNERABLE_PACKAGE`) and ``charts/demo`` (an OCI Helm chart).
+version, see :data:`VULNERABLE_PACKAGE`), ``charts/demo`` (an OCI Helm chart) and
+``aquasecurity/trivy-db:2``, the Trivy vulnerability DB artifact (:mod:`airgap_lab.trivydb`)
+that reports that package. Like upstream's, the DB is republished daily: its ``UpdatedAt``
+(the start of the current UTC day unless given) is the one input besides the spec, so a
+scanner's age limit never finds the lab's DB stale and a fixed time gives fixed digests.
 
 Large layers are not kept in memory: :func:`build` records how to regenerate each one and
 :meth:`Sample.blob` regenerates it on demand, so a sample of hundreds of megabytes costs
@@ -30,6 +34,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from airgapped_registry.errors import AirgapError
@@ -54,6 +59,8 @@ VULNERABLE_PLATFORM = "linux/amd64"
 CHART_REPOSITORY = "charts/demo"
 CHART_NAME = "demo"
 CHART_TAGS = ("0.1.0", "0.2.0")
+TRIVY_DB_REPOSITORY = "aquasecurity/trivy-db"
+TRIVY_DB_TAG = "2"
 
 # Fixed so that rebuilding a sample never changes a digest.
 CREATED = "2024-01-01T00:00:00Z"
@@ -270,9 +277,14 @@ def _gzipped(tar_recipe: Callable[[], bytes]) -> Callable[[], bytes]:
     return lambda: gzip_stored(tar_recipe())
 
 
-def build(spec: SampleSpec | None = None) -> Sample:
-    """Generate the sample described by ``spec`` (defaults when None)."""
+def build(spec: SampleSpec | None = None, *, db_updated_at: datetime | None = None) -> Sample:
+    """Generate the sample described by ``spec`` (defaults when None).
+
+    ``db_updated_at`` is the Trivy DB's ``UpdatedAt``; None is the start of the current UTC
+    day (:func:`db_day`).
+    """
     spec = spec or SampleSpec()
+    db_updated_at = db_day() if db_updated_at is None else db_updated_at
     blobs = _BlobStore()
     base_layers = {
         platform: [
@@ -303,6 +315,7 @@ def build(spec: SampleSpec | None = None) -> Sample:
         artifacts.append(_index(BASE_REPOSITORY, tag, children))
     artifacts.append(_vulnerable_image(blobs))
     artifacts.extend(_chart(blobs, version) for version in CHART_TAGS)
+    artifacts.append(_trivy_db(blobs, db_updated_at))
     tags = semver_series(spec.tags_per_repository)
     for number in range(1, spec.repositories + 1):
         repository = f"{APP_REPOSITORY_PREFIX}{number:03d}"
@@ -622,6 +635,42 @@ def _chart(blobs: _BlobStore, version: str) -> Artifact:
         manifest=manifest,
         blobs=(config, content),
     )
+
+
+def _trivy_db(blobs: _BlobStore, updated_at: datetime) -> Artifact:
+    """``aquasecurity/trivy-db:2`` as trivy-db's release job pushes it (oras, one layer)."""
+    # Imported here: trivydb builds its fixture advisory from this module's constants.
+    from airgap_lab import trivydb
+
+    config = blobs.add(trivydb.CONFIG_MEDIA_TYPE, b"{}")
+    layer = blobs.add(trivydb.LAYER_MEDIA_TYPE, trivydb.db_archive(updated_at=updated_at))
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config.as_json(),
+            "layers": [
+                {**layer.as_json(), "annotations": {"org.opencontainers.image.title": "db.tar.gz"}}
+            ],
+            "annotations": {
+                "org.opencontainers.image.created": trivydb.metadata(updated_at)["UpdatedAt"]
+            },
+        }
+    )
+    return Artifact(
+        repository=TRIVY_DB_REPOSITORY,
+        tag=TRIVY_DB_TAG,
+        media_type=OCI_MANIFEST,
+        digest=digest_of(manifest),
+        manifest=manifest,
+        blobs=(config, layer),
+    )
+
+
+def db_day(now: datetime | None = None) -> datetime:
+    """The start of the UTC day of ``now`` (default: the current time)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 # -- content -------------------------------------------------------------------------------

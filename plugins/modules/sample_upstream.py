@@ -9,7 +9,9 @@ short_description: Seed a registry with the deterministic sample content
 description:
   - Pushes the sample content of C(airgap_lab.sample) (multi-arch
     images sharing base layers, an arm/v7 child, an image with a known
-    vulnerable package, an OCI Helm chart) into a registry.
+    vulnerable package, an OCI Helm chart, and the Trivy vulnerability DB
+    artifact C(aquasecurity/trivy-db:2) that reports that package) into a
+    registry.
   - Idempotent - a tag that already points at the expected digest costs one
     manifest HEAD and nothing else. A tag that points elsewhere is moved, and
     every child and blob is in place before the tag is written.
@@ -48,6 +50,13 @@ options:
   base_generation:
     description: Bump to change one shared base layer per platform.
     type: int
+  db_updated_at:
+    description:
+      - C(UpdatedAt) of the Trivy DB artifact, ISO 8601 with a time zone
+        (C(2026-11-30T00:00:00Z)).
+      - Default the start of the current UTC day, so the DB never looks stale to
+        the scanner and, like upstream's, gets a new digest every day.
+    type: str
 extends_documentation_fragment:
   - airgap_registry_access
 attributes:
@@ -73,6 +82,11 @@ tags:
   description: Every sample tag (C(repo:tag)) and the digest it points at.
   returned: always
   type: dict
+db_updated_at:
+  description: C(UpdatedAt) of the Trivy DB artifact pushed, in UTC.
+  returned: always
+  type: str
+  sample: "2026-11-30T00:00:00Z"
 pushed:
   description: Tags written (or, in check mode, that would be).
   returned: always
@@ -93,6 +107,7 @@ requests:
 """
 
 import traceback
+from datetime import datetime
 
 from ansible.module_utils.airgap_engine import (
     engine_module,
@@ -102,7 +117,8 @@ from ansible.module_utils.airgap_engine import (
 )
 
 try:
-    from airgap_lab.sample import SampleSpec, build, push
+    from airgap_lab.sample import SampleSpec, build, db_day, push
+    from airgap_lab.trivydb import metadata
     from airgapped_registry.errors import AirgapError
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
@@ -126,6 +142,7 @@ def main():
             "registry": {"type": "str", "required": True},
             # Omitted spec options take SampleSpec's defaults: one source of truth.
             **{name: {"type": "int"} for name in SPEC_OPTIONS},
+            "db_updated_at": {"type": "str"},
         },
         ENGINE_IMPORT_ERROR,
     )
@@ -134,8 +151,18 @@ def main():
         spec = SampleSpec(**set_options(p, SPEC_OPTIONS))
     except ValueError as exc:
         module.fail_json(msg=f"sample spec: {exc}")
+    updated_at = db_day()
+    if p["db_updated_at"]:
+        try:
+            updated_at = datetime.fromisoformat(p["db_updated_at"])
+            metadata(updated_at)
+        except ValueError:
+            module.fail_json(
+                msg=f"db_updated_at: {p['db_updated_at']!r} is not an ISO 8601 time with a "
+                "time zone (e.g. 2026-11-30T00:00:00Z)"
+            )
 
-    sample = build(spec)
+    sample = build(spec, db_updated_at=updated_at)
     client = None
     try:
         client = registry_client(p)
@@ -150,6 +177,7 @@ def main():
     result = {
         "changed": report["changed"],
         "tags": tags,
+        "db_updated_at": metadata(updated_at)["UpdatedAt"],
         "pushed": report["pushed"],
         "blobs_pushed": report["blobs_pushed"],
         "bytes_pushed": report["bytes_pushed"],

@@ -7,6 +7,7 @@ get these (or document these values), never write their own.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 # Seconds a registry (or a Helm repository) may take to answer one request.
@@ -37,3 +38,24 @@ STATE_PATH = Path("/var/lib/airgapped-registry/state.db")
 # Where the relay publishes its lock in its own registry.
 LOCK_REPOSITORY = "airgapped-registry/mirror-lock"
 LOCK_TAG = "current"
+# The registry host's Distribution on loopback: what the scanner (and signing) read from.
+BACKEND_URL = "http://127.0.0.1:5000"
+# The scanner (provenance.yaml's ``scanning`` section; docs/scanning.md).
+TRIVY_PATH = Path("/usr/local/libexec/airgapped-registry/trivy")
+SCAN_CACHE_DIR = Path("/var/lib/airgapped-registry/trivy")
+SCAN_DB_REPOSITORY = "aquasecurity/trivy-db"
+SCAN_DB_TAG = "2"
+SCAN_DB_LOCK = Path("/var/lib/airgapped-registry/relay.lock")
+SCAN_DB_MAX_AGE = timedelta(days=7)
+SCAN_LISTEN = "127.0.0.1:5060"
+SCAN_WORKERS = 2
+SCAN_RECONCILE_INTERVAL = timedelta(minutes=5)
+# Seconds one trivy run may take (a large image on a busy host still fits).
+SCAN_TIMEOUT = 900.0
+# Blobs the scanner keeps for layouts, least recently used removed first: trivy's own cache
+# holds the analysis of every layer it read, so these matter only until that is done.
+SCAN_BLOB_CACHE_BYTES = 2 * 1024**3
+# The DB artifact's limits: its compressed layer, the unpacked trivy.db, metadata.json.
+SCAN_DB_MAX_LAYER_BYTES = 2 * 1024**3
+SCAN_DB_MAX_FILE_BYTES = 8 * 1024**3
+SCAN_DB_MAX_METADATA_BYTES = 64 * 1024

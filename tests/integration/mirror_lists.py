@@ -14,6 +14,9 @@ COSIGN = ROOT / ".venv" / "bin" / "cosign"
 SMALL = SampleSpec(
     repositories=3, tags_per_repository=3, base_layer_bytes=2048, unique_layer_bytes=2048
 )
+# The lab list's entries: sample/base (3 releases), sample/app-001..003 (2 tags each),
+# sample/vulnerable, charts/demo (2 versions) and the Trivy DB artifact aquasecurity/trivy-db:2.
+LAB_ENTRIES = 13
 # The same upstream after its base layers were rebuilt: most tags move.
 MOVED = SampleSpec(**{**vars(SMALL), "base_generation": 1})
 

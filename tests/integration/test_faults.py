@@ -31,7 +31,7 @@ from faultproxy import (
     upload_bytes,
     upload_sessions,
 )
-from mirror_lists import COSIGN, SMALL, lab_list
+from mirror_lists import COSIGN, LAB_ENTRIES, SMALL, lab_list
 
 from airgap_lab.sample import build, push
 from airgapped_registry.cli import main
@@ -152,7 +152,7 @@ def test_lock_retries_one_fault_at_the_source(
     assert main(lock_args(spec_path)) == 0, capsys.readouterr().err
     assert proxy.count(outcome=r"injected 503|drop|drop_mid_body") == 1
     lock_file = read_lock(spec_path.with_name("mirror.lock"))
-    assert lock_file is not None and len(lock_file.entries) == 12
+    assert lock_file is not None and len(lock_file.entries) == LAB_ENTRIES
     assert {e.reference: e.digest for e in lock_file.entries} == expected_digests(lock_file)
 
 
@@ -180,7 +180,7 @@ def test_sync_relock_retries_the_source_and_the_plans_heads(
     command = sync_args(spec_path, destination.url, state, "--relock", *COPIERS[copier])
     assert main(command) == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out)
-    assert (report["entries"], report["copied"], report["failed"]) == (12, 12, 0)
+    assert (report["entries"], report["copied"], report["failed"]) == (LAB_ENTRIES, LAB_ENTRIES, 0)
     assert source.count(outcome=r"injected 503|drop_mid_body") == 2
     assert destination.count(outcome=r"injected 503|drop") == 2
     lock_file = read_lock(spec_path.with_name("mirror.lock"))
@@ -253,7 +253,7 @@ def test_plan_and_verify_retry_one_fault_at_the_destination(
     destination.add(Rule("HEAD", MANIFESTS, times=1))
     plan = ["plan", "--lock", lock_path, "--registry", destination.url, "--json"]
     assert main([*plan, "--state", str(tmp_path / "state.db")]) == 0, capsys.readouterr().err
-    assert json.loads(capsys.readouterr().out)["up_to_date"] == 12
+    assert json.loads(capsys.readouterr().out)["up_to_date"] == LAB_ENTRIES
     destination.add(Rule("GET", MANIFESTS, action=DROP, times=1))
     assert main(["verify", "--lock", lock_path, "--registry", destination.url]) == 0
     assert json.loads(capsys.readouterr().out)["failed"] == 0

@@ -50,6 +50,7 @@ LAB_SELECTION = {
     ("sample/base", "2.0.0"),
     *{(f"sample/app-00{n}", tag) for n in (1, 2, 3) for tag in ("1.1.0", "2.0.0")},
     ("sample/vulnerable", "1.0.0"),
+    ("aquasecurity/trivy-db", "2"),
 }
 
 
@@ -142,7 +143,9 @@ def test_lab_list_locks_to_the_sample_digests(upstream, small, tmp_path) -> None
     # One tag list per repository, one GET per manifest, nothing else.
     repositories = len({entry.repository for entry in locked.entries})
     total = repositories + manifests_fetched(locked)
-    assert total == 6 + 12 + 18 + 1 + 2
+    # 7 repositories; manifests: base 3 x (index + 3), apps 6 x (index + 2), vulnerable,
+    # charts 2, DB 1.
+    assert total == 7 + 12 + 18 + 1 + 2 + 1
     assert report["requests"] == {"upstream": {"total": total, "by_method": {"GET": total}}}
     assert (report["changed"], report["written"], report["summary"]) == (True, True, "new lock")
     assert report["diff"]["added"] == [

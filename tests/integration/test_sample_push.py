@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from airgap_lab.sample import (
     BASE_REPOSITORY,
     BASE_TAGS,
     CHART_REPOSITORY,
+    TRIVY_DB_REPOSITORY,
+    TRIVY_DB_TAG,
     VULNERABLE_REPOSITORY,
     Sample,
     SampleSpec,
@@ -128,6 +131,7 @@ def test_changed_base_layer_moves_tags_and_pushes_only_new_blobs(distribution, s
     assert {reference.split(":")[0] for reference in after if reference not in moved} == {
         VULNERABLE_REPOSITORY,
         CHART_REPOSITORY,
+        TRIVY_DB_REPOSITORY,
     }
 
     report = push(rebuilt, client)
@@ -296,6 +300,29 @@ def test_cli_push_then_check_then_catalog(distribution, capsys) -> None:
     assert main(["sample", "catalog", "--repositories=1", "--platforms=linux/s390x"]) == 0
     catalog = json.loads(capsys.readouterr().out)
     assert list(catalog["sample/app-001:1.0.0"]["platforms"]) == ["linux/s390x"]
+
+
+def test_a_new_db_day_republishes_the_db_tag_only(distribution, capsys) -> None:
+    options = ["sample", "push", "--registry", distribution.url, *SMALL_OPTIONS]
+    assert main([*options, "--db-updated-at", "2026-11-30T00:00:00Z"]) == 0
+    tags = len(json.loads(capsys.readouterr().out)["pushed"])
+    next_day = [*options, "--db-updated-at", "2026-12-01T01:00:00+01:00"]
+    assert main(next_day) == 0
+    report = json.loads(capsys.readouterr().out)
+    reference = f"{TRIVY_DB_REPOSITORY}:{TRIVY_DB_TAG}"
+    assert report["pushed"] == [reference]
+    assert report["blobs_pushed"] == 1, "a new db.tar.gz; the {} config is already there"
+    later = build(SMALL, db_updated_at=datetime(2026, 12, 1, tzinfo=UTC)).expected()[reference]
+    head = RegistryClient(distribution.url).head_manifest(TRIVY_DB_REPOSITORY, TRIVY_DB_TAG)
+    assert head is not None and head.digest == later["digest"]
+
+    assert main(next_day) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["changed"], again["requests_by_method"]) == (False, {"HEAD": tags})
+    with pytest.raises(SystemExit) as exited:
+        main([*options, "--db-updated-at", "2026-12-01T00:00:00"])
+    assert exited.value.code == 2
+    assert "'2026-12-01T00:00:00' has no time zone (add Z for UTC)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from mirror_lists import COSIGN, MOVED, SMALL, lab_list
+from mirror_lists import COSIGN, LAB_ENTRIES, MOVED, SMALL, lab_list
 
 from airgap_lab.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
 from airgapped_registry.cli import main
@@ -253,9 +253,9 @@ def test_lab_list_cold_sync_then_noop(
     state = tmp_path / "state.db"
 
     report = run_sync(spec_path, target, state, copier)
-    assert (report["entries"], report["copied"], report["failed"]) == (12, 12, 0)
-    assert report["copies"] == {copier: 12}
-    assert report["tools"] == ({} if copier == "engine" else {"skopeo": 12})
+    assert (report["entries"], report["copied"], report["failed"]) == (LAB_ENTRIES, LAB_ENTRIES, 0)
+    assert report["copies"] == {copier: LAB_ENTRIES}
+    assert report["tools"] == ({} if copier == "engine" else {"skopeo": LAB_ENTRIES})
     client = RegistryClient(target.url)
     expected = small.expected()
     for entry in lock_file.entries:
@@ -283,30 +283,34 @@ def test_lab_list_cold_sync_then_noop(
     assert report["bytes"] == sum(sizes.values())
     with StateStore(state) as store:
         states = store.entries(target.address)
-        assert [(s.result, s.in_sync, s.detail) for s in states] == [("ok", True, "copied")] * 12
+        assert [(s.result, s.in_sync, s.detail) for s in states] == [
+            ("ok", True, "copied")
+        ] * LAB_ENTRIES
         assert store.last_run().summary == report["summary"]
     assert re.fullmatch(
-        r"entries=12 copied=12 bytes=\d+ duration=\d+s failures=0", report["summary"]
+        rf"entries={LAB_ENTRIES} copied={LAB_ENTRIES} bytes=\d+ duration=\d+s failures=0",
+        report["summary"],
     )
 
     # No-op: one HEAD per entry at the destination, nothing at all at the source.
     upstream_log = upstream.log()
     again = run_sync(spec_path, target, state, copier)
-    assert (again["copied"], again["up_to_date"], again["bytes"]) == (0, 12, 0)
+    assert (again["copied"], again["up_to_date"], again["bytes"]) == (0, LAB_ENTRIES, 0)
     assert again["requests"] == {
-        "destination": {"total": 12, "by_method": {"HEAD": 12}},
+        "destination": {"total": LAB_ENTRIES, "by_method": {"HEAD": LAB_ENTRIES}},
         "sources": {},
     }
     assert again["tools"] == {}
     assert upstream.log() == upstream_log, "a no-op sync must not contact the source"
-    assert [r["result"] for r in again["results"]] == ["skipped"] * 12
+    assert [r["result"] for r in again["results"]] == ["skipped"] * LAB_ENTRIES
 
     command = ["plan", "--lock", str(spec_path.with_name("mirror.lock")), "--registry", target.url]
     with pytest.raises(SystemExit) as exited:
         main([*command, "--state", str(state)])
     assert exited.value.code == 0
     table = capsys.readouterr().out
-    assert "12 entries: 0 to copy, 12 up to date; 12 requests to" in table
+    entries = LAB_ENTRIES
+    assert f"{entries} entries: 0 to copy, {entries} up to date; {entries} requests to" in table
     assert "none to the sources" in table
 
 
@@ -323,11 +327,14 @@ def test_plan_json_counts_bytes_and_checks_blobs(
     report = json.loads(capsys.readouterr().out)
     distinct = {blob.digest: blob.size for entry in lock_file.entries for blob in entry.blobs()}
     assert (report["to_copy"], report["bytes"], report["blobs"]) == (
-        12,
+        LAB_ENTRIES,
         sum(distinct.values()),
         len(distinct),
     )
-    assert report["requests"]["destination"] == {"total": 12, "by_method": {"HEAD": 12}}
+    assert report["requests"]["destination"] == {
+        "total": LAB_ENTRIES,
+        "by_method": {"HEAD": LAB_ENTRIES},
+    }
 
     # With sample/base:1.0.0's blobs there, its blob HEADs find nothing missing.
     client = RegistryClient(target.url)
@@ -340,7 +347,7 @@ def test_plan_json_counts_bytes_and_checks_blobs(
     others = [item for item in checked["plan"] if item["entry"].startswith("sample/base:")]
     # 1.1.0 and 2.0.0 share the three base layers per platform with 1.0.0.
     assert all(item["missing_bytes"] < item["bytes"] for item in others)
-    assert checked["requests"]["destination"]["by_method"]["HEAD"] > 12
+    assert checked["requests"]["destination"]["by_method"]["HEAD"] > LAB_ENTRIES
 
 
 # -- platform modes ------------------------------------------------------------------------
@@ -518,7 +525,7 @@ def test_relock_then_sync_in_one_process_fetches_no_manifest_twice(
     captured = capsys.readouterr()
     first = json.loads(captured.out)
     assert "airgap lock: new lock" in captured.err
-    assert (first["relock"]["written"], first["copied"], first["failed"]) == (True, 12, 0)
+    assert (first["relock"]["written"], first["copied"], first["failed"]) == (True, LAB_ENTRIES, 0)
     lock_file = read_lock(lock_path)
     assert verify(lock_file, RegistryClient(target.url))["failed"] == 0
 
@@ -553,7 +560,11 @@ def test_summary_goes_to_stdout_and_the_report_to_a_file(
     line = capsys.readouterr().out.strip()
     report = json.loads(report_path.read_text())
     assert line == report["summary"]
-    assert (report["copied"], report["failed"], report["relock"]["written"]) == (12, 0, True)
+    assert (report["copied"], report["failed"], report["relock"]["written"]) == (
+        LAB_ENTRIES,
+        0,
+        True,
+    )
 
     corrupt(
         upstream, read_lock(spec_path.with_name("mirror.lock")).entries[0].manifest.layers[0].digest
@@ -712,7 +723,7 @@ def test_rate_limit_spaces_the_engine_copies_source_reads(
     started = time.monotonic()
     report = run_sync(spec_path, target, tmp_path / "state.db")
     elapsed = time.monotonic() - started
-    assert report["copies"] == {"engine": 12}
+    assert report["copies"] == {"engine": LAB_ENTRIES}
     reads = report["requests"]["sources"]["upstream"]["total"]
     assert reads > 20
     assert elapsed >= (reads - 1) / 100
@@ -747,12 +758,14 @@ def test_corrupted_upstream_blob_is_refused_and_nothing_tagged(
         f"sample/vulnerable:1.0.0: blob {layer.digest}: the source served content with digest "
     )
     assert "corrupt upstream blob" in failure["error"]
-    assert captured.err.startswith("airgap: 1 of 12 entries failed: sample/vulnerable:1.0.0: blob ")
+    assert captured.err.startswith(
+        f"airgap: 1 of {LAB_ENTRIES} entries failed: sample/vulnerable:1.0.0: blob "
+    )
     client = RegistryClient(target.url)
     assert tags(client, "sample/vulnerable") == []
     assert head(client, "sample/vulnerable", entry.digest) is None
     assert not client.blob_exists("sample/vulnerable", layer.digest)
-    assert report["copied"] == 11
+    assert report["copied"] == LAB_ENTRIES - 1
     with StateStore(tmp_path / "state.db") as store:
         state = store.entry(f"{target.address}/sample/vulnerable:1.0.0")
         assert (state.result, state.in_sync, state.synced_at) == ("failed", False, None)
@@ -767,15 +780,15 @@ def test_first_failure_stops_the_run_without_keep_going(
     spec_path = lab_list(tmp_path, upstream.address)
     lock_file = locked(spec_path)
     first = lock_file.entries[0]
-    assert first.reference == "charts/demo:0.1.0"
+    assert first.reference == "aquasecurity/trivy-db:2"
     corrupt(upstream, first.manifest.layers[0].digest)
     report = run_sync(spec_path, target, tmp_path / "state.db", copier, workers=1)
     results = report["results"]
-    assert [r["result"] for r in results] == ["failed"] + ["skipped"] * 11
+    assert [r["result"] for r in results] == ["failed"] + ["skipped"] * (LAB_ENTRIES - 1)
     assert {r["detail"] for r in results[1:]} == {
         "not attempted: an earlier entry failed (use --keep-going to go on)"
     }
-    assert (report["failed"], report["not_attempted"], report["copied"]) == (1, 11, 0)
+    assert (report["failed"], report["not_attempted"], report["copied"]) == (1, LAB_ENTRIES - 1, 0)
     assert report["tools"] == ({"skopeo": 1} if copier == "skopeo" else {})
     assert report["copies"] == {}
     with StateStore(tmp_path / "state.db") as store:
@@ -886,7 +899,8 @@ def test_second_sync_is_refused_while_one_runs(
     accepted = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert accepted.returncode == 0, accepted.stderr
     assert re.fullmatch(
-        r"entries=12 copied=12 bytes=\d+ duration=\d+s failures=0\n", accepted.stdout
+        rf"entries={LAB_ENTRIES} copied={LAB_ENTRIES} bytes=\d+ duration=\d+s failures=0\n",
+        accepted.stdout,
     )
 
 

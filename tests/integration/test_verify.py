@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mirror_lists import SMALL, lab_list
+from mirror_lists import LAB_ENTRIES, SMALL, lab_list
 
 from airgap_lab.sample import Sample, build, push
 from airgapped_registry.cli import main
@@ -57,7 +57,7 @@ def mirror(distribution_factory, tmp_path_factory) -> Mirror:
     assert locked is not None
     target = distribution_factory()
     report = sync(locked, Destination(target.url), load(spec_path), options=SyncOptions())
-    assert report["copied"] == len(locked.entries) == 12
+    assert report["copied"] == len(locked.entries) == LAB_ENTRIES
     return Mirror(upstream, target, sample, locked, lock_path, spec_path)
 
 
@@ -68,8 +68,8 @@ def test_verify_reads_every_manifest_from_the_destination_only(mirror, capsys) -
         1 + sum(child.copy for child in entry.children) + sum(s.copy for s in entry.signatures)
         for entry in mirror.lock.entries
     )
-    assert (report["ok"], report["failed"], report["problems"]) == (12, 0, [])
-    assert report["manifests_checked"] == manifests == 12 + 3 * 3 + 6 * 2
+    assert (report["ok"], report["failed"], report["problems"]) == (LAB_ENTRIES, 0, [])
+    assert report["manifests_checked"] == manifests == LAB_ENTRIES + 3 * 3 + 6 * 2
     assert report["requests"] == {
         "destination": {"total": manifests, "by_method": {"GET": manifests}},
         "sources": {},
@@ -90,7 +90,7 @@ def test_verify_detects_a_tampered_tag(mirror, capsys) -> None:
     client.put_manifest("sample/app-001", "2.0.0", older.manifest, older.media_type)
 
     report = verify(mirror.lock, client)
-    assert (report["ok"], report["failed"]) == (11, 1)
+    assert (report["ok"], report["failed"]) == (LAB_ENTRIES - 1, 1)
     assert report["problems"] == [
         f"sample/app-001:2.0.0: tag 2.0.0 resolves to {older.digest}, the lock says {entry.digest}"
     ]
@@ -101,7 +101,7 @@ def test_verify_detects_a_tampered_tag(mirror, capsys) -> None:
     captured = capsys.readouterr()
     assert json.loads(captured.out)["failed"] == 1
     assert captured.err == (
-        "airgap: 1 of 12 entries differ from the lock: sample/app-001:2.0.0: tag 2.0.0 "
+        f"airgap: 1 of {LAB_ENTRIES} entries differ from the lock: sample/app-001:2.0.0: tag 2.0.0 "
         f"resolves to {older.digest}, the lock says {entry.digest}\n"
     )
 

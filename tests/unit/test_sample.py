@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from airgap_lab.sample import (
     BASE_TAGS,
     CHART_REPOSITORY,
     CHART_TAGS,
+    TRIVY_DB_REPOSITORY,
+    TRIVY_DB_TAG,
     VULNERABLE_OS,
     VULNERABLE_PACKAGE,
     VULNERABLE_REPOSITORY,
@@ -29,9 +32,11 @@ from airgap_lab.sample import (
     Sample,
     SampleSpec,
     build,
+    db_day,
     gzip_stored,
     semver_series,
 )
+from airgap_lab.trivydb import CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE, metadata
 from airgapped_registry.oci.mediatypes import (
     HELM_CHART_CONTENT,
     HELM_CONFIG,
@@ -42,15 +47,19 @@ from airgapped_registry.oci.mediatypes import (
 )
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-SHOWCASE_TAGS = len(BASE_TAGS) + 1 + len(CHART_TAGS)
+SHOWCASE_TAGS = len(BASE_TAGS) + 1 + len(CHART_TAGS) + 1
 SMALL = SampleSpec(
     repositories=2, tags_per_repository=3, base_layer_bytes=2048, unique_layer_bytes=3000
 )
+# Fixed, so no test here depends on the day it runs.
+DB_UPDATED_AT = datetime(2026, 11, 30, tzinfo=UTC)
+# Content that neither the seed nor the base generation changes.
+FIXED_REPOSITORIES = (VULNERABLE_REPOSITORY, CHART_REPOSITORY, TRIVY_DB_REPOSITORY)
 
 
 @pytest.fixture(scope="module")
 def sample() -> Sample:
-    return build(SMALL)
+    return build(SMALL, db_updated_at=DB_UPDATED_AT)
 
 
 def app_artifacts(sample: Sample) -> list[Artifact]:
@@ -77,7 +86,7 @@ def layer_files(sample: Sample, digest: str) -> dict[str, tarfile.TarInfo | byte
 
 
 def test_same_spec_builds_identical_digests(sample: Sample) -> None:
-    again = build(SMALL)
+    again = build(SMALL, db_updated_at=DB_UPDATED_AT)
     assert again.expected() == sample.expected()
     assert again.blob_digests == sample.blob_digests
 
@@ -85,8 +94,10 @@ def test_same_spec_builds_identical_digests(sample: Sample) -> None:
 def test_digests_are_the_same_in_another_process(sample: Sample) -> None:
     # A different hash seed shows no digest depends on str hashing or dict order.
     code = (
-        "import json; from airgap_lab.sample import SampleSpec, build; "
-        f"print(json.dumps(build(SampleSpec(**{SMALL.__dict__!r})).expected()))"
+        "import json, datetime; from airgap_lab.sample import SampleSpec, build; "
+        f"print(json.dumps(build(SampleSpec(**{SMALL.__dict__!r}), "
+        f"db_updated_at=datetime.datetime.fromisoformat({DB_UPDATED_AT.isoformat()!r}))"
+        ".expected()))"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONHASHSEED": "12345"}
     result = subprocess.run(
@@ -96,12 +107,14 @@ def test_digests_are_the_same_in_another_process(sample: Sample) -> None:
 
 
 def test_another_seed_changes_generated_content_but_not_fixed_showcase(sample: Sample) -> None:
-    other = build(SampleSpec(**{**SMALL.__dict__, "seed": 2})).expected()
+    other = build(
+        SampleSpec(**{**SMALL.__dict__, "seed": 2}), db_updated_at=DB_UPDATED_AT
+    ).expected()
     mine = sample.expected()
     assert other.keys() == mine.keys()
     for reference, entry in mine.items():
         repository = reference.split(":")[0]
-        if repository in (VULNERABLE_REPOSITORY, CHART_REPOSITORY):
+        if repository in FIXED_REPOSITORIES:
             assert other[reference] == entry, reference
         else:
             assert other[reference]["digest"] != entry["digest"], reference
@@ -116,6 +129,7 @@ def test_artifacts_cover_showcase_and_generated_repositories(sample: Sample) -> 
         *(f"{BASE_REPOSITORY}:{tag}" for tag in BASE_TAGS),
         f"{VULNERABLE_REPOSITORY}:{VULNERABLE_TAG}",
         *(f"{CHART_REPOSITORY}:{tag}" for tag in CHART_TAGS),
+        f"{TRIVY_DB_REPOSITORY}:{TRIVY_DB_TAG}",
         *(f"sample/app-{n:03d}:{tag}" for n in (1, 2) for tag in ("1.0.0", "1.1.0", "2.0.0")),
     ]
     assert "2.0.0-rc.1" in BASE_TAGS
@@ -124,7 +138,7 @@ def test_artifacts_cover_showcase_and_generated_repositories(sample: Sample) -> 
 
 def test_indexes_list_one_manifest_per_platform(sample: Sample) -> None:
     for artifact in sample.artifacts:
-        if artifact.repository in (VULNERABLE_REPOSITORY, CHART_REPOSITORY):
+        if artifact.repository in FIXED_REPOSITORIES:
             continue
         index = json.loads(artifact.manifest)
         assert artifact.media_type == index["mediaType"] == OCI_INDEX
@@ -287,11 +301,53 @@ def test_chart_is_an_oci_helm_chart(sample: Sample, version: str) -> None:
     assert b"kind: Deployment" in files["demo/templates/deployment.yaml"]
 
 
+def test_trivy_db_is_the_artifact_trivy_downloads(sample: Sample) -> None:
+    artifact = sample.artifact(f"{TRIVY_DB_REPOSITORY}:{TRIVY_DB_TAG}")
+    manifest = json.loads(artifact.manifest)
+    assert artifact.media_type == manifest["mediaType"] == OCI_MANIFEST
+    assert artifact.platforms == {}
+    assert manifest["config"]["mediaType"] == CONFIG_MEDIA_TYPE
+    assert sample.blob(manifest["config"]["digest"]) == b"{}"
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == LAYER_MEDIA_TYPE
+    assert layer["annotations"] == {"org.opencontainers.image.title": "db.tar.gz"}
+    assert manifest["annotations"] == {"org.opencontainers.image.created": "2026-11-30T00:00:00Z"}
+    files = layer_files(sample, layer["digest"])
+    assert set(files) == {"trivy.db", "metadata.json"}
+    assert json.loads(files["metadata.json"]) == metadata(DB_UPDATED_AT)
+    assert [blob.digest for blob in artifact.blobs] == [
+        manifest["config"]["digest"],
+        layer["digest"],
+    ]
+
+
+def test_another_db_day_moves_the_db_tag_only(sample: Sample) -> None:
+    later = build(SMALL, db_updated_at=DB_UPDATED_AT + timedelta(days=1)).expected()
+    moved = [ref for ref, entry in sample.expected().items() if later[ref] != entry]
+    assert moved == [f"{TRIVY_DB_REPOSITORY}:{TRIVY_DB_TAG}"]
+
+
+def test_the_db_is_updated_at_the_start_of_the_current_utc_day_by_default() -> None:
+    assert db_day(datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC)) == DB_UPDATED_AT
+    # 01:30 at UTC+2 is still the day before in UTC.
+    east = datetime(2026, 12, 1, 1, 30, tzinfo=timezone(timedelta(hours=2)))
+    assert db_day(east) == DB_UPDATED_AT
+    before, sample, after = db_day(), build(SampleSpec(repositories=0)), db_day()
+    reference = f"{TRIVY_DB_REPOSITORY}:{TRIVY_DB_TAG}"
+    candidates = {
+        build(SampleSpec(repositories=0), db_updated_at=day).expected()[reference]["digest"]
+        for day in {before, after}
+    }
+    assert sample.expected()[reference]["digest"] in candidates
+
+
 # -- base generation -----------------------------------------------------------------------
 
 
 def test_base_generation_changes_one_base_layer_per_platform(sample: Sample) -> None:
-    rebuilt = build(SampleSpec(**{**SMALL.__dict__, "base_generation": 1}))
+    rebuilt = build(
+        SampleSpec(**{**SMALL.__dict__, "base_generation": 1}), db_updated_at=DB_UPDATED_AT
+    )
 
     def layers(s: Sample) -> set[str]:
         return {d for a in s.artifacts for c in a.manifests() for d in layer_digests(c)}
@@ -299,7 +355,7 @@ def test_base_generation_changes_one_base_layer_per_platform(sample: Sample) -> 
     new_layers = layers(rebuilt) - layers(sample)
     assert len(new_layers) == len(BASE_PLATFORMS), "one per platform, arm/v7 included"
     for before, after in zip(sample.artifacts, rebuilt.artifacts, strict=True):
-        uses_base = before.repository not in (VULNERABLE_REPOSITORY, CHART_REPOSITORY)
+        uses_base = before.repository not in FIXED_REPOSITORIES
         assert (before.digest != after.digest) == uses_base, before.reference
         for old, new in zip(before.manifests(), after.manifests(), strict=True):
             changed = [

@@ -475,6 +475,7 @@ def test_lab_list_covers_the_sample_upstream() -> None:
         ("image", "sample/app-003"),
         ("image", "sample/vulnerable"),
         ("chart", "charts/demo"),
+        ("artifact", "aquasecurity/trivy-db"),
     ]
     assert {entry.platforms for entry in spec.entries if entry.kind == "image"} == {
         DEFAULT_PLATFORMS

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from airgapped_registry import __version__
 from airgapped_registry.cli.lock import add_lock_commands
 from airgapped_registry.cli.run import run
+from airgapped_registry.cli.scan import add_scan_commands
 from airgapped_registry.cli.sync import add_sync_commands
 
 
@@ -31,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_lock_commands(commands)
     add_sync_commands(commands)
+    add_scan_commands(commands)
     return root
 
 

@@ -74,7 +74,7 @@ class Tools:
         try:
             return self.runner(argv, env, timeout)
         except FileNotFoundError as exc:
-            raise ToolError(f"{argv[0]}: not found ({tool} is needed to sync)", True) from exc
+            raise ToolError(f"{argv[0]}: not found (the {tool} program)", True) from exc
         except subprocess.TimeoutExpired as exc:
             raise ToolError(f"{tool} did not finish within {timeout:g} s") from exc
 

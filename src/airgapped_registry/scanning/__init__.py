@@ -1,0 +1,1 @@
+"""The scanning domain: Trivy scans of served digests, their verdicts by policy, the DB."""
