@@ -32,8 +32,14 @@ def airgap_nightly_changed(run):
         or (sync.get("relock") or {}).get("written", False)
         or lock.get("changed", False)
         or (run.get("scan_db") or {}).get("changed", False)
-        or (run.get("sign") or {}).get("changed", False)
+        or _signed(run.get("sign") or {})
     )
+
+
+def _signed(report):
+    """``airgap sign`` counts the digests it signed (``signed``); digests the active key
+    had signed already are ``skipped``."""
+    return bool(report.get("changed", False) or report.get("signed", 0) > 0)
 
 
 class FilterModule:

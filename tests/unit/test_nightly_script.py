@@ -45,7 +45,7 @@ case "$1" in
   lock) echo '{"changed": false}' ;;
   verify) echo '{"failed": 0}' ;;
   scan) echo '{"changed": false}' ;;
-  sign) echo '{"changed": true, "signed": 3}' ;;
+  sign) echo '{"signed": 3, "skipped": 0, "failed": 0}' ;;
 esac
 """
 
@@ -190,7 +190,7 @@ def test_json_hands_the_reports_to_ansible(tmp_path: Path) -> None:
     assert reports["sync"]["summary"] == "entries=2 copied=1 bytes=10 duration=0s failures=0"
     assert reports["lock"] == {"changed": False} and reports["verify"] == {"failed": 0}
     assert reports["scan_db"] == {"changed": False}
-    assert reports["sign"] == {"changed": True, "signed": 3}
+    assert reports["sign"] == {"signed": 3, "skipped": 0, "failed": 0}
     assert airgap_nightly_changed(reports) is True
 
 
@@ -218,9 +218,9 @@ def test_a_failed_verify_signs_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("scan_db", "sign", "changed"),
     [
-        ({"changed": False}, {"changed": False}, False),
-        ({"changed": True}, {"changed": False}, True),
-        ({"changed": False}, {"changed": True}, True),
+        ({"changed": False}, {"signed": 0, "skipped": 12}, False),
+        ({"changed": True}, {"signed": 0, "skipped": 12}, True),
+        ({"changed": False}, {"signed": 2, "skipped": 10}, True),
         (None, None, False),
     ],
 )
