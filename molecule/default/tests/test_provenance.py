@@ -8,10 +8,14 @@ registry host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 REGISTRY = "registry:443"
 CERTS = f"/etc/containers/certs.d/{REGISTRY}"
@@ -181,3 +185,36 @@ def test_the_nightly_run_signs_and_reports_it(registry):
         registry.check_output(f"airgap sign --config {CONFIG} --lock {STATE}/relay.lock")
     )
     assert again["signed"] == 0 and again["failed"] == 0 and again["skipped"] > 0
+
+
+def test_trivy_is_the_controllers_binary(registry):
+    controller = Path(sys.executable).with_name("trivy")
+    digest = hashlib.sha256(controller.read_bytes()).hexdigest()
+    installed = registry.file("/usr/local/libexec/airgapped-registry/trivy")
+    assert installed.mode == 0o755 and installed.sha256sum == digest
+    assert registry.file("/var/lib/airgapped-registry/trivy").mode == 0o750
+
+
+def test_the_provenance_configuration_names_the_contracts_paths(registry):
+    config = yaml.safe_load(registry.file(CONFIG).content_string)
+    assert config["version"] == 1 and config["backend"] == "http://127.0.0.1:5000"
+    assert config["signing"]["registry"] == REGISTRY
+    assert config["signing"]["keys_dir"] == KEYS_DIR
+    assert config["signing"]["cert_file"] == "/etc/airgapped-registry/appliance/client.cert"
+    assert config["scanning"]["trivy"] == "/usr/local/libexec/airgapped-registry/trivy"
+    assert config["scanning"]["listen"] == "127.0.0.1:5060"
+    assert config["scanning"]["policy"]["default"] == {"fail_on": "CRITICAL"}
+
+
+def test_distribution_notifies_the_scan_service_of_pushes(registry):
+    config = yaml.safe_load(registry.file("/etc/docker/registry/config.yml").content_string)
+    (endpoint,) = config["notifications"]["endpoints"]
+    assert endpoint["url"] == "http://127.0.0.1:5060/events"
+    assert endpoint["ignore"]["actions"] == ["pull"]
+
+
+def test_the_scan_service_runs(registry):
+    service = registry.service("airgap-scanner")
+    assert service.is_enabled and service.is_running
+    health = registry.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5060/healthz")
+    assert health.stdout == "200"
