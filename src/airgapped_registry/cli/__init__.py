@@ -16,6 +16,7 @@ from airgapped_registry import __version__
 from airgapped_registry.cli.lock import add_lock_commands
 from airgapped_registry.cli.run import run
 from airgapped_registry.cli.scan import add_scan_commands
+from airgapped_registry.cli.sign import add_sign_commands
 from airgapped_registry.cli.sync import add_sync_commands
 
 
@@ -33,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     add_lock_commands(commands)
     add_sync_commands(commands)
     add_scan_commands(commands)
+    add_sign_commands(commands)
     return root
 
 

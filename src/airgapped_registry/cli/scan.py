@@ -1,16 +1,30 @@
 """``airgap scan ...``: the registry host's scanner, configured by ``provenance.yaml``.
 
 ``scan db update`` installs the vulnerability DB from the local registry (the backend) as
-the lock names it (:func:`airgapped_registry.scanning.db.install`).
+the lock names it (:func:`airgapped_registry.scanning.db.install`). ``scan now``, ``status``,
+``reconcile`` and ``serve`` are the scan service's (:mod:`airgapped_registry.service`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import threading
+from datetime import UTC, datetime
 from typing import Any
 
+from airgapped_registry.cli.run import stop_on_signals
+from airgapped_registry.errors import AirgapError
 from airgapped_registry.scanning import config as scanning_config
 from airgapped_registry.scanning import db
+from airgapped_registry.scanning.verdict import DbInfo, read_status
+from airgapped_registry.service.reconcile import reconcile, served_tags
+from airgapped_registry.service.records import from_record
+from airgapped_registry.service.server import ScanService
+from airgapped_registry.service.setup import service_parts, settings_from
+from airgapped_registry.service.worker import DigestJob
+from airgapped_registry.state.store import StateStore
+from airgapped_registry.state.verdicts import VerdictStore
 from airgapped_registry.transport.access import RegistryAccess
 
 
@@ -18,6 +32,7 @@ def add_scan_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     scan = commands.add_parser("scan", help="scan served digests with Trivy; its DB")
     actions = scan.add_subparsers(dest="action", required=True, metavar="ACTION")
     add_scan_db_commands(actions)
+    add_scan_service_commands(actions)
 
 
 def config_option() -> argparse.ArgumentParser:
@@ -53,3 +68,174 @@ def run_db_update(args: argparse.Namespace) -> dict[str, Any]:
         report["stale"] = installed.stale(source.max_age)
         report["max_age_seconds"] = int(source.max_age.total_seconds())
     return report
+
+
+# -- the scan service's commands (now, status, reconcile, serve) ---------------------------
+
+
+def add_scan_service_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``airgap scan now|status|reconcile|serve``."""
+    now = actions.add_parser(
+        "now",
+        parents=[config_option()],
+        help="scan digests now (even with a current verdict), record and attest their verdicts",
+    )
+    now.add_argument("references", nargs="*", metavar="REPO@DIGEST|REPO:TAG")
+    now.add_argument("--all", action="store_true", help="every tag the backend serves")
+    now.add_argument("--cosign", default="cosign", metavar="PATH", help="the cosign program")
+    now.set_defaults(run=run_now)
+    status = actions.add_parser(
+        "status", parents=[config_option()], help="verdicts as they stand now (stale included)"
+    )
+    status.add_argument("--repository", metavar="R", help="only this repository")
+    status.add_argument("digest", nargs="?", metavar="DIGEST", help="only this digest")
+    status.set_defaults(run=run_status)
+    reconcile_parser = actions.add_parser(
+        "reconcile",
+        parents=[config_option()],
+        help="one reconciliation pass: queue every served digest without a current verdict",
+    )
+    reconcile_parser.set_defaults(run=run_reconcile)
+    serve = actions.add_parser(
+        "serve",
+        parents=[config_option()],
+        help="the scan service: notifications, queue, workers, reconciliation (until SIGTERM)",
+    )
+    serve.add_argument("--cosign", default="cosign", metavar="PATH", help="the cosign program")
+    serve.set_defaults(run=run_serve)
+
+
+def split_target(text: str) -> tuple[str, str]:
+    """``repo@sha256:...`` or ``repo:tag`` as ``(repository, reference)``."""
+    if "@" in text:
+        repository, reference = text.split("@", 1)
+    elif ":" in text.rsplit("/", 1)[-1]:
+        repository, reference = text.rsplit(":", 1)
+    else:
+        raise ValueError(f"{text!r}: expected REPO@DIGEST or REPO:TAG")
+    return repository, reference
+
+
+def run_now(args: argparse.Namespace) -> dict[str, Any]:
+    if bool(args.references) == bool(args.all):
+        raise ValueError("scan now: name REPO@DIGEST|REPO:TAG ... or --all (not both)")
+    with (
+        service_parts(args.config, cosign=args.cosign) as parts,
+        StateStore(parts.settings.state) as store,
+    ):
+        client = parts.client
+        targets: dict[tuple[str, str], None] = {}
+        if args.all:
+            for repository, _, head in served_tags(client):
+                if head is not None:
+                    targets[(repository, head.digest)] = None
+        for text in args.references:
+            repository, reference = split_target(text)
+            head = client.head_manifest(repository, reference)
+            if head is None:
+                raise AirgapError(f"{text}: not in the backend {parts.config.backend}")
+            targets[(repository, head.digest)] = None
+        job = DigestJob(
+            parts.settings, parts.scanner, parts.provenance, client, VerdictStore(store)
+        )
+        results, errors = [], []
+        for repository, digest in targets:
+            try:
+                results.append(job.run(repository, digest, force=True).to_json())
+            except (AirgapError, ValueError) as exc:
+                errors.append(f"{repository}@{digest}: {exc}")
+        report: dict[str, Any] = {
+            "scanned": len(results),
+            "failed": sum(result["status"] == "fail" for result in results),
+            "errors": errors,
+            "results": results,
+        }
+        if errors:
+            raise ScanNowError(report)
+        return report
+
+
+class ScanNowError(AirgapError):
+    """Some digests could not be scanned; the report says which."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__("; ".join(report["errors"]))
+        self.report = report
+
+
+def run_status(args: argparse.Namespace) -> dict[str, Any]:
+    config = scanning_config.load(args.config)
+    settings = settings_from(config)
+    installed = db.current(config.cache_dir)
+    current = None if installed is None else DbInfo(installed.digest, installed.updated_at)
+    if not settings.state.exists():
+        raise AirgapError(f"state database {settings.state}: none yet (no scan was recorded)")
+    now = datetime.now(UTC)
+    with StateStore(settings.state) as store:
+        verdicts = VerdictStore(store)
+        records = verdicts.verdicts(args.repository, args.digest)
+        depth = verdicts.queue_depth()
+        last = verdicts.last_reconciliation()
+    listed = []
+    totals: dict[str, int] = {}
+    for record in records:
+        verdict = from_record(record)
+        status, why = read_status(verdict, current, settings.max_age, now)
+        totals[status] = totals.get(status, 0) + 1
+        listed.append(verdict.to_json(status=status, stale=why))
+    if args.digest and not listed:
+        where = f" in {args.repository}" if args.repository else ""
+        raise AirgapError(f"{args.digest}: no verdict{where}")
+    return {
+        "db": None
+        if installed is None
+        else {
+            "digest": installed.digest,
+            "updated_at": installed.to_json().get("updated_at"),
+            "stale": installed.stale(settings.max_age, now),
+            "max_age_seconds": int(settings.max_age.total_seconds()),
+        },
+        "totals": dict(sorted(totals.items())),
+        "queue": depth,
+        "last_reconciliation": None if last is None else last.to_json(),
+        "verdicts": listed,
+    }
+
+
+def run_reconcile(args: argparse.Namespace) -> dict[str, Any]:
+    config = scanning_config.load(args.config)
+    installed = db.current(config.cache_dir)
+    current = None if installed is None else DbInfo(installed.digest, installed.updated_at)
+    with (
+        RegistryAccess(config.backend, name="backend").client() as client,
+        StateStore(config.state) as store,
+    ):
+        verdicts = VerdictStore(store)
+        report = reconcile(client, verdicts, current).to_json()
+        report["queue"] = verdicts.queue_depth()
+    return report
+
+
+class _Stop:
+    """The stop request SIGTERM and SIGINT make (``cli.run.stop_on_signals``)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.event = threading.Event()
+
+    def request(self, reason: str, signal: str | None = None) -> None:
+        self.signal = signal
+        self.event.set()
+
+
+def run_serve(args: argparse.Namespace) -> dict[str, Any]:
+    stop = _Stop()
+    with service_parts(args.config, cosign=args.cosign) as parts:
+        service = ScanService(parts.settings, parts.scanner, parts.provenance, lambda: parts.client)
+        logging.getLogger("airgapped_registry").setLevel(logging.INFO)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="airgap scan serve: %(message)s")
+        with stop_on_signals(stop):
+            service.serve(stop.event)
+        health = service.health()
+    return {"stopped": stop.signal, "queue": health["queue"]}

@@ -4,12 +4,22 @@ Resolution finds them (:func:`find_signatures`: the tags ``sha256-<hex>.sig|att|
 subject digest, named in the repository's tag list, so looking costs no request); the sync
 verifies the upstream signature against the entry's keys (:class:`SignatureCheck`, with
 cosign) before it copies anything, and copies them (:func:`copy_signatures`).
+
+On the registry host the appliance signs (and attests) what the mirror published: cosign
+appends its layer to the same ``.sig`` (``.att``) manifest, whose digest then differs from
+the lock's. A destination manifest holding every layer the lock records for that tag, and
+more, is the locked one with the appliance's layers added (:func:`holds`): verify accepts it,
+and the sync leaves it alone. When upstream's own signatures changed, the sync writes the
+new locked layers followed by the destination's other ones (:func:`merged`), so the
+appliance's signature is never lost between a sync and the next signing run.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +30,7 @@ from airgapped_registry.mirror.outcome import EntryFailure
 from airgapped_registry.mirror.sources import CopySource, SourceReader
 from airgapped_registry.mirror.spec import SIGNATURE_KINDS, Entry, MirrorSpec
 from airgapped_registry.oci.manifest import image_parts, parse_manifest
+from airgapped_registry.oci.reference import canonical_json, digest_of
 from airgapped_registry.tools import cosign
 from airgapped_registry.tools.process import Tools, tool_error
 from airgapped_registry.transport.registry import RegistryClient
@@ -175,28 +186,102 @@ class SignatureCheck:
         )
 
 
+def holds(body: bytes, signature: Signature, where: str) -> bool:
+    """Whether the manifest ``body`` holds every layer the lock records for ``signature``,
+    each as many times (the locked manifest itself, or it with the appliance's layers added).
+
+    By digest: the lock records no annotations, and two signatures of one payload share a
+    digest, so :func:`copy_signatures`, which has the locked manifest, compares whole layers.
+    """
+    _, layers = image_parts(parse_manifest(body, where), where)
+    return not Counter(layer.digest for layer in signature.layers) - Counter(
+        layer.digest for layer in layers
+    )
+
+
+def _layer_keys(body: bytes, where: str) -> Counter[str]:
+    """A manifest's layers as canonical JSON: equal when digest and annotations are."""
+    layers = parse_manifest(body, where).get("layers") or []
+    return Counter(canonical_json(layer).decode() for layer in layers)
+
+
+def merged(locked: bytes, held: bytes, config: bytes, where: str) -> tuple[bytes, bytes]:
+    """``(manifest, config)``: the locked signature manifest followed by the layers of the
+    ``held`` one it lacks (annotations and all), its config's ``rootfs`` listing them all.
+
+    cosign's signature layers are uncompressed, so a layer's diff ID is its digest.
+    """
+    document = parse_manifest(locked, where)
+    missing = _layer_keys(held, where) - _layer_keys(locked, where)
+    extra = []
+    for layer in parse_manifest(held, where).get("layers") or []:
+        key = canonical_json(layer).decode()
+        if missing[key] > 0:
+            missing[key] -= 1
+            extra.append(layer)
+    document["layers"] = [*(document.get("layers") or []), *extra]
+    image_config = parse_manifest(config, f"{where} config")
+    image_config.setdefault("rootfs", {"type": "layers"})
+    image_config["rootfs"]["diff_ids"] = [layer["digest"] for layer in document["layers"]]
+    if isinstance(image_config.get("history"), list):
+        image_config["history"] += [dict(image_config["history"][-1:][0]) for _ in extra]
+    config_bytes = json.dumps(image_config, separators=(",", ":")).encode()
+    document["config"] = {
+        **document["config"],
+        "digest": digest_of(config_bytes),
+        "size": len(config_bytes),
+    }
+    return json.dumps(document, separators=(",", ":")).encode(), config_bytes
+
+
 def copy_signatures(
     entry: LockEntry, source: CopySource, client: RegistryClient, check_all: bool = False
 ) -> int:
     """Copy the entry's signatures; small manifests, so the engine copies them, digest-checked,
     blob by blob. Returns the bytes sent.
 
-    A signature tag already naming the locked digest is skipped, unless ``check_all``
-    (``--force``): then each of its blobs is looked up and put back if missing.
+    A signature tag already naming the locked digest, or a manifest holding its layers and
+    more (the same layers, annotations and all, and the appliance's added), is skipped,
+    unless ``check_all`` (``--force``): then each of its blobs is looked up and put back if
+    missing. A tag naming something else gets the locked manifest, with the layers it lacks
+    from what the tag held (:func:`merged`).
     """
     sent = 0
     for signature in entry.signatures:
         if not signature.copy:
             continue
+        if entry.repository is None:
+            raise InvariantError(f"lock entry {entry.reference}: no source repository")
+        where = f"{entry.destination}:{signature.tag}"
         current = client.head_manifest(entry.destination, signature.tag)
         if current is not None and current.digest == signature.digest and not check_all:
             continue
-        if entry.repository is None:
-            raise InvariantError(f"lock entry {entry.reference}: no source repository")
         body = source.get_manifest(entry.repository, signature.digest)
-        for blob in signature.blobs():
-            fetch = functools.partial(source.get_blob, entry.repository, blob.digest)
-            if client.push_blob(entry.destination, blob.digest, fetch):
-                sent += blob.size
+        held = None
+        if current is not None and current.digest != signature.digest:
+            held = client.get_manifest(entry.destination, signature.tag)[0]
+            # Every locked layer there, annotations and all: only the appliance's added.
+            if not _layer_keys(body, where) - _layer_keys(held, where):
+                if check_all:
+                    sent += _put_blobs(entry, signature, source, client)
+                continue
+        sent += _put_blobs(entry, signature, source, client)
+        if held is not None and signature.config is not None:
+            config = source.get_blob(entry.repository, signature.config.digest)
+            body, config = merged(body, held, config, where)
+            if client.push_blob(entry.destination, digest_of(config), config):
+                sent += len(config)
         client.put_manifest(entry.destination, signature.tag, body, signature.media_type)
+    return sent
+
+
+def _put_blobs(
+    entry: LockEntry, signature: Signature, source: CopySource, client: RegistryClient
+) -> int:
+    """Make the signature's blobs present at the destination; the bytes sent."""
+    sent = 0
+    for blob in signature.blobs():
+        fetch = functools.partial(source.get_blob, entry.repository or "", blob.digest)
+        if client.push_blob(entry.destination, blob.digest, fetch):
+            sent += blob.size
     return sent

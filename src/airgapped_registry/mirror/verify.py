@@ -3,9 +3,10 @@
 For every entry: ``GET destination:tag`` and compare the SHA-256 of the bytes with the lock's
 digest (and size); ``GET`` every child the lock copies (each platform, selected or carried
 along by ``preserve-index``) and every signature, attestation and SBOM it lists, by digest or
-tag, comparing digests the same way. With ``deep``, also ``HEAD`` every blob the entry
-references (``LockEntry.blobs()``) in its destination repository. The sources are never
-contacted.
+tag, comparing digests the same way (a signature manifest holding the locked layers and
+the appliance's added ones passes, see :func:`~airgapped_registry.mirror.signatures.holds`).
+With ``deep``, also ``HEAD`` every blob the entry references (``LockEntry.blobs()``) in its
+destination repository. The sources are never contacted.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airgapped_registry import defaults
-from airgapped_registry.errors import DigestMismatchError, RegistryError
-from airgapped_registry.mirror.lock import Lock, LockEntry
+from airgapped_registry.errors import ContentError, DigestMismatchError, RegistryError
+from airgapped_registry.mirror.lock import Lock, LockEntry, Signature
+from airgapped_registry.mirror.signatures import holds
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transport.counters import RequestCount
 from airgapped_registry.transport.registry import RegistryClient
@@ -97,7 +99,11 @@ def _check(client: RegistryClient, entry: LockEntry, deep: bool) -> EntryCheck:
         signature_body = _get(
             client, check, repository, signature.tag, f"{signature.kind} {signature.tag}"
         )
-        if signature_body is not None and digest_of(signature_body) != signature.digest:
+        if (
+            signature_body is not None
+            and digest_of(signature_body) != signature.digest
+            and not _holds(signature_body, signature, f"{repository}:{signature.tag}")
+        ):
             check.problems.append(
                 f"{signature.kind} {signature.tag} is {digest_of(signature_body)}, the lock says "
                 f"{signature.digest}"
@@ -113,6 +119,13 @@ def _check(client: RegistryClient, entry: LockEntry, deep: bool) -> EntryCheck:
             if not present:
                 check.problems.append(f"blob {blob.digest} ({blob.size} bytes) is missing")
     return check
+
+
+def _holds(body: bytes, signature: Signature, where: str) -> bool:
+    try:
+        return holds(body, signature, where)
+    except ContentError:
+        return False
 
 
 def _get(

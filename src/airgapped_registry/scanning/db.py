@@ -23,6 +23,7 @@ from it.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -31,6 +32,7 @@ import shutil
 import struct
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -241,7 +243,8 @@ def unpack(data: bytes, directory: Path, artifact: str, max_file_bytes: int) -> 
     limits = {DB_FILE: max_file_bytes, METADATA_FILE: defaults.SCAN_DB_MAX_METADATA_BYTES}
     seen: set[str] = set()
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        stream = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+        with stream, tarfile.open(fileobj=stream, mode="r:") as archive:
             for member in archive:
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 if name in ("", ".") and member.isdir():
@@ -266,8 +269,11 @@ def unpack(data: bytes, directory: Path, artifact: str, max_file_bytes: int) -> 
                     raise DbError(f"DB artifact {artifact}: cannot read {name}")
                 with source, (directory / name).open("xb") as target:
                     shutil.copyfileobj(source, target, 1024 * 1024)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        # zlib.error is an OSError subclass's cousin: gzip raises BadGzipFile (OSError).
+            # The tar ends before the gzip stream does: read it to its end, where gzip
+            # checks its CRC and length (a flipped byte inside a member fails only there).
+            while stream.read(1024 * 1024):
+                pass
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
         raise DbError(f"DB artifact {artifact}: the layer is not a valid tar.gz: {exc}") from exc
     for name in (DB_FILE, METADATA_FILE):
         if name not in seen:

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class BlobCache:
         self.fetched_bytes = 0
         self._lock = threading.Lock()
         self._fetching: dict[str, threading.Lock] = {}
+        self._in_use: Counter[str] = Counter()  # being fetched or linked: never pruned
 
     def path(self, digest: str) -> Path:
         check_digest(digest)
@@ -57,18 +59,26 @@ class BlobCache:
         """Place ``blob`` at ``target`` as a hard link to the cached file, fetching it from
         ``repository`` first if the cache lacks it; True when it was fetched."""
         path = self.path(blob.digest)
-        with self._digest_lock(blob.digest):
-            fetched = False
-            for _ in range(2):
-                if not path.exists():
-                    self._fetch(client, repository, blob, path)
-                    fetched = True
-                try:
-                    os.link(path, target)
-                except FileNotFoundError:
-                    continue  # pruned between the check and the link: fetch it again
-                os.utime(path)  # recently used: pruned last
-                return fetched
+        with self._lock:
+            self._in_use[blob.digest] += 1
+        try:
+            with self._digest_lock(blob.digest):
+                fetched = False
+                for _ in range(2):
+                    if not path.exists():
+                        self._fetch(client, repository, blob, path)
+                        fetched = True
+                    try:
+                        os.link(path, target)
+                    except FileNotFoundError:
+                        continue  # pruned by another process meanwhile: fetch it again
+                    os.utime(path)  # recently used: pruned last
+                    return fetched
+        finally:
+            with self._lock:
+                self._in_use[blob.digest] -= 1
+                if not self._in_use[blob.digest]:
+                    del self._in_use[blob.digest]
         raise ContentError(f"{repository}@{blob.digest}: blob vanished from {path} twice")
 
     def prune(self, keep: Iterable[str] = ()) -> int:
@@ -89,7 +99,10 @@ class BlobCache:
         for _, size, path in sorted(files):
             if total - removed <= self.max_bytes:
                 break
-            path.unlink(missing_ok=True)
+            with self._lock:
+                if f"{path.parent.name}:{path.name}" in self._in_use:
+                    continue
+                path.unlink(missing_ok=True)
             removed += size
         return removed
 

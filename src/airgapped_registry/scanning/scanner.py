@@ -293,7 +293,7 @@ class Scanner:
             _, layers = image_parts(parse_manifest(body, where), where)
             layer_digests = [layer.digest for layer in layers]
             version = self.version()
-            with self._slot() as slot:
+            with self._slot(version, layer_digests) as slot:
                 started = datetime.now(UTC)
                 skip = slot.analyzed(version, layer_digests)
                 try:
@@ -358,31 +358,40 @@ class Scanner:
             remove_layout(directory)
 
     @contextlib.contextmanager
-    def _slot(self) -> Iterator[_Slot]:
+    def _slot(self, version: str, layers: list[str]) -> Iterator[_Slot]:
         if self.server is not None:
             with self._free_slots:
                 yield _Slot(self.server.cache_dir, standalone=False)
             return
         with self._free_slots:
-            slot = self._take_slot()
+            slot = self._take_slot(version, layers)
             try:
                 yield slot
             finally:
                 fcntl.flock(slot.handle, fcntl.LOCK_UN)
                 slot.handle.close()
 
-    def _take_slot(self) -> _Slot:
-        """A free slot among ``workers`` (file locks: other processes take them too)."""
+    def _take_slot(self, version: str, layers: list[str]) -> _Slot:
+        """A slot among ``workers``, held by a file lock (other processes take them too).
+
+        A slot whose cache analysed every layer of the image is taken, waiting for one to
+        be free if need be: the scan then reads no layer. Without such a slot (a new image),
+        any free one.
+        """
         while True:
-            for number in range(self.workers):
-                directory = self._slot_dir(number)
-                handle = (directory / "lock").open("a")
+            slots = [
+                _Slot(self._slot_dir(number), standalone=True) for number in range(self.workers)
+            ]
+            ready = [slot for slot in slots if len(slot.analyzed(version, layers)) == len(layers)]
+            for slot in ready or slots:
+                handle = (slot.cache_dir / "lock").open("a")
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     handle.close()
                     continue
-                return _Slot(directory, standalone=True, handle=handle)
+                slot.handle = handle
+                return slot
             time.sleep(0.05)
 
     def _slot_dir(self, number: int) -> Path:

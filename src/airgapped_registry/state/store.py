@@ -1,7 +1,8 @@
 """Sync state: what each destination tag holds after the last run, and a log of runs.
 
 One SQLite database per host (WAL mode, so the health endpoint can read while a sync writes)
-holds the appliance's state; this module owns its ``sync_*`` tables:
+holds the appliance's state and its migrations; this module owns its ``sync_*`` tables
+(``scan_*`` are :mod:`airgapped_registry.state.verdicts`'):
 
 - ``sync_entries``: one row per destination tag (``host[:port]/repository:tag``), replaced by
   every run that looks at the entry: the digest the lock wants, the result of the last run
@@ -68,6 +69,68 @@ CREATE TABLE IF NOT EXISTS sync_entries (
     updated_at TEXT NOT NULL,
     synced_at TEXT,
     run_id INTEGER REFERENCES sync_runs(id)
+)
+""",
+    ),
+    # 2: the scan service's tables (issue 9), owned by state/verdicts.py.
+    (
+        """
+CREATE TABLE scan_verdicts (
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    media_type TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pass', 'fail', 'error', 'skipped')),
+    fail_on TEXT NOT NULL,
+    counts TEXT NOT NULL,
+    findings TEXT NOT NULL,
+    db_digest TEXT,
+    db_updated_at TEXT,
+    scanned_at TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (repository, digest)
+)
+""",
+        """
+CREATE TABLE scan_children (
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    child TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (repository, digest, child)
+)
+""",
+        """
+CREATE TABLE scan_dbs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    digest TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    installed_at TEXT NOT NULL
+)
+""",
+        """
+CREATE TABLE scan_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('push', 'reconcile', 'rescan')),
+    queued_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before TEXT,
+    claimed_at TEXT,
+    last_error TEXT,
+    UNIQUE (repository, digest)
+)
+""",
+        """
+CREATE TABLE scan_reconciliations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    digests INTEGER NOT NULL DEFAULT 0,
+    queued INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    duration REAL,
+    error TEXT
 )
 """,
     ),
@@ -176,6 +239,12 @@ class StateStore:
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise AirgapError(f"state database {self.path}: {exc}") from exc
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The database connection, for the accessors of other tables (``state/verdicts.py``);
+        autocommit, rows as :class:`sqlite3.Row`, this thread only."""
+        return self._db
 
     @property
     def schema_version(self) -> int:

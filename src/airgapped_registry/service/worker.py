@@ -1,0 +1,307 @@
+"""One digest through the service: scan, judge by policy, attest, sign, record the verdict.
+
+:class:`DigestJob` reads the manifest from the backend once. An image manifest is scanned;
+an index's children are each taken like one (a child whose verdict is current is not
+scanned again, so the children pushed by digest just before their index cost one scan
+each, whoever takes them first), and the index's verdict is the worst of theirs. An
+artifact whose config is not a container image's (a Helm chart, the Trivy DB) is
+``skipped``. The verdict is recorded last, after the attestation and the signature: a
+recorded verdict means all three were done, and a failure leaves the digest queued for
+another try (:class:`Worker`), then an ``error`` verdict that the reconciliation retries.
+
+Two workers never scan one digest at once (:class:`DigestLocks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airgapped_registry.errors import AirgapError
+from airgapped_registry.oci.manifest import descriptor, parse_manifest
+from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES, OCI_CONFIG
+from airgapped_registry.scanning.scanner import ManifestScan
+from airgapped_registry.scanning.verdict import (
+    DbInfo,
+    Finding,
+    Verdict,
+    combine,
+    failed,
+    judge,
+    skipped,
+)
+from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
+from airgapped_registry.service.records import from_record, is_current, iso, to_record
+from airgapped_registry.state.store import StateStore
+from airgapped_registry.state.verdicts import QueueItem, VerdictStore
+from airgapped_registry.transport.registry import RegistryClient
+
+log = logging.getLogger(__name__)
+
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+IMAGE_CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
+# docker buildx lists its provenance/SBOM manifests in the index as platform unknown/unknown.
+ATTESTATION_TYPE = "vnd.docker.reference.type"
+
+
+class DigestLocks:
+    """One lock per ``(repository, digest)`` being worked on, dropped when free."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, repository: str, digest: str) -> Iterator[None]:
+        key = (repository, digest)
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class Outcome:
+    """What one job did, for reports: the verdict, and what it cost."""
+
+    verdict: Verdict
+    scans: int = 0
+    reused: int = 0
+    attested: int = 0
+    signed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repository": self.verdict.repository,
+            "digest": self.verdict.digest,
+            "status": self.verdict.status,
+            "counts": self.verdict.counts,
+            "failing": sorted({f.id for f in self.verdict.failing}),
+            "scans": self.scans,
+            "reused": self.reused,
+            "attested": self.attested,
+            "signed": self.signed,
+        }
+
+
+@dataclass
+class DigestJob:
+    """Everything a worker thread needs to take digests through (one per thread: it holds
+    that thread's state connection and registry client)."""
+
+    settings: ServiceSettings
+    scanner: Scanner
+    provenance: Provenance | None
+    client: RegistryClient
+    verdicts: VerdictStore
+    locks: DigestLocks = field(default_factory=DigestLocks)
+
+    def run(self, repository: str, digest: str, *, force: bool = False) -> Outcome:
+        """Take ``digest`` through; ``force``: scan even when its verdict is current."""
+        with self.locks.hold(repository, digest):
+            current = self.scanner.current_db()
+            if not force:
+                stored = self.verdicts.verdict(repository, digest)
+                if stored and is_current(stored.status, stored.db_digest, current):
+                    return Outcome(from_record(stored), reused=1)
+            body, media_type, _ = self.client.get_manifest(repository, digest)
+            where = f"{repository}@{digest}"
+            document = parse_manifest(body, where)
+            if media_type in INDEX_MEDIA_TYPES:
+                return self._index(repository, digest, media_type, document, force)
+            config = document.get("config")
+            config_type = config.get("mediaType") if isinstance(config, dict) else None
+            if config_type not in IMAGE_CONFIGS:
+                verdict = skipped(
+                    repository,
+                    digest,
+                    f"not a container image (config {config_type})",
+                    self.settings.policy,
+                    datetime.now(UTC),
+                )
+                self.verdicts.record(to_record(verdict, media_type))
+                return Outcome(verdict)
+            scan = self.scanner.scan(repository, digest)
+            verdict = self._judge(repository, scan)
+            outcome = Outcome(verdict, scans=1)
+            self._attest(repository, digest, [scan], outcome)
+            self._sign(repository, digest, outcome)
+            self.verdicts.record(to_record(verdict, media_type))
+            return outcome
+
+    def _index(
+        self, repository: str, digest: str, media_type: str, document: dict[str, Any], force: bool
+    ) -> Outcome:
+        where = f"{repository}@{digest}"
+        children = platform_children(document, where)
+        self.verdicts.remember_children(repository, digest, children)
+        verdicts: list[Verdict] = []
+        scans: list[ManifestScan] = []
+        tally = Outcome(
+            failed(
+                repository,
+                digest,
+                "unfinished",
+                self.settings.policy,
+                db=None,
+                scanned_at=datetime.now(UTC),
+            )
+        )
+        for child in children:
+            with self.locks.hold(repository, child):
+                stored = self.verdicts.verdict(repository, child)
+                if (
+                    not force
+                    and stored
+                    and stored.status in ("pass", "fail")
+                    and is_current(stored.status, stored.db_digest, self.scanner.current_db())
+                ):
+                    verdicts.append(from_record(stored))
+                    tally.reused += 1
+                    continue
+                scan = self.scanner.scan(repository, child)
+                verdict = self._judge(repository, scan)
+                self._attest(repository, child, [scan], tally)
+                self.verdicts.record(to_record(verdict))
+                verdicts.append(verdict)
+                scans.append(scan)
+                tally.scans += 1
+        if not verdicts:
+            raise AirgapError(f"{where}: the index lists no platform manifest to scan")
+        outcome = tally
+        outcome.verdict = combine(repository, digest, verdicts)
+        # The index's own attestation needs every child's report: when some were reused,
+        # their reports are gone, so those children are scanned again (Trivy's layer cache
+        # makes that cheap) only if the index has no attestation yet.
+        if self.settings.attest and self.provenance is not None:
+            if len(scans) < len(verdicts):
+                scanned = {scan.digest for scan in scans}
+                for child in children:
+                    if child not in scanned:
+                        scans.append(self.scanner.scan(repository, child))
+                        outcome.scans += 1
+            self._attest(repository, digest, scans, outcome)
+        self._sign(repository, digest, outcome)
+        self.verdicts.record(to_record(outcome.verdict, media_type))
+        return outcome
+
+    def _judge(self, repository: str, scan: ManifestScan) -> Verdict:
+        findings = [
+            Finding(item.id, item.package, item.installed, item.fixed, item.severity)
+            for item in scan.findings
+        ]
+        return judge(
+            repository,
+            scan.digest,
+            findings,
+            self.settings.policy,
+            db=DbInfo(scan.db.digest, scan.db.updated_at),
+            scanned_at=scan.finished,
+        )
+
+    def _attest(
+        self, repository: str, digest: str, scans: list[ManifestScan], outcome: Outcome
+    ) -> None:
+        if self.settings.attest and self.provenance is not None:
+            self.provenance.attest(repository, digest, scans)
+            outcome.attested += 1
+
+    def _sign(self, repository: str, digest: str, outcome: Outcome) -> None:
+        if self.provenance is not None and self.provenance.signs(repository):
+            self.provenance.sign(repository, digest)
+            outcome.signed = True
+
+
+def platform_children(document: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The platform manifests of an index, without buildx's attestation manifests."""
+    items = document.get("manifests")
+    if not isinstance(items, list):
+        raise AirgapError(f"{where}: index without a manifests list")
+    children = []
+    for position, item in enumerate(items):
+        found = descriptor(item, f"{where} manifests[{position}]")
+        annotations = item.get("annotations") or {}
+        if isinstance(annotations, dict) and ATTESTATION_TYPE in annotations:
+            continue
+        if found.media_type in INDEX_MEDIA_TYPES:
+            raise AirgapError(f"{where}: nested index {found.digest}, not supported")
+        children.append(found.digest)
+    return tuple(dict.fromkeys(children))
+
+
+class Worker:
+    """A thread's loop: claim a queued digest, run its job, done or retried later."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        scanner: Scanner,
+        provenance: Provenance | None,
+        client: RegistryClient,
+        locks: DigestLocks,
+        stop: threading.Event,
+        wake: threading.Condition,
+    ) -> None:
+        self.settings = settings
+        self.scanner = scanner
+        self.provenance = provenance
+        self.client = client
+        self.locks = locks
+        self.stop = stop
+        self.wake = wake
+        self.done = 0
+
+    def loop(self) -> None:
+        with StateStore(self.settings.state) as store:
+            verdicts = VerdictStore(store)
+            job = DigestJob(
+                self.settings, self.scanner, self.provenance, self.client, verdicts, self.locks
+            )
+            while not self.stop.is_set():
+                item = verdicts.claim()
+                if item is None:
+                    with self.wake:
+                        self.wake.wait(timeout=1.0)
+                    continue
+                self.take(job, verdicts, item)
+
+    def take(self, job: DigestJob, verdicts: VerdictStore, item: QueueItem) -> None:
+        where = f"{item.repository}@{item.digest}"
+        try:
+            outcome = job.run(item.repository, item.digest)
+        except (AirgapError, ValueError) as exc:
+            if item.attempts < self.settings.attempts:
+                wait = self.settings.backoff * 2 ** (item.attempts - 1)
+                due = iso(datetime.now(UTC) + timedelta(seconds=wait))
+                log.warning("%s: %s (try %d; again after %s)", where, exc, item.attempts, due)
+                verdicts.retry(item, str(exc), due)
+                return
+            log.error("%s: %s (gave up after %d tries)", where, exc, item.attempts)
+            verdict = failed(
+                item.repository,
+                item.digest,
+                str(exc),
+                self.settings.policy,
+                db=self.scanner.current_db(),
+                scanned_at=datetime.now(UTC),
+            )
+            verdicts.record(to_record(verdict))
+            verdicts.done(item)
+            return
+        log.info("%s: %s (%s)", where, outcome.verdict.status, item.source)
+        verdicts.done(item)
+        self.done += 1
