@@ -462,6 +462,13 @@ def test_the_commands_sign_verify_and_manage_keys(tmp_path, gateway, pki, sample
     config = str(provenance(tmp_path, gateway, pki))
     listed = airgap(capsys, "signing-key", "list", "--config", config)
     assert (listed["active"], listed["keys"]) == (None, [])
+    before_init = airgap(
+        capsys, "signature", "verify", "--config", config, f"{BASE_REPOSITORY}:1.1.0", status=1
+    )
+    assert (
+        "no active signing key, nothing to verify with (run: airgap signing-key init"
+        in (before_init["stderr"])
+    )
     made = airgap(capsys, "signing-key", "init", "--config", config)
     assert made["changed"] is True
     assert airgap(capsys, "signing-key", "init", "--config", config)["changed"] is False
@@ -484,6 +491,12 @@ def test_the_commands_sign_verify_and_manage_keys(tmp_path, gateway, pki, sample
     assert (verified["verified"], verified["keys"]) == (True, [made["active"]])
     by_tag = airgap(capsys, "signature", "verify", "--config", config, f"{BASE_REPOSITORY}:1.1.0")
     assert by_tag["verified"] is True
+    # An OCI artifact (a Helm chart) is signed like an image.
+    chart = airgap(capsys, "sign", "--config", config, "charts/demo:0.1.0")
+    assert (chart["signed"], chart["failed"]) == (1, 0), chart["errors"]
+    assert airgap(capsys, "signature", "verify", "--config", config, "charts/demo:0.1.0")[
+        "verified"
+    ]
 
     rotated = airgap(capsys, "signing-key", "rotate", "--config", config, "--overlap", "30d")
     assert [k["state"] for k in rotated["keys"]] == ["verifying", "active"]

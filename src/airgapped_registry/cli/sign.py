@@ -100,13 +100,13 @@ def run_sign(args: argparse.Namespace) -> dict[str, Any]:
     tools = Tools(timeout=args.tool_timeout)
     with Signer(config, cosign_path=args.cosign, tools=tools, workers=args.workers) as signer:
         if args.lock:
-            targets = lock_targets(read_lock_file(args.lock))
+            report = signer.sign_all(lock_targets(read_lock_file(args.lock)), expand=False)
         else:
             targets = []
             for text in args.references:
                 repository, reference = split_reference(text)
                 targets.append((repository, signer.resolve(repository, reference)))
-        report = signer.sign_all(targets)
+            report = signer.sign_all(targets)
     if report["failed"]:
         # The report goes to stdout for the reader; the first failure and status to main().
         json.dump(report, sys.stdout, indent=2)

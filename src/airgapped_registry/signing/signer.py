@@ -326,9 +326,10 @@ class Signer:
             ]
         return [self.sign_one(repository, subject) for subject in subjects]
 
-    def sign_all(self, targets: Iterable[tuple[str, str]]) -> dict[str, Any]:
-        """Sign every ``(repository, digest)`` (indexes with their children), ``workers`` at
-        a time; the report counts and lists each digest once."""
+    def sign_all(self, targets: Iterable[tuple[str, str]], expand: bool = True) -> dict[str, Any]:
+        """Sign every ``(repository, digest)``, ``workers`` at a time; the report counts and
+        lists each digest once. ``expand``: look each digest up and add an index's children
+        (a caller that lists them already, from a lock, saves a ``GET`` per digest)."""
         started = time.monotonic()
         before = RequestCount.of(self.client)
         runs_before = self.tools.runs["cosign"]
@@ -336,6 +337,9 @@ class Signer:
         subjects: list[tuple[str, str]] = []
         outcomes: list[Outcome] = []
         for repository, digest in wanted:
+            if not expand:
+                subjects.append((repository, digest))
+                continue
             try:
                 subjects += [(repository, s) for s in self.subjects(repository, digest)]
             except (AirgapError, ValueError) as exc:
@@ -423,6 +427,11 @@ class Signer:
         """Check ``repository`` at ``reference`` (tag or digest) with every published key;
         the report names the keys that verify it (``verified``: at least one)."""
         target = self.reference(repository, reference)
+        if not self.ring.published:
+            raise SigningError(
+                f"{self.ring.record}: no active signing key, nothing to verify with "
+                "(run: airgap signing-key init --config ...)"
+            )
         verified: list[str] = []
         problems: list[str] = []
         for key in self.ring.published:
