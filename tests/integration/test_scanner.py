@@ -4,6 +4,7 @@ scanned, what a rescan reads, and slots that let trivy runs go side by side."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -32,8 +33,10 @@ from airgap_lab.trivydb import FIXTURE_VULNERABILITY_ID
 from airgapped_registry.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from airgapped_registry.oci.reference import canonical_json, digest_of
 from airgapped_registry.scanning import db as vulndb
+from airgapped_registry.scanning.layout import BlobCache, write_layout
 from airgapped_registry.scanning.predicate import PREDICATE_TYPE, vuln_predicate
 from airgapped_registry.scanning.scanner import Scanner
+from airgapped_registry.scanning.server import TrivyServer
 from airgapped_registry.transport.registry import RegistryClient
 from tests.integration.conftest import Distribution, DistributionFactory
 
@@ -538,3 +541,47 @@ def test_trivy_reads_the_installed_db(client: RegistryClient, installed_cache: P
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["VulnerabilityDB"]["UpdatedAt"] == "2026-11-29T00:00:00Z"
     assert time.monotonic() - started < 30
+
+
+def test_client_server_mode(tmp_path: Path, registry: Distribution, sample: Sample) -> None:
+    """Clients of one trivy server: the same findings, one shared analysis cache, and the
+    server restarted when another DB is installed."""
+    cache = tmp_path / "cache"
+    lock = write_lock(tmp_path / "relay.lock", db_digest(sample))
+    with RegistryClient(registry.url) as client, TrivyServer(TRIVY, cache) as server:
+        vulndb.install(client, cache, TRIVY_DB_REPOSITORY, TRIVY_DB_TAG, lock)
+        scanner = Scanner(client, cache, TRIVY, workers=2, server=server)
+        multi = scanner.scan(MULTI_VULNERABLE, "1")
+        assert [[f.id for f in scan.findings] for scan in multi.manifests] == [
+            [FIXTURE_VULNERABILITY_ID]
+        ] * 2
+        clean = scanner.scan(BASE_REPOSITORY, "1.0.0")
+        assert clean.failed == () and all(scan.findings == () for scan in clean.manifests)
+        assert not (cache / "slots").exists()
+        # a second scanner of the same server reads no layer: the server's cache has them
+        again = Scanner(client, cache, TRIVY, workers=2, server=server).scan(
+            BASE_REPOSITORY, "1.0.0"
+        )
+        assert all(scan.layers_skipped >= 1 for scan in again.manifests)
+        first_url = server.url
+        # the token is required
+        layout = write_layout(
+            client,
+            BlobCache(tmp_path / "blobs", 1 << 20),
+            VULNERABLE_REPOSITORY,
+            client.get_manifest(VULNERABLE_REPOSITORY, VULNERABLE_TAG),
+            tmp_path / "layout",
+        )
+        command = [str(TRIVY), "image", "--server", server.url, "--input", str(layout.path)]
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+        completed = subprocess.run(
+            [*command, "--quiet"], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert completed.returncode != 0 and "invalid token" in completed.stderr
+        # another DB installed: the server is started again with it
+        installed = vulndb.current(cache)
+        assert installed is not None
+        other = dataclasses.replace(installed, digest="sha256:" + "f" * 64)
+        server.ensure(other)
+        assert server.database == other and server.url != first_url
+        assert scanner.scan(VULNERABLE_REPOSITORY, VULNERABLE_TAG).failed == ()

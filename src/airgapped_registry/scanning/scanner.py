@@ -217,12 +217,22 @@ class Scanner:
         self._version: str | None = None
         self._version_lock = threading.Lock()
         self._free_slots = threading.Semaphore(workers)
+        self._remove_abandoned_layouts()
+
+    def _remove_abandoned_layouts(self) -> None:
+        """Layouts a killed scan left behind: older than any run may take, nobody reads them."""
+        cutoff = time.time() - 2 * self.timeout
+        for path in (self.cache_dir / "layouts").glob("layout-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    remove_layout(path)
 
     def version(self) -> str:
         """Trivy's version (asked once)."""
         with self._version_lock:
             if self._version is None:
-                directory = self._slot_dir(0)
+                directory = self.server.cache_dir if self.server else self._slot_dir(0)
+                directory.mkdir(parents=True, exist_ok=True)
                 self._version = trivy.version(self.tools, self.trivy, directory).version
             return self._version
 

@@ -91,14 +91,14 @@ def server_argv(trivy: str | os.PathLike[str], cache_dir: Path, listen: str) -> 
     """``trivy server`` on ``listen`` (``127.0.0.1:PORT``) with the DB and cache of
     ``cache_dir``; its token comes from ``$TRIVY_TOKEN`` (:func:`client_environment`).
 
-    ``trivy server`` refuses ``--skip-version-check`` and ``--disable-telemetry``; it makes
-    no request with ``--skip-db-update`` (the only download it does is the DB's).
+    ``trivy server`` (0.76) refuses ``--skip-java-db-update``, ``--skip-version-check`` and
+    ``--disable-telemetry``; with ``--skip-db-update`` it makes no request (the DB is the
+    only thing it downloads; the clients say the rest).
     """
     return [
         os.fspath(trivy),
         "server",
         "--skip-db-update",
-        "--skip-java-db-update",
         "--cache-dir",
         str(cache_dir),
         "--listen",
