@@ -218,3 +218,19 @@ def test_the_scan_service_runs(registry):
     assert service.is_enabled and service.is_running
     health = registry.run("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5060/healthz")
     assert health.stdout == "200"
+
+
+def test_every_mirrored_digest_has_a_verdict(registry):
+    """site.yml ends when the scan service has judged everything served."""
+    status = json.loads(registry.check_output(f"airgap scan status --config {CONFIG}"))
+    verdicts = {(v["repository"], v["digest"]): v for v in status["verdicts"]}
+    judged = set(verdicts) | {
+        (v["repository"], child) for v in status["verdicts"] for child in v.get("children", [])
+    }
+    missing = [f"{r}@{d}" for r, d in served_digests(registry) if (r, d) not in judged]
+    assert not missing, missing
+    assert status["db"]["stale"] is False
+    vulnerable = [v for (repo, _), v in verdicts.items() if repo == "sample/vulnerable"]
+    assert vulnerable and all(v["status"] == "fail" for v in vulnerable)
+    images = [v for (repo, _), v in verdicts.items() if repo.startswith("sample/app-")]
+    assert images and all(v["status"] == "pass" for v in images)
