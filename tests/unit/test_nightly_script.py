@@ -27,8 +27,8 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 CRON_ENV = ["env", "-i", "PATH=/usr/bin:/bin", "SHELL=/bin/sh", "HOME=/root", "LOGNAME=root"]
 
 # Stands in for /usr/local/bin/airgap: records its arguments and PATH, answers like the
-# engine (sync: the summary on stdout, the report to --report; lock, verify: JSON), or
-# fails the way $DIR/fail says.
+# engine (sync: the summary on stdout, the report to --report; lock, verify, scan, sign:
+# JSON), or fails the way $DIR/fail says.
 FAKE = """#!/bin/sh
 dir=$(dirname "$0")
 echo "$PATH|$*" >>"$dir/calls"
@@ -44,6 +44,8 @@ case "$1" in
     echo "entries=2 copied=1 bytes=10 duration=0s failures=0" ;;
   lock) echo '{"changed": false}' ;;
   verify) echo '{"failed": 0}' ;;
+  scan) echo '{"changed": false}' ;;
+  sign) echo '{"signed": 3, "skipped": 0, "failed": 0}' ;;
 esac
 """
 
@@ -61,7 +63,11 @@ def render(tmp_path: Path, tier: str, **variables) -> Path:
         {
             "hosts": "localhost",
             "gather_facts": False,
-            "vars_files": [str(ROLE / "defaults" / "main.yml"), str(ROLE / "vars" / "main.yml")],
+            "vars_files": [
+                str(PROJECT / "roles" / "site_defaults" / "defaults" / "main.yml"),
+                str(ROLE / "defaults" / "main.yml"),
+                str(ROLE / "vars" / "main.yml"),
+            ],
             "tasks": [
                 {
                     "name": "Render the script",
@@ -131,7 +137,7 @@ def test_runs_in_crons_environment_and_logs_one_line(tmp_path: Path, tier: str) 
     (line,) = log_lines(tmp_path)
     assert line[1:] == [tier, "entries=2", "copied=1", "bytes=10", "duration=0s", "failures=0"]
     made = calls(tmp_path)
-    expected = ["sync", "lock"] if tier == "relay" else ["lock", "sync", "verify"]
+    expected = ["sync", "lock"] if tier == "relay" else ["lock", "sync", "verify", "scan", "sign"]
     assert [args[0] for _, args in made] == expected
     # skopeo and cosign live in /usr/bin, the engine's command in /usr/local/bin.
     assert all("/usr/local/bin" in path.split(":") for path, _ in made)
@@ -183,7 +189,44 @@ def test_json_hands_the_reports_to_ansible(tmp_path: Path) -> None:
     assert reports["rc"] == 0
     assert reports["sync"]["summary"] == "entries=2 copied=1 bytes=10 duration=0s failures=0"
     assert reports["lock"] == {"changed": False} and reports["verify"] == {"failed": 0}
+    assert reports["scan_db"] == {"changed": False}
+    assert reports["sign"] == {"signed": 3, "skipped": 0, "failed": 0}
     assert airgap_nightly_changed(reports) is True
+
+
+def test_the_registry_host_installs_the_db_then_signs_the_lock_after_verify(
+    tmp_path: Path,
+) -> None:
+    script = render(tmp_path, "registry", scanner_config="/etc/airgapped-registry/provenance.yaml")
+    assert run(script).returncode == 0
+    made = [args for _, args in calls(tmp_path)]
+    config = ["--config", "/etc/airgapped-registry/provenance.yaml"]
+    assert made[3] == ["scan", "db", "update", *config]
+    assert made[4] == ["sign", *config, "--lock", str(tmp_path / "state" / "relay.lock")]
+
+
+def test_a_failed_verify_signs_nothing(tmp_path: Path) -> None:
+    script = render(tmp_path, "registry")
+    (tmp_path / "engine" / "fail").write_text("verify")
+    ran = run(script, "--json")
+    assert ran.returncode == 1
+    reports = json.loads(ran.stdout)
+    assert (reports["verify"], reports["scan_db"], reports["sign"]) == (None, None, None)
+    assert [args[0] for _, args in calls(tmp_path)] == ["lock", "sync", "verify"]
+
+
+@pytest.mark.parametrize(
+    ("scan_db", "sign", "changed"),
+    [
+        ({"changed": False}, {"signed": 0, "skipped": 12}, False),
+        ({"changed": True}, {"signed": 0, "skipped": 12}, True),
+        ({"changed": False}, {"signed": 2, "skipped": 10}, True),
+        (None, None, False),
+    ],
+)
+def test_a_new_db_or_a_signature_is_a_change(scan_db, sign, changed) -> None:
+    run = {"sync": {"copied": 0}, "lock": {"changed": False}, "scan_db": scan_db, "sign": sign}
+    assert airgap_nightly_changed(run) is changed
 
 
 def test_an_engine_stopping_early_still_logs_a_line_and_fails(tmp_path: Path) -> None:
