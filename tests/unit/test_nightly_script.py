@@ -201,6 +201,9 @@ def test_the_registry_host_installs_the_db_then_signs_the_lock_after_verify(
     assert run(script).returncode == 0
     made = [args for _, args in calls(tmp_path)]
     config = ["--config", "/etc/airgapped-registry/provenance.yaml"]
+    # The sync signs before it moves a tag; `sign --lock` after verify is the safety net.
+    assert made[1][0] == "sync" and made[1].count("--sign-config") == 1
+    assert made[1][made[1].index("--sign-config") + 1] == config[1]
     assert made[3] == ["scan", "db", "update", *config]
     assert made[4] == ["sign", *config, "--lock", str(tmp_path / "state" / "relay.lock")]
 
