@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from airgap_lab.sample import VULNERABLE_OS, VULNERABLE_PACKAGE, gzip_stored
 
@@ -52,8 +53,9 @@ _MAX_INLINE = PAGE_SIZE // 4
 _MAX_KEY = 32768
 _MAX_ELEMENTS = 0xFFFF
 
-# A bucket: key -> value bytes, or key -> nested bucket.
-Tree = Mapping[str | bytes, "bytes | Tree"]
+# A bucket: key (str or bytes) -> value bytes, or key -> nested bucket. Any, because a
+# Mapping's key type is invariant: a dict[str, ...] would not be a Mapping[str | bytes, ...].
+Tree = Mapping[Any, "bytes | Tree"]
 
 # Made up on purpose: a real ID would claim a fact about busybox that this DB cannot back,
 # and the lab's results must not change when the real advisory's details do. CVE IDs carry
@@ -105,19 +107,20 @@ _DATA_SOURCES = {
 
 
 def write_db(path: Path, *, updated_at: datetime, advisories: Iterable[Advisory] = FIXTURE) -> None:
-    """Write ``trivy.db`` holding ``advisories`` to ``path``.
+    """Write ``trivy.db`` holding ``advisories`` to ``path``, and ``metadata.json`` beside it.
 
-    ``updated_at`` is what ``metadata.json`` will say; the bbolt file itself holds no time,
-    but the argument is taken so callers cannot mistake a DB without metadata for a
-    complete one.
+    Trivy reads both from ``<cache-dir>/db/`` (and refuses ``--skip-db-update`` without the
+    metadata), so ``write_db(cache / "db" / "trivy.db", ...)`` makes a usable DB directory.
     """
-    _utc(updated_at)
-    Path(path).write_bytes(bolt_file(db_tree(advisories)))
+    path = Path(path)
+    document = _json(metadata(updated_at))
+    path.write_bytes(bolt_file(db_tree(advisories)))
+    (path.parent / "metadata.json").write_bytes(document)
 
 
-def db_tree(advisories: Iterable[Advisory]) -> dict[str, dict]:
+def db_tree(advisories: Iterable[Advisory]) -> dict[str, dict[str, Any]]:
     """The buckets trivy reads: per-OS advisories, vulnerability details, data sources."""
-    tree: dict[str, dict] = {"vulnerability": {}, "data-source": {}}
+    tree: dict[str, dict[str, Any]] = {"vulnerability": {}, "data-source": {}}
     for advisory in advisories:
         family, version = advisory.os
         if family not in _DATA_SOURCES:
@@ -283,7 +286,7 @@ def _inline_bucket(bucket: Tree) -> bytes:
 def _leaf_body(elements: list[tuple[bytes, int, bytes]]) -> bytes:
     """Element headers, then each key followed by its value, in key order."""
     headers = []
-    data = []
+    data: list[bytes] = []
     offset = len(elements) * _ELEMENT.size
     for index, (key, flags, value) in enumerate(elements):
         position = offset - index * _ELEMENT.size

@@ -1,7 +1,9 @@
 """What every module over the airgapped_registry engine shares: the options
 that reach a registry (TLS files, credentials, timeout), the same as the
-CLI's ``--ca-file --cert-file --key-file --auth-file --timeout``, and the one
-way to stop when the engine is not importable on the host that runs the module.
+CLI's ``--ca-file --cert-file --key-file --auth-file --timeout`` (not for the
+provenance modules, which the provenance file tells how to reach the backend and
+the gateway), and the one way to stop when the engine is not importable on the
+host that runs the module.
 
 An option the engine has a default for is None unless the user set it, and
 is then not passed: the engine's default is the only one."""
@@ -55,12 +57,19 @@ def registry_failure(message, params):
     return message
 
 
-def engine_module(argument_spec, import_error, **kwargs):
+def engine_module(argument_spec, import_error, *, registry=True, **kwargs):
     """An AnsibleModule with check mode and the registry options; fails at once,
-    naming the engine, when its import failed (``import_error``: a traceback)."""
-    required_together = [("cert_file", "key_file"), *kwargs.pop("required_together", [])]
+    naming the engine, when its import failed (``import_error``: a traceback).
+
+    ``registry=False``: a module configured by the registry host's provenance file, which
+    says how to reach the backend and the gateway; it takes no registry options."""
+    required_together = list(kwargs.pop("required_together", []))
+    shared = {}
+    if registry:
+        required_together.insert(0, ("cert_file", "key_file"))
+        shared = REGISTRY_OPTIONS
     module = AnsibleModule(
-        argument_spec={**argument_spec, **REGISTRY_OPTIONS},
+        argument_spec={**argument_spec, **shared},
         required_together=required_together,
         supports_check_mode=True,
         **kwargs,

@@ -149,3 +149,22 @@ def eventually(check: Poll, what: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"{what}: not within {timeout} s")
+
+
+@dataclass
+class RecordingProvenance:
+    """Records what the worker asks to attest and sign (cosign itself is exercised in
+    test_scan_trivy.py): ``(repository, digest, digests of the scans given)``."""
+
+    signed_prefixes: tuple[str, ...] = ("ci/",)
+    attested: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    signed: list[tuple[str, str]] = field(default_factory=list)
+
+    def attest(self, repository: str, digest: str, scans: Sequence[ManifestScan]) -> None:
+        self.attested.append((repository, digest, tuple(scan.digest for scan in scans)))
+
+    def signs(self, repository: str) -> bool:
+        return repository.startswith(self.signed_prefixes)
+
+    def sign(self, repository: str, digest: str) -> None:
+        self.signed.append((repository, digest))

@@ -377,8 +377,16 @@ def test_full_destination_stops_new_uploads_and_says_so(
     assert {r["detail"] for r in not_attempted} == {"not attempted: destination storage full"}
     # Every session opened is closed. What Distribution half-wrote while refusing a request
     # for want of space (an empty startedat or data file) it does not know as a session and
-    # cannot close: such leftovers hold no bytes.
-    assert upload_bytes(target.storage) == 0
+    # cannot close: such leftovers hold no bytes. One exception, skopeo's: a PATCH the full
+    # disk cut leaves the bytes it wrote, and Distribution 2.8 refuses the DELETE of the
+    # session URL skopeo named ("upload resumed at wrong offest": its _state holds the offset
+    # before the PATCH); the engine must still have asked to close each such session.
+    holding = sessions_holding_bytes(target.storage)
+    if copier == "engine":
+        assert holding == set()
+    else:
+        deleted = set(re.findall(r'"DELETE /v2/\S+/blobs/uploads/([0-9a-f-]+)\?', target.log()))
+        assert holding <= deleted
     client = RegistryClient(target.url)
     for entry in lock_file.entries:
         current = client.head_manifest(entry.destination, entry.tag)
@@ -398,6 +406,14 @@ def test_full_destination_stops_new_uploads_and_says_so(
     capsys.readouterr()
     assert verify(lock_file, client)["failed"] == 0
     assert upload_bytes(target.storage) == 0
+
+
+def sessions_holding_bytes(storage: Path) -> set[str]:
+    """The upload sessions whose data file in a Distribution's storage holds bytes."""
+    repositories = storage / "docker" / "registry" / "v2" / "repositories"
+    return {
+        data.parent.name for data in repositories.glob("**/_uploads/*/data") if data.stat().st_size
+    }
 
 
 # -- 6. a hung source: the run is bounded ----------------------------------------------------

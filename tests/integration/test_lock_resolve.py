@@ -451,7 +451,8 @@ def test_cosign_signatures_are_locked(distribution, small, tmp_path) -> None:
         "1.1.0",
         "2.0.0",
     }
-    assert report["requests"]["upstream"]["total"] == 6 + manifests_fetched(locked)
+    repositories = len({e.repository for e in locked.entries})
+    assert report["requests"]["upstream"]["total"] == repositories + manifests_fetched(locked)
 
     # The policy holds for app-001 only: app-002 under the same keys is refused.
     strict = lab_list(

@@ -303,3 +303,39 @@ def test_every_module_answers_basic_auth_from_auth_file(distribution_factory, tm
     assert results["publish"]["report"]["published"] is True
     assert results["verify"]["report"]["failed"] == 0
     assert read_lock(fetched) is not None
+
+
+def test_sample_upstream_check_apply_again_then_a_new_db_day(distribution, tmp_path) -> None:
+    """The seed module is idempotent for a fixed DB day; another day moves the DB tag only."""
+    spec = {"repositories": 1, "tags_per_repository": 1, "base_layer_bytes": 512}
+    day = {**spec, "registry": distribution.url, "db_updated_at": "2026-11-30T00:00:00Z"}
+    next_day = {**day, "db_updated_at": "2026-12-01T00:00:00Z"}
+    tasks = [
+        *three_times("seed", "sample_upstream", day),
+        {"name": "next day", "sample_upstream": next_day},
+        {
+            "name": "no zone",
+            "sample_upstream": {**day, "db_updated_at": "2026-12-01"},
+            "ignore_errors": True,
+        },
+    ]
+    path = tmp_path / "seed.yml"
+    path.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    results = run_playbook_allowing(path, "no zone")
+
+    reference = "aquasecurity/trivy-db:2"
+    check, apply, again = (results[f"seed: {step}"] for step in ("check", "apply", "again"))
+    assert (check["changed"], apply["changed"], again["changed"]) == (True, True, False)
+    assert check["pushed"] == apply["pushed"] and reference in apply["pushed"]
+    assert again["requests"] == len(apply["tags"]), "one HEAD per tag"
+    assert apply["db_updated_at"] == "2026-11-30T00:00:00Z"
+    moved = results["next day"]
+    assert (moved["changed"], moved["pushed"]) == (True, [reference])
+    assert moved["tags"][reference] != apply["tags"][reference]
+    head = RegistryClient(distribution.url).head_manifest("aquasecurity/trivy-db", "2")
+    assert head is not None and head.digest == moved["tags"][reference]
+    assert moved["diff"]["after"] == f"{reference} {moved['tags'][reference]}\n"
+    assert results["no zone"]["msg"] == (
+        "db_updated_at: '2026-12-01' is not an ISO 8601 time with a time zone "
+        "(e.g. 2026-11-30T00:00:00Z)"
+    )

@@ -11,24 +11,28 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
 from airgap_lab.sample import Sample, SampleSpec, build, push
+from airgapped_registry.errors import AirgapError
 from airgapped_registry.scanning.policy import Policy
 from airgapped_registry.scanning.scanner import Finding
 from airgapped_registry.scanning.verdict import DbInfo
+from airgapped_registry.service.events import ENVELOPE_MEDIA_TYPE, ManifestPush, parse_envelope
 from airgapped_registry.service.ports import ServiceSettings
 from airgapped_registry.service.reconcile import reconcile
 from airgapped_registry.service.server import ScanService
-from airgapped_registry.service.worker import DigestJob
+from airgapped_registry.service.worker import DigestJob, DigestLocks, Worker
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import VerdictStore
 from airgapped_registry.transport.registry import RegistryClient
 from tests.integration.conftest import Distribution, DistributionFactory, _free_port
 from tests.integration.scan_service import (
     NotifyingDistribution,
+    RecordingProvenance,
     RecordingScanner,
     eventually,
     skopeo_copy,
@@ -212,23 +216,65 @@ def test_reconciliation_at_scale_and_push_latency_figures(
     assert threading.active_count() < 50
 
 
-def test_a_new_db_rescans_every_served_digest(service, source, sample) -> None:
+def test_a_new_db_rescans_every_served_digest_once(service, source, sample) -> None:
     running, scanner, backend = service
-    reference, digest, platforms = index_of(sample, 0)
-    skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/app:1.0.0")
-    wait_for_verdict(running.settings.state, "ci/app", digest)
+    children = 0
+    for number in range(3):
+        reference, digest, platforms = index_of(sample, number)
+        skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/app-{number}:1")
+        wait_for_verdict(running.settings.state, f"ci/app-{number}", digest)
+        children += len(platforms)
     eventually(lambda: running.health()["queue"] == 0, "the queue empties")
-    scans_before = len(scanner.scans)
+    assert len(scanner.scans) == children  # each child once, by its index's job
     new_db = DbInfo("sha256:" + "e" * 64, scanner.db.updated_at)  # type: ignore[union-attr]
     scanner.db = new_db
 
     def rescanned() -> bool:
         with StateStore(running.settings.state) as store:
-            made_with = {v.db_digest for v in VerdictStore(store).verdicts("ci/app")}
+            made_with = {v.db_digest for v in VerdictStore(store).verdicts()}
         return made_with == {new_db.digest}
 
     eventually(rescanned, "every verdict made with the new DB", timeout=30)
-    assert len(scanner.scans) - scans_before == len(platforms)
+    eventually(lambda: running.health()["queue"] == 0, "the queue empties")
+    # Children queued beside their index are left to its job: each scanned once more.
+    assert len(scanner.scans) == 2 * children
+
+
+def take_all(worker: Worker, job: DigestJob, verdicts: VerdictStore) -> None:
+    while (item := verdicts.claim()) is not None:
+        worker.take(job, verdicts, item)
+
+
+def test_children_queued_with_their_index_are_scanned_once_by_its_job(
+    tmp_path, notifying, source, sample
+) -> None:
+    backend, _ = notifying
+    reference, digest, platforms = index_of(sample, 0)
+    skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/app:1")
+    client = RegistryClient(backend.url)
+    scanner = RecordingScanner(client)
+    provenance = RecordingProvenance()
+    config = settings(tmp_path, backend, attest=True)
+    children = tuple(platforms.values())
+    with StateStore(config.state) as store:
+        verdicts = VerdictStore(store)
+        job = DigestJob(config, scanner, provenance, client, verdicts)
+        worker = Worker(config, scanner, provenance, client, DigestLocks(), threading.Event(), None)  # type: ignore[arg-type]
+        verdicts.remember_children("ci/app", digest, children)
+        # The children come first in the queue, as when they are pushed before the index.
+        verdicts.enqueue([("ci/app", child) for child in children], "push")
+        verdicts.enqueue([("ci/app", digest)], "push")
+        take_all(worker, job, verdicts)
+        assert sorted(scanner.scans) == sorted(("ci/app", child) for child in children)
+        assert provenance.attested[-1] == ("ci/app", digest, children)
+        assert provenance.signed == [("ci/app", digest)]
+        # The index's verdict stands, but a child's is gone (deleted and pushed again, say):
+        # queued with its index, the child is still scanned.
+        verdicts.forget("ci/app", children[0])
+        verdicts.enqueue([("ci/app", children[0]), ("ci/app", digest)], "push")
+        take_all(worker, job, verdicts)
+        assert verdicts.verdict("ci/app", children[0]) is not None
+        assert scanner.scans.count(("ci/app", children[0])) == 2
 
 
 def test_a_delete_forgets_the_verdict(service, source, sample) -> None:
@@ -243,3 +289,98 @@ def test_a_delete_forgets_the_verdict(service, source, sample) -> None:
             return VerdictStore(store).verdict("ci/gone", digest) is None
 
     eventually(forgotten, "the deleted index's verdict forgotten")
+
+
+def test_without_a_db_the_queue_waits_for_one(service, source, sample) -> None:
+    running, scanner, backend = service
+    db = scanner.db
+    scanner.db = None
+    reference, digest, platforms = index_of(sample, 2)
+    skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/waiting:1")
+    eventually(lambda: running.health()["queue"] == 3, "the index and its children queued")
+    time.sleep(2.5)  # past the children's delay: still nothing scanned, nothing recorded
+    assert running.health()["queue"] == 3
+    assert scanner.scans == []
+    scanner.db = db
+    verdict = wait_for_verdict(running.settings.state, "ci/waiting", digest, timeout=30)
+    assert verdict.status == "pass"
+    assert len(scanner.scans) == len(platforms)
+
+
+def test_a_port_in_use_is_named(tmp_path, notifying, service) -> None:
+    running, scanner, _ = service
+    backend, _ = notifying
+    taken = settings(tmp_path, backend, running.address[1])
+    with pytest.raises(AirgapError, match=rf"cannot listen on 127\.0\.0\.1:{running.address[1]}"):
+        ScanService(taken, scanner, None, lambda: RegistryClient(backend.url))
+
+
+def test_what_distribution_sends_parses_as_the_captured_fixture(tmp_path, source, sample) -> None:
+    """Capture the envelopes a real Distribution POSTs while skopeo pushes a multi-arch
+    image (what tests/unit/fixtures/notifications holds), and parse them."""
+    received: list[tuple[str | None, bytes]] = []
+
+    class Capture(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers.get("Content-Type"), body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    listener = HTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    backend = NotifyingDistribution(
+        tmp_path / "backend",
+        _free_port(),
+        endpoint=f"http://127.0.0.1:{listener.server_address[1]}/events",
+    )
+    backend.root.mkdir()
+    backend.start()
+    try:
+        reference, digest, platforms = index_of(sample, 0)
+        skopeo_copy(f"{source.address}/{reference}", f"{backend.address}/ci/app:1.0.0")
+
+        def pushes() -> list[ManifestPush]:
+            return [p for _, body in list(received) for p in parse_envelope(body).pushes]
+
+        eventually(lambda: len(pushes()) == 3, "three manifest pushes notified")
+    finally:
+        backend.stop()
+        listener.shutdown()
+    assert {content_type for content_type, _ in received} == {ENVELOPE_MEDIA_TYPE}
+    # Distribution does not promise the order: the index is the tagged push.
+    tagged = [(p.digest, p.tag) for p in pushes() if p.tag]
+    untagged = {p.digest for p in pushes() if not p.tag}
+    assert (tagged, untagged) == ([(digest, "1.0.0")], set(platforms.values()))
+
+
+def test_a_digest_gone_before_its_scan_is_dropped_without_a_verdict(service) -> None:
+    running, scanner, _ = service
+    gone = "sha256:" + "7" * 64
+    envelope = {
+        "events": [
+            {
+                "action": "push",
+                "target": {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "repository": "ci/gone",
+                    "digest": gone,
+                    "tag": "1",
+                },
+            }
+        ]
+    }
+    host, port = running.address
+    connection = http.client.HTTPConnection(host, port, timeout=5)
+    connection.request(
+        "POST", "/events", body=json.dumps(envelope), headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+    )
+    assert json.loads(connection.getresponse().read())["queued"] == 1
+    eventually(lambda: running.health()["queue"] == 0, "the item dropped")
+    time.sleep(1.0)  # a retry would have been due by now (backoff 0.2 s)
+    with StateStore(running.settings.state) as store:
+        assert VerdictStore(store).verdicts("ci/gone") == []
+    assert scanner.scans == []

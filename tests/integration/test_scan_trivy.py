@@ -129,6 +129,10 @@ def test_scan_now_fails_the_vulnerable_image_and_passes_the_others(site) -> None
     }
     status = airgap("scan", "status", "--config", config, "--repository", VULNERABLE_REPOSITORY)
     assert {v["status"] for v in status["verdicts"]} == {"fail"}
+    assert all("findings" not in v for v in status["verdicts"])
+    digest = report["results"][0]["digest"]
+    (one,) = airgap("scan", "status", "--config", config, digest)["verdicts"]
+    assert FIXTURE_VULNERABILITY_ID in {f["id"] for f in one["findings"]}
     assert status["db"]["stale"] is False
     # The allow-list lets it pass, until its expiry day.
     document = dict(site["document"])
@@ -149,6 +153,13 @@ def test_scan_now_fails_the_vulnerable_image_and_passes_the_others(site) -> None
     site["config"].write_text(yaml.safe_dump(document))
     again = airgap("scan", "now", "--config", config, f"{VULNERABLE_REPOSITORY}:{VULNERABLE_TAG}")
     assert [r["status"] for r in again["results"]] == ["pass"]
+    # A DB older than max_age (its UpdatedAt is the start of today) makes every verdict stale.
+    document["scanning"]["db"] = {**document["scanning"]["db"], "max_age": "1s"}
+    site["config"].write_text(yaml.safe_dump(document))
+    stale = airgap("scan", "status", "--config", config)
+    assert stale["db"]["stale"] is True
+    assert set(stale["totals"]) == {"stale"}
+    assert all("more than max_age 1s" in v["stale"] for v in stale["verdicts"])
 
 
 def test_the_service_scans_a_push_and_the_reconciliation_one_it_missed(
@@ -308,6 +319,27 @@ def test_a_push_into_a_ci_repository_is_scanned_attested_and_signed(
             for vulnerability in result.get("Vulnerabilities") or []
         }
         assert FIXTURE_VULNERABILITY_ID in found
+        # Scanned again (a new DB would do the same): the new attestation replaces the old.
+        airgap("scan", "now", "--config", config, "--cosign", str(COSIGN), "ci/vulnerable:1")
+        again = cosign(
+            pki,
+            "verify-attestation",
+            "--type",
+            "vuln",
+            "--key",
+            str(public),
+            "--insecure-ignore-tlog",
+            f"{gateway.address}/ci/vulnerable:1",
+        )
+        assert again.returncode == 0, again.stderr
+        (latest,) = [
+            json.loads(base64.b64decode(json.loads(line)["payload"]))
+            for line in again.stdout.splitlines()
+        ]
+        finished = "scanFinishedOn"
+        assert (
+            latest["predicate"]["metadata"][finished] > statement["predicate"]["metadata"][finished]
+        )
     finally:
         gateway.stop()
 

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from airgap_lab import trivydb
 from airgap_lab.sample import (
     BASE_REPOSITORY,
     CHART_REPOSITORY,
@@ -30,6 +31,7 @@ from airgap_lab.sample import (
     push,
 )
 from airgap_lab.trivydb import FIXTURE_VULNERABILITY_ID
+from airgapped_registry.errors import DigestMismatchError
 from airgapped_registry.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from airgapped_registry.oci.reference import canonical_json, digest_of
 from airgapped_registry.scanning import db as vulndb
@@ -37,8 +39,10 @@ from airgapped_registry.scanning.layout import BlobCache, write_layout
 from airgapped_registry.scanning.predicate import PREDICATE_TYPE, vuln_predicate
 from airgapped_registry.scanning.scanner import Scanner
 from airgapped_registry.scanning.server import TrivyServer
+from airgapped_registry.tools.process import Tools, run_command
+from airgapped_registry.transport.auth import AuthenticatingClient
 from airgapped_registry.transport.registry import RegistryClient
-from tests.integration.conftest import Distribution, DistributionFactory
+from tests.integration.conftest import Distribution, DistributionFactory, htpasswd_line
 
 pytestmark = pytest.mark.integration
 
@@ -585,3 +589,52 @@ def test_client_server_mode(tmp_path: Path, registry: Distribution, sample: Samp
         server.ensure(other)
         assert server.database == other and server.url != first_url
         assert scanner.scan(VULNERABLE_REPOSITORY, VULNERABLE_TAG).failed == ()
+
+
+def test_download_blob_streams_to_a_file_and_checks_the_digest(
+    tmp_path: Path, distribution_factory: DistributionFactory
+) -> None:
+    """Layers and the DB reach the disk without being held in memory; through Basic auth
+    too (the 401 answer is read, the retry with credentials streamed)."""
+    (tmp_path / "htpasswd").write_text(htpasswd_line("alice", "s3cret"))
+    guarded = distribution_factory(htpasswd=tmp_path / "htpasswd")
+    data = bytes(range(256)) * 9000  # several stream chunks
+    with AuthenticatingClient(guarded.url, username="alice", password="s3cret") as client:
+        client.push_blob("scan/blob", digest_of(data), data)
+        with (tmp_path / "blob").open("w+b") as sink:
+            sink.write(b"left over from an earlier try" * 100)
+            assert client.download_blob("scan/blob", digest_of(data), sink) == len(data)
+        assert (tmp_path / "blob").read_bytes() == data
+        hex_digest = digest_of(data).split(":")[1]
+        stored = guarded.storage / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest
+        (stored / "data").write_bytes(data[:-1] + b"\0")
+        with (tmp_path / "bad").open("w+b") as sink, pytest.raises(DigestMismatchError):
+            client.download_blob("scan/blob", digest_of(data), sink)
+
+
+def test_a_db_installed_during_a_scan_is_not_the_one_it_reports(
+    db_cache: Path, tmp_path: Path, registry: Distribution, sample: Sample
+) -> None:
+    """Trivy reads the DB the scan reports, even when another is installed meanwhile: here
+    one without any advisory, installed just before trivy runs."""
+    empty_layer = trivydb.db_archive(updated_at=UPDATED_AT + timedelta(days=2), advisories=())
+    installed_first = vulndb.current(db_cache)
+    assert installed_first is not None
+
+    def install_then_run(
+        argv: Sequence[str], env: Mapping[str, str] | None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        if argv[1] == "image" and vulndb.current(db_cache) == installed_first:
+            with RegistryClient(registry.url) as other:
+                digest = push_db_artifact(other, empty_layer, "empty")
+                lock = write_lock(tmp_path / "empty.lock", digest, "empty")
+                vulndb.install(other, db_cache, TRIVY_DB_REPOSITORY, "empty", lock)
+        return run_command(argv, env, timeout)
+
+    with RegistryClient(registry.url) as client:
+        scanner = Scanner(client, db_cache, TRIVY, tools=Tools(runner=install_then_run))
+        during = scanner.scan(VULNERABLE_REPOSITORY, VULNERABLE_TAG).manifests[0]
+        after = scanner.scan(VULNERABLE_REPOSITORY, VULNERABLE_TAG).manifests[0]
+    assert during.db.digest == installed_first.digest
+    assert [f.id for f in during.findings] == [FIXTURE_VULNERABILITY_ID]
+    assert after.db.digest != installed_first.digest and after.findings == ()

@@ -29,6 +29,7 @@ import yaml
 from mirror_lists import COSIGN, LAB_ENTRIES, MOVED, SMALL, lab_list
 
 from airgap_lab.sample import BASE_REPOSITORY, Sample, SampleSpec, build, push
+from airgap_lab.trivydb import LAYER_MEDIA_TYPE
 from airgapped_registry.cli import main
 from airgapped_registry.mirror.lock import Lock, LockEntry, read_lock
 from airgapped_registry.mirror.relock import lock
@@ -273,6 +274,10 @@ def test_lab_list_cold_sync_then_noop(
     body, _, digest = client.get_manifest("charts/demo", "0.1.0")
     assert digest == lock_file.get("charts/demo", "0.1.0").digest
     assert json.loads(body)["config"]["mediaType"] == "application/vnd.cncf.helm.config.v1+json"
+    # So is the Trivy DB, with Trivy's own config and layer media types.
+    body, _, digest = client.get_manifest("aquasecurity/trivy-db", "2")
+    assert digest == expected["aquasecurity/trivy-db:2"]["digest"]
+    assert [layer["mediaType"] for layer in json.loads(body)["layers"]] == [LAYER_MEDIA_TYPE]
     assert verify(lock_file, client)["failed"] == 0
 
     # Uploaded bytes per the destination's own log equal what the report says it sent.
@@ -503,7 +508,7 @@ def test_moved_tags_move_only_the_new_blobs(
     report = run_sync(spec_path, target, state, copier)
     assert {r["entry"] for r in report["results"] if r["result"] == "ok"} == moved
     assert report["copies"] == {copier: 9}
-    assert report["up_to_date"] == 3
+    assert report["up_to_date"] == LAB_ENTRIES - 9
     sent = [digest for _, digest in uploads(settled_log(target)[mark:])]
     assert sorted(sent) == sorted(new_blobs), "only the new blobs move, each once"
     assert report["bytes"] == sum(sizes[digest] for digest in new_blobs)

@@ -184,7 +184,6 @@ def test_trivy_reads_a_db_spread_over_overflow_pages(served, tmp_path) -> None:
     (cache / "db").mkdir(parents=True)
     database = cache / "db" / "trivy.db"
     write_db(database, updated_at=UPDATED_AT, advisories=[*elsewhere, *on_busybox])
-    (cache / "db" / "metadata.json").write_text(json.dumps(metadata(UPDATED_AT)))
     assert database.stat().st_size > 100 * 4096
 
     result = trivy(served[f"{VULNERABLE_REPOSITORY}:{VULNERABLE_TAG}"], cache, "--format", "json")

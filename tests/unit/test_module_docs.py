@@ -1,6 +1,11 @@
-"""The modules' documentation renders, shared registry options included (ansible-doc), and
-what it says of the engine's defaults is what the engine has: an option the engine has a
-default for has none of its own in a module, and a number the text states is the engine's.
+"""The modules' documentation renders, shared options included (ansible-doc), and says what
+the argument spec does (names, types, defaults, choices); what it says of the engine's
+defaults is what the engine has: an option the engine has a default for has none of its own
+in a module, and a number the text states is the engine's.
+
+Two kinds of module: those that reach a registry (the registry options, as the CLI's
+``--ca-file ... --timeout``), and the registry host's provenance modules, configured by its
+provenance file (``config``, as the CLI's ``--config``), which take no registry options.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ ANSIBLE_DOC = Path(sys.executable).parent / "ansible-doc"
 MODULES = sorted(path.stem for path in (PROJECT / "plugins" / "modules").glob("*.py"))
 # The CLI's registry options (cli/options.py), by the modules' names.
 REGISTRY_OPTIONS = {"ca_file", "cert_file", "key_file", "auth_file", "timeout"}
+# The provenance modules' shared options (doc fragment airgap_provenance).
+PROVENANCE_OPTIONS = {"config", "cosign"}
+PROVENANCE_MODULES = ["airgap_scan", "airgap_signature", "airgap_signing_key"]
 # Options whose default is the engine's, by name (the same name means the same setting in
 # every module): the value in defaults.py.
 ENGINE_DEFAULTS: dict[str, object] = {
@@ -61,8 +69,20 @@ def test_every_module_documents_the_registry_options_from_the_fragment(docs) -> 
     assert sorted(docs) == MODULES
     for name, doc in docs.items():
         options = doc["doc"]["options"]
+        if name in PROVENANCE_MODULES:
+            assert not set(options) & REGISTRY_OPTIONS, name
+            continue
         assert set(options) >= REGISTRY_OPTIONS, name
         assert "auth_file" in options and "auth.json" in str(options["auth_file"]), name
+
+
+def test_the_provenance_modules_document_config_from_their_fragment(docs) -> None:
+    assert set(PROVENANCE_MODULES) <= set(docs)
+    for name in PROVENANCE_MODULES:
+        options = docs[name]["doc"]["options"]
+        assert set(options) >= PROVENANCE_OPTIONS, name
+        assert options["config"]["required"] is True, name
+        assert "provenance.yaml" in str(options["config"]["description"]), name
 
 
 def stated_value(text: str) -> object:
@@ -119,25 +139,30 @@ def argument_spec(name: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     captured: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
 
     class Built(Exception):
         pass
 
-    def engine_module(spec: dict[str, Any], import_error: str | None, **_: Any) -> None:
+    def engine_module(
+        spec: dict[str, Any], import_error: str | None, *, registry: bool = True, **_: Any
+    ) -> None:
         assert import_error is None, import_error
         captured.update(spec)
+        shared.update(utils.REGISTRY_OPTIONS if registry else {})
         raise Built
 
     monkeypatch.setattr(module, "engine_module", engine_module)
     with pytest.raises(Built):
         module.main()
-    return {**captured, **utils.REGISTRY_OPTIONS}
+    return {**captured, **shared}
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_no_module_writes_a_default_the_engine_has(name: str, monkeypatch) -> None:
     spec = argument_spec(name, monkeypatch)
-    assert set(spec) >= REGISTRY_OPTIONS
+    shared = PROVENANCE_OPTIONS if name in PROVENANCE_MODULES else REGISTRY_OPTIONS
+    assert set(spec) >= shared
     own = {option for option in spec if option in ENGINE_DEFAULTS and "default" in spec[option]}
     assert not own, f"{name}: defaults of its own for {sorted(own)}; leave them to the engine"
 
@@ -156,3 +181,24 @@ def test_the_defaults_docs_mirror_md_lists_are_the_engines() -> None:
         if option not in ("repository", "tag")
     }
     assert f"`{defaults.LOCK_REPOSITORY}:{defaults.LOCK_TAG}`" in paragraph
+
+
+# What ansible-doc shows of an option, against the argument spec that AnsibleModule enforces.
+SPEC_FIELDS = {"type": "str", "default": None, "choices": None, "required": False}
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_the_documentation_says_what_the_argument_spec_does(name: str, docs, monkeypatch) -> None:
+    """Every option documented, nothing documented that is not an option, and each one's
+    type, default, choices, requirement, elements and aliases as the module enforces them:
+    a default changed in one place and not the other fails here."""
+    spec = argument_spec(name, monkeypatch)
+    options = docs[name]["doc"]["options"]
+    assert sorted(options) == sorted(spec), name
+    for option, enforced in spec.items():
+        documented = options[option]
+        where = f"{name} {option}"
+        for field, unset in SPEC_FIELDS.items():
+            assert documented.get(field, unset) == enforced.get(field, unset), f"{where} {field}"
+        assert documented.get("elements") == enforced.get("elements"), where
+        assert sorted(documented.get("aliases", [])) == sorted(enforced.get("aliases", [])), where

@@ -92,13 +92,6 @@ def test_forgetting_a_deleted_digest_drops_verdict_children_and_queued_scan(
     assert verdicts.queue_depth() == 0
 
 
-def test_the_current_db_is_the_last_installed(verdicts: VerdictStore) -> None:
-    assert verdicts.current_db() is None
-    verdicts.record_db(DB, "2026-11-29T00:00:00Z")
-    second = verdicts.record_db("sha256:" + "e" * 64, "2026-11-30T00:00:00Z")
-    assert verdicts.current_db() == second
-
-
 def test_the_queue_dedupes_claims_retries_and_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with StateStore(path) as store:

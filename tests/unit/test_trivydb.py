@@ -178,6 +178,7 @@ def test_invalid_trees_are_refused(tree: dict, message: str) -> None:
 def test_the_fixture_names_the_sample_images_vulnerable_package(tmp_path: Path) -> None:
     path = tmp_path / "trivy.db"
     write_db(path, updated_at=UPDATED_AT)
+    assert json.loads((tmp_path / "metadata.json").read_text()) == metadata(UPDATED_AT)
     read, _ = read_bolt(path.read_bytes())
     platform = f"{VULNERABLE_OS[0]} {VULNERABLE_OS[1]}".encode()
     assert platform == b"alpine 3.22"
@@ -229,6 +230,7 @@ def test_a_naive_time_is_refused(tmp_path: Path) -> None:
         db_archive(updated_at=datetime(2026, 11, 30))
     with pytest.raises(ValueError, match="updated_at: expected a timezone-aware datetime"):
         write_db(tmp_path / "trivy.db", updated_at=datetime(2026, 11, 30))
+    assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
 def test_the_archive_holds_the_db_and_its_metadata_with_fixed_bytes() -> None:

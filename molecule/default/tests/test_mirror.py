@@ -75,6 +75,22 @@ def test_registry_serves_mirrored_content_to_node(hosts):
     assert f"sha256:{out.split()[0]}" == entry["digest"]
 
 
+def test_registry_serves_the_trivy_db_artifact(hosts):
+    """The DB the scanner installs comes through the mirror like an image."""
+    fetched = lock_of(hosts["registry"], f"{STATE}/relay.lock")
+    (entry,) = [e for e in fetched["entries"] if e["destination"] == "aquasecurity/trivy-db"]
+    assert (entry["kind"], entry["tag"]) == ("artifact", "2")
+    # skopeo reads an artifact's raw manifest (only its inspect without --raw refuses one).
+    url = "docker://registry:443/aquasecurity/trivy-db:2"
+    manifest = json.loads(hosts["node"].check_output(f"skopeo inspect --raw {url}"))
+    assert manifest["config"]["mediaType"] == "application/vnd.aquasec.trivy.config.v1+json"
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [
+        "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
+    ]
+    digest = hosts["node"].check_output(f"skopeo inspect --raw {url} | sha256sum").split()[0]
+    assert f"sha256:{digest}" == entry["digest"]
+
+
 LOG = "/var/log/airgapped-registry/sync.log"
 # The environment cron gives a job (checked on a lab host): nothing else.
 CRON_ENV = "env -i PATH=/usr/bin:/bin SHELL=/bin/sh HOME=/root LOGNAME=root"

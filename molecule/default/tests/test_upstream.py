@@ -8,10 +8,11 @@ that reaches upstream) with curl and skopeo.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airgap_lab.sample import SampleSpec, build
+from airgap_lab.sample import TRIVY_DB_REPOSITORY, TRIVY_DB_TAG, SampleSpec, build, db_day
 
 ACCEPT = ",".join(
     [
@@ -24,8 +25,22 @@ ACCEPT = ",".join(
 
 
 @pytest.fixture(scope="module")
-def expected(sample_params):
-    return build(SampleSpec(**sample_params)).expected()
+def db_updated_at(hosts):
+    """The served DB's UpdatedAt (its manifest's created annotation): the converge took the
+    day it ran on, which need not be today's."""
+    manifest = json.loads(
+        hosts["relay"].check_output(
+            f"curl -sf -H 'Accept: {ACCEPT}' "
+            f"http://upstream:5000/v2/{TRIVY_DB_REPOSITORY}/manifests/{TRIVY_DB_TAG}"
+        )
+    )
+    created = manifest["annotations"]["org.opencontainers.image.created"]
+    return datetime.fromisoformat(created)
+
+
+@pytest.fixture(scope="module")
+def expected(sample_params, db_updated_at):
+    return build(SampleSpec(**sample_params), db_updated_at=db_updated_at).expected()
 
 
 def served_digest(relay, ref):
@@ -45,11 +60,18 @@ def test_every_tag_has_the_expected_digest(hosts, expected):
     assert served == {ref: entry["digest"] for ref, entry in expected.items()}
 
 
+def test_the_trivy_db_is_of_the_day_the_converge_ran(db_updated_at):
+    # The role's default: the start of a UTC day, so the DB never looks stale to the scanner.
+    assert db_updated_at == db_day(db_updated_at)
+    assert datetime.now(UTC) - db_updated_at < timedelta(days=2)
+
+
 def test_showcase_content_is_there(expected):
     base = [e for ref, e in expected.items() if ref.startswith("sample/base:")]
     assert any("linux/arm/v7" in e["platforms"] for e in base)
     assert any(ref.startswith("charts/demo:") for ref in expected)
     assert any(ref.startswith("sample/vulnerable:") for ref in expected)
+    assert f"{TRIVY_DB_REPOSITORY}:{TRIVY_DB_TAG}" in expected
 
 
 def test_skopeo_reads_a_multi_arch_image_per_platform(hosts, expected):

@@ -10,19 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
 from airgapped_registry.cli.run import stop_on_signals
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.scanning import config as scanning_config
 from airgapped_registry.scanning import db
-from airgapped_registry.scanning.verdict import DbInfo, read_status
-from airgapped_registry.service.reconcile import reconcile, served_tags
-from airgapped_registry.service.records import from_record
+from airgapped_registry.service import operations
+from airgapped_registry.service.reconcile import reconcile
 from airgapped_registry.service.server import ScanService
-from airgapped_registry.service.setup import service_parts, settings_from
-from airgapped_registry.service.worker import DigestJob
+from airgapped_registry.service.setup import service_parts
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import VerdictStore
 from airgapped_registry.transport.access import RegistryAccess
@@ -59,15 +56,7 @@ def add_scan_db_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def run_db_update(args: argparse.Namespace) -> dict[str, Any]:
-    config = scanning_config.load(args.config)
-    source = config.db
-    with RegistryAccess(config.backend, name="backend").client() as client:
-        report = db.install(client, config.cache_dir, source.repository, source.tag, source.lock)
-    installed = db.current(config.cache_dir)
-    if installed is not None:
-        report["stale"] = installed.stale(source.max_age)
-        report["max_age_seconds"] = int(source.max_age.total_seconds())
-    return report
+    return operations.db_update(args.config)
 
 
 # -- the scan service's commands (now, status, reconcile, serve) ---------------------------
@@ -88,7 +77,9 @@ def add_scan_service_commands(actions: argparse._SubParsersAction[argparse.Argum
         "status", parents=[config_option()], help="verdicts as they stand now (stale included)"
     )
     status.add_argument("--repository", metavar="R", help="only this repository")
-    status.add_argument("digest", nargs="?", metavar="DIGEST", help="only this digest")
+    status.add_argument(
+        "digest", nargs="?", metavar="DIGEST", help="only this digest, with its findings"
+    )
     status.set_defaults(run=run_status)
     reconcile_parser = actions.add_parser(
         "reconcile",
@@ -105,54 +96,11 @@ def add_scan_service_commands(actions: argparse._SubParsersAction[argparse.Argum
     serve.set_defaults(run=run_serve)
 
 
-def split_target(text: str) -> tuple[str, str]:
-    """``repo@sha256:...`` or ``repo:tag`` as ``(repository, reference)``."""
-    if "@" in text:
-        repository, reference = text.split("@", 1)
-    elif ":" in text.rsplit("/", 1)[-1]:
-        repository, reference = text.rsplit(":", 1)
-    else:
-        raise ValueError(f"{text!r}: expected REPO@DIGEST or REPO:TAG")
-    return repository, reference
-
-
 def run_now(args: argparse.Namespace) -> dict[str, Any]:
-    if bool(args.references) == bool(args.all):
-        raise ValueError("scan now: name REPO@DIGEST|REPO:TAG ... or --all (not both)")
-    with (
-        service_parts(args.config, cosign=args.cosign) as parts,
-        StateStore(parts.settings.state) as store,
-    ):
-        client = parts.client
-        targets: dict[tuple[str, str], None] = {}
-        if args.all:
-            for repository, _, head in served_tags(client):
-                if head is not None:
-                    targets[(repository, head.digest)] = None
-        for text in args.references:
-            repository, reference = split_target(text)
-            head = client.head_manifest(repository, reference)
-            if head is None:
-                raise AirgapError(f"{text}: not in the backend {parts.config.backend}")
-            targets[(repository, head.digest)] = None
-        job = DigestJob(
-            parts.settings, parts.scanner, parts.provenance, client, VerdictStore(store)
-        )
-        results, errors = [], []
-        for repository, digest in targets:
-            try:
-                results.append(job.run(repository, digest, force=True).to_json())
-            except (AirgapError, ValueError) as exc:
-                errors.append(f"{repository}@{digest}: {exc}")
-        report: dict[str, Any] = {
-            "scanned": len(results),
-            "failed": sum(result["status"] == "fail" for result in results),
-            "errors": errors,
-            "results": results,
-        }
-        if errors:
-            raise ScanNowError(report)
-        return report
+    report = operations.now(args.config, args.references, args.all, force=True, cosign=args.cosign)
+    if report["errors"]:
+        raise ScanNowError(report)
+    return report
 
 
 class ScanNowError(AirgapError):
@@ -164,48 +112,12 @@ class ScanNowError(AirgapError):
 
 
 def run_status(args: argparse.Namespace) -> dict[str, Any]:
-    config = scanning_config.load(args.config)
-    settings = settings_from(config)
-    installed = db.current(config.cache_dir)
-    current = None if installed is None else DbInfo(installed.digest, installed.updated_at)
-    if not settings.state.exists():
-        raise AirgapError(f"state database {settings.state}: none yet (no scan was recorded)")
-    now = datetime.now(UTC)
-    with StateStore(settings.state) as store:
-        verdicts = VerdictStore(store)
-        records = verdicts.verdicts(args.repository, args.digest)
-        depth = verdicts.queue_depth()
-        last = verdicts.last_reconciliation()
-    listed = []
-    totals: dict[str, int] = {}
-    for record in records:
-        verdict = from_record(record)
-        status, why = read_status(verdict, current, settings.max_age, now)
-        totals[status] = totals.get(status, 0) + 1
-        listed.append(verdict.to_json(status=status, stale=why))
-    if args.digest and not listed:
-        where = f" in {args.repository}" if args.repository else ""
-        raise AirgapError(f"{args.digest}: no verdict{where}")
-    return {
-        "db": None
-        if installed is None
-        else {
-            "digest": installed.digest,
-            "updated_at": installed.to_json().get("updated_at"),
-            "stale": installed.stale(settings.max_age, now),
-            "max_age_seconds": int(settings.max_age.total_seconds()),
-        },
-        "totals": dict(sorted(totals.items())),
-        "queue": depth,
-        "last_reconciliation": None if last is None else last.to_json(),
-        "verdicts": listed,
-    }
+    return operations.status(args.config, args.repository, args.digest)
 
 
 def run_reconcile(args: argparse.Namespace) -> dict[str, Any]:
     config = scanning_config.load(args.config)
-    installed = db.current(config.cache_dir)
-    current = None if installed is None else DbInfo(installed.digest, installed.updated_at)
+    current = operations.current_db(db.current(config.cache_dir))
     with (
         RegistryAccess(config.backend, name="backend").client() as client,
         StateStore(config.state) as store,

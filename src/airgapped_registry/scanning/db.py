@@ -24,7 +24,6 @@ from it.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import re
@@ -36,7 +35,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airgapped_registry import defaults
 from airgapped_registry.errors import AirgapError, ContentError, RegistryError
@@ -154,6 +153,34 @@ def lock_digest(lock: Path, repository: str, tag: str) -> str:
     raise DbError(f"{where}: no entry for {repository}:{tag} (is the DB in the mirror list?)")
 
 
+def plan_install(
+    client: RegistryClient, cache_dir: Path, repository: str, tag: str, lock: Path
+) -> dict[str, Any]:
+    """What :func:`install` would do, from digests alone (the lock's, the registry's, the
+    installed DB's), refusing what it would refuse before any download: check mode."""
+    expected = lock_digest(lock, repository, tag)
+    artifact = f"{repository}:{tag}"
+    try:
+        head = client.head_manifest(repository, tag)
+    except RegistryError as exc:
+        raise DbError(f"DB artifact {artifact}: cannot read it from the registry: {exc}") from exc
+    if head is None:
+        raise DbError(f"DB artifact {artifact}: not in the registry")
+    if head.digest != expected:
+        raise DbError(
+            f"DB artifact {artifact}: the registry serves {head.digest}, "
+            f"the lock {lock} says {expected}"
+        )
+    installed = current(cache_dir)
+    return {
+        "changed": installed is None or installed.digest != head.digest,
+        "repository": repository,
+        "tag": tag,
+        "digest": head.digest,
+        "previous": None if installed is None else installed.to_json(),
+    }
+
+
 def install(
     client: RegistryClient,
     cache_dir: Path,
@@ -194,20 +221,22 @@ def install(
         report["current"] = previous.to_json()
         return report
     layer = _db_layer(body, media_type, artifact, max_layer_bytes)
-    try:
-        data = client.get_blob(repository, layer.digest)  # digest checked by the client
-    except (RegistryError, ContentError) as exc:
-        raise DbError(f"DB artifact {artifact}: layer {layer.digest}: {exc}") from exc
-    if len(data) != layer.size:
-        raise DbError(
-            f"DB artifact {artifact}: layer {layer.digest} has {len(data)} bytes, "
-            f"the manifest says {layer.size}"
-        )
     root = databases(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".new-"))
     try:
-        unpack(data, staging, artifact, max_file_bytes)
+        with tempfile.TemporaryFile(dir=root) as archive:
+            try:
+                size = client.download_blob(repository, layer.digest, archive)
+            except (RegistryError, ContentError) as exc:
+                raise DbError(f"DB artifact {artifact}: layer {layer.digest}: {exc}") from exc
+            if size != layer.size:
+                raise DbError(
+                    f"DB artifact {artifact}: layer {layer.digest} has {size} bytes, "
+                    f"the manifest says {layer.size}"
+                )
+            archive.seek(0)
+            unpack(archive, staging, artifact, max_file_bytes)
         updated_at = read_metadata(staging / METADATA_FILE, artifact)
         check_bolt(staging / DB_FILE, artifact)
         installed_at = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -225,7 +254,7 @@ def install(
         staging.chmod(0o755)
         final = root / name
         if final.exists():
-            shutil.rmtree(final)
+            _remove_tree(final)
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -237,13 +266,13 @@ def install(
     return report
 
 
-def unpack(data: bytes, directory: Path, artifact: str, max_file_bytes: int) -> None:
-    """Write ``trivy.db`` and ``metadata.json`` from the gzipped tar ``data`` into
+def unpack(data: BinaryIO, directory: Path, artifact: str, max_file_bytes: int) -> None:
+    """Write ``trivy.db`` and ``metadata.json`` from the gzipped tar read from ``data`` into
     ``directory``; anything else in the archive, a second copy, a link or a path refuses it."""
     limits = {DB_FILE: max_file_bytes, METADATA_FILE: defaults.SCAN_DB_MAX_METADATA_BYTES}
     seen: set[str] = set()
     try:
-        stream = gzip.GzipFile(fileobj=io.BytesIO(data), mode="rb")
+        stream = gzip.GzipFile(fileobj=data, mode="rb")
         with stream, tarfile.open(fileobj=stream, mode="r:") as archive:
             for member in archive:
                 name = member.name[2:] if member.name.startswith("./") else member.name

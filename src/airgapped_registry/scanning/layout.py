@@ -78,7 +78,10 @@ class BlobCache:
             with self._lock:
                 self._in_use[blob.digest] -= 1
                 if not self._in_use[blob.digest]:
+                    # nobody waits on its lock either: a long-running service keeps no
+                    # entry per digest it ever fetched
                     del self._in_use[blob.digest]
+                    del self._fetching[blob.digest]
         raise ContentError(f"{repository}@{blob.digest}: blob vanished from {path} twice")
 
     def prune(self, keep: Iterable[str] = ()) -> int:
@@ -111,16 +114,16 @@ class BlobCache:
             return self._fetching.setdefault(digest, threading.Lock())
 
     def _fetch(self, client: RegistryClient, repository: str, blob: Descriptor, path: Path) -> None:
-        data = client.get_blob(repository, blob.digest)  # digest checked by the client
-        if len(data) != blob.size:
-            raise ContentError(
-                f"{repository}@{blob.digest}: {len(data)} bytes, the manifest says {blob.size}"
-            )
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".fetch-")
         try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
+            with os.fdopen(descriptor, "w+b") as handle:
+                # streamed to disk and checked against its digest by the client
+                size = client.download_blob(repository, blob.digest, handle)
+            if size != blob.size:
+                raise ContentError(
+                    f"{repository}@{blob.digest}: {size} bytes, the manifest says {blob.size}"
+                )
             os.chmod(temporary, 0o444)
             os.replace(temporary, path)
         except BaseException:
@@ -128,7 +131,7 @@ class BlobCache:
             raise
         with self._lock:
             self.fetched += 1
-            self.fetched_bytes += len(data)
+            self.fetched_bytes += size
 
 
 @dataclass(frozen=True)

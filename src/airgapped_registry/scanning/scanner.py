@@ -9,7 +9,7 @@ attestation's predicate), trivy's version, the DB used and the times.
 
 Trivy holds an exclusive lock on its analysis cache for a whole run, so parallel runs each
 get a *slot*: a trivy cache directory of their own (``slots/<n>/``, its ``db`` a symlink to
-the installed DB, which trivy opens read-only and shares), taken with a file lock, so that
+the DB the scan reports, which trivy opens read-only and shares), taken with a file lock, so that
 scans in other processes (``airgap scan now`` beside the service) share the slots too. In
 server mode (:class:`~airgapped_registry.scanning.server.TrivyServer`) every run is a client
 of one ``trivy server`` holding the DB and one cache, and no slot is needed.
@@ -164,7 +164,6 @@ class _Slot:
     """Where one trivy run keeps its cache, and the layers that cache holds."""
 
     cache_dir: Path
-    standalone: bool
     handle: Any = field(default=None, repr=False)
 
     def analyzed_dir(self, version: str) -> Path:
@@ -179,6 +178,19 @@ class _Slot:
         where.mkdir(parents=True, exist_ok=True)
         for digest in digests:
             (where / digest.replace(":", "-")).touch()
+
+    def use_db(self, database: vulndb.InstalledDb) -> None:
+        """Point the slot's ``db`` at ``database``'s directory (the slot is held: no run
+        reads it meanwhile), so the DB a scan reports is the one trivy read, even when
+        another was installed since the scan began."""
+        link = self.cache_dir / "db"
+        target = os.path.relpath(database.path, self.cache_dir)
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        temporary = self.cache_dir / f".db-{os.getpid()}-{threading.get_ident()}"
+        temporary.unlink(missing_ok=True)
+        os.symlink(target, temporary)
+        os.replace(temporary, link)
 
     def forget(self, version: str) -> None:
         for path in self.analyzed_dir(version).glob("*"):
@@ -304,6 +316,8 @@ class Scanner:
             layer_digests = [layer.digest for layer in layers]
             version = self.version()
             with self._slot(version, layer_digests) as slot:
+                if self.server is None:
+                    slot.use_db(database)
                 started = datetime.now(UTC)
                 skip = slot.analyzed(version, layer_digests)
                 try:
@@ -344,13 +358,12 @@ class Scanner:
             layout = write_layout(
                 self.client, self.blobs, repository, manifest, directory / "image", skip
             )
-            if slot.standalone:
+            if self.server is None:
                 argv = trivy.image_argv(
                     self.trivy, layout.path, cache_dir=slot.cache_dir, timeout=self.timeout
                 )
                 env = trivy.environment()
             else:
-                assert self.server is not None
                 argv = trivy.image_argv(
                     self.trivy, layout.path, server=self.server.url, timeout=self.timeout
                 )
@@ -371,7 +384,7 @@ class Scanner:
     def _slot(self, version: str, layers: list[str]) -> Iterator[_Slot]:
         if self.server is not None:
             with self._free_slots:
-                yield _Slot(self.server.cache_dir, standalone=False)
+                yield _Slot(self.server.cache_dir)
             return
         with self._free_slots:
             slot = self._take_slot(version, layers)
@@ -389,9 +402,7 @@ class Scanner:
         any free one.
         """
         while True:
-            slots = [
-                _Slot(self._slot_dir(number), standalone=True) for number in range(self.workers)
-            ]
+            slots = [_Slot(self._slot_dir(number)) for number in range(self.workers)]
             ready = [slot for slot in slots if len(slot.analyzed(version, layers)) == len(layers)]
             for slot in ready or slots:
                 handle = (slot.cache_dir / "lock").open("a")

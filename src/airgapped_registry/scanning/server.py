@@ -88,8 +88,7 @@ class TrivyServer:
     def _wait_ready(self, port: int) -> None:
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
+            if self._process is None or self._process.poll() is not None:
                 tail = (self.cache_dir / "server.log").read_text(errors="replace")[-500:]
                 self._stop()
                 raise ToolError(f"trivy server exited at start: {trivy.failure(tail)}")

@@ -9,7 +9,10 @@ the gateway with the appliance key). An image manifest's attestation is the cosi
 predicate of its scan (:func:`~airgapped_registry.scanning.predicate.vuln_predicate`); an
 index's carries its children's Trivy results in one report (``Results`` of every child,
 in the index's order), scan times from the first start to the last finish, so that
-``cosign verify-attestation --type vuln`` on the tag a node pulls finds every finding.
+``cosign verify-attestation --type vuln`` on the tag a node pulls finds every finding. A
+new attestation replaces the digest's earlier vuln attestations (cosign ``--replace``), so
+the latest scan is the one a node reads, and the ``.att`` manifest does not grow by a layer
+with every DB update.
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ class SignerProvenance:
         with tempfile.TemporaryDirectory(prefix="airgap-attest-") as scratch:
             path = Path(scratch) / "predicate.json"
             path.write_text(json.dumps(predicate), encoding="utf-8")
-            outcome = self.signer.attest(repository, digest, path, "vuln")
+            # Every DB update makes a new predicate for every digest: appended, the .att
+            # manifest would grow by a layer a night; the latest scan is the one to check.
+            outcome = self.signer.attest(repository, digest, path, "vuln", replace=True)
         if outcome.result == FAILED:
             raise AirgapError(outcome.detail)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from airgapped_registry.scanning.verdict import DbInfo, Finding, Verdict
-from airgapped_registry.state.verdicts import DbRecord, VerdictRecord
+from airgapped_registry.state.verdicts import VerdictRecord, VerdictStore
 
 _FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -53,10 +53,6 @@ def from_record(record: VerdictRecord) -> Verdict:
     )
 
 
-def db_info(record: DbRecord | None) -> DbInfo | None:
-    return None if record is None else DbInfo(record.digest, parse_time(record.updated_at))
-
-
 def is_current(status: str, db_digest: str | None, current: DbInfo | None) -> bool:
     """Whether a stored verdict still stands for the reconciliation: ``skipped`` always;
     ``pass``/``fail`` when made with the current DB (a DB too old is not cured by scanning
@@ -64,3 +60,16 @@ def is_current(status: str, db_digest: str | None, current: DbInfo | None) -> bo
     if status == "skipped":
         return True
     return status in ("pass", "fail") and current is not None and db_digest == current.digest
+
+
+def stands(stored: VerdictRecord, verdicts: VerdictStore, current: DbInfo | None) -> bool:
+    """Whether ``stored`` needs no new scan: current, and for an index its children's
+    verdicts too (a child's queue item is dropped while its index is queued: the index's job
+    answers for it)."""
+    if not is_current(stored.status, stored.db_digest, current):
+        return False
+    for child in stored.children:
+        found = verdicts.verdict(stored.repository, child)
+        if found is None or not is_current(found.status, found.db_digest, current):
+            return False
+    return True

@@ -67,7 +67,13 @@ class ScanService:
         self.reconcile_now = threading.Event()
         self.started = time.monotonic()
         self.reconcile_errors = 0
-        self.server = ThreadingHTTPServer(settings.listen, _handler(self))
+        try:
+            self.server = ThreadingHTTPServer(settings.listen, _handler(self))
+        except OSError as exc:
+            host, port = settings.listen
+            raise AirgapError(
+                f"scan service: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from exc
         self.server.daemon_threads = True
         self._threads: list[threading.Thread] = []
 
@@ -150,6 +156,7 @@ class ScanService:
                     log.info("vulnerability DB changed to %s: rescanning", current)
                     last_db = current
                     self.reconcile_now.set()
+                    self.notify_workers()
 
     # -- requests -------------------------------------------------------------------------
 

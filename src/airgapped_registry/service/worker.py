@@ -3,7 +3,8 @@
 :class:`DigestJob` reads the manifest from the backend once. An image manifest is scanned;
 an index's children are each taken like one (a child whose verdict is current is not
 scanned again, so the children pushed by digest just before their index cost one scan
-each, whoever takes them first), and the index's verdict is the worst of theirs. An
+each, whoever takes them first; a child whose index is queued is left to the index's
+job), and the index's verdict is the worst of theirs. An
 artifact whose config is not a container image's (a Helm chart, the Trivy DB) is
 ``skipped``. The verdict is recorded last, after the attestation and the signature: a
 recorded verdict means all three were done, and a failure leaves the digest queued for
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airgapped_registry.errors import AirgapError
+from airgapped_registry.errors import AirgapError, RegistryError
 from airgapped_registry.oci.manifest import descriptor, parse_manifest
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES, OCI_CONFIG
 from airgapped_registry.scanning.scanner import ManifestScan
@@ -36,7 +37,7 @@ from airgapped_registry.scanning.verdict import (
     skipped,
 )
 from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
-from airgapped_registry.service.records import from_record, is_current, iso, to_record
+from airgapped_registry.service.records import from_record, is_current, iso, stands, to_record
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import QueueItem, VerdictStore
 from airgapped_registry.transport.registry import RegistryClient
@@ -116,7 +117,7 @@ class DigestJob:
             current = self.scanner.current_db()
             if not force:
                 stored = self.verdicts.verdict(repository, digest)
-                if stored and is_current(stored.status, stored.db_digest, current):
+                if stored and stands(stored, self.verdicts, current):
                     return Outcome(from_record(stored), reused=1)
             body, media_type, _ = self.client.get_manifest(repository, digest)
             where = f"{repository}@{digest}"
@@ -137,30 +138,22 @@ class DigestJob:
                 return Outcome(verdict)
             scan = self.scanner.scan(repository, digest)
             verdict = self._judge(repository, scan)
-            outcome = Outcome(verdict, scans=1)
-            self._attest(repository, digest, [scan], outcome)
-            self._sign(repository, digest, outcome)
+            attested = self._attest(repository, digest, [scan])
+            signed = self._sign(repository, digest)
             self.verdicts.record(to_record(verdict, media_type))
-            return outcome
+            return Outcome(verdict, scans=1, attested=attested, signed=signed)
 
     def _index(
         self, repository: str, digest: str, media_type: str, document: dict[str, Any], force: bool
     ) -> Outcome:
         where = f"{repository}@{digest}"
         children = platform_children(document, where)
+        if not children:
+            raise AirgapError(f"{where}: the index lists no platform manifest to scan")
         self.verdicts.remember_children(repository, digest, children)
         verdicts: list[Verdict] = []
-        scans: list[ManifestScan] = []
-        tally = Outcome(
-            failed(
-                repository,
-                digest,
-                "unfinished",
-                self.settings.policy,
-                db=None,
-                scanned_at=datetime.now(UTC),
-            )
-        )
+        scans: dict[str, ManifestScan] = {}
+        reused = attested = 0
         for child in children:
             with self.locks.hold(repository, child):
                 stored = self.verdicts.verdict(repository, child)
@@ -171,33 +164,31 @@ class DigestJob:
                     and is_current(stored.status, stored.db_digest, self.scanner.current_db())
                 ):
                     verdicts.append(from_record(stored))
-                    tally.reused += 1
+                    reused += 1
                     continue
-                scan = self.scanner.scan(repository, child)
+                scan = scans[child] = self.scanner.scan(repository, child)
                 verdict = self._judge(repository, scan)
-                self._attest(repository, child, [scan], tally)
+                attested += self._attest(repository, child, [scan])
                 self.verdicts.record(to_record(verdict))
                 verdicts.append(verdict)
-                scans.append(scan)
-                tally.scans += 1
-        if not verdicts:
-            raise AirgapError(f"{where}: the index lists no platform manifest to scan")
-        outcome = tally
-        outcome.verdict = combine(repository, digest, verdicts)
-        # The index's own attestation needs every child's report: when some were reused,
-        # their reports are gone, so those children are scanned again (Trivy's layer cache
-        # makes that cheap) only if the index has no attestation yet.
-        if self.settings.attest and self.provenance is not None:
-            if len(scans) < len(verdicts):
-                scanned = {scan.digest for scan in scans}
-                for child in children:
-                    if child not in scanned:
-                        scans.append(self.scanner.scan(repository, child))
-                        outcome.scans += 1
-            self._attest(repository, digest, scans, outcome)
-        self._sign(repository, digest, outcome)
+        outcome = Outcome(combine(repository, digest, verdicts), scans=len(scans), reused=reused)
+        if self.attesting:
+            # The index's predicate holds every child's report, and a reused child's is
+            # gone: scan it again (Trivy's layer cache makes that cheap). Rare, since a
+            # child pushed by digest waits in the queue for its index's job.
+            for child in children:
+                if child not in scans:
+                    scans[child] = self.scanner.scan(repository, child)
+                    outcome.scans += 1
+            attested += self._attest(repository, digest, [scans[c] for c in children])
+        outcome.attested = attested
+        outcome.signed = self._sign(repository, digest)
         self.verdicts.record(to_record(outcome.verdict, media_type))
         return outcome
+
+    @property
+    def attesting(self) -> bool:
+        return self.settings.attest and self.provenance is not None
 
     def _judge(self, repository: str, scan: ManifestScan) -> Verdict:
         findings = [
@@ -213,17 +204,18 @@ class DigestJob:
             scanned_at=scan.finished,
         )
 
-    def _attest(
-        self, repository: str, digest: str, scans: list[ManifestScan], outcome: Outcome
-    ) -> None:
-        if self.settings.attest and self.provenance is not None:
-            self.provenance.attest(repository, digest, scans)
-            outcome.attested += 1
+    def _attest(self, repository: str, digest: str, scans: list[ManifestScan]) -> int:
+        """Attest ``digest`` when the settings say so; 1 when it did."""
+        if not self.attesting or self.provenance is None:
+            return 0
+        self.provenance.attest(repository, digest, scans)
+        return 1
 
-    def _sign(self, repository: str, digest: str, outcome: Outcome) -> None:
-        if self.provenance is not None and self.provenance.signs(repository):
-            self.provenance.sign(repository, digest)
-            outcome.signed = True
+    def _sign(self, repository: str, digest: str) -> bool:
+        if self.provenance is None or not self.provenance.signs(repository):
+            return False
+        self.provenance.sign(repository, digest)
+        return True
 
 
 def platform_children(document: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -272,7 +264,9 @@ class Worker:
                 self.settings, self.scanner, self.provenance, self.client, verdicts, self.locks
             )
             while not self.stop.is_set():
-                item = verdicts.claim()
+                # Without a DB every scan would fail and end as an error verdict: the queue
+                # waits for one instead (the reconciliation thread wakes us when it comes).
+                item = verdicts.claim() if self.scanner.current_db() is not None else None
                 if item is None:
                     with self.wake:
                         self.wake.wait(timeout=1.0)
@@ -281,27 +275,45 @@ class Worker:
 
     def take(self, job: DigestJob, verdicts: VerdictStore, item: QueueItem) -> None:
         where = f"{item.repository}@{item.digest}"
+        if verdicts.parent_queued(item.repository, item.digest):
+            # Its index's job scans it (and needs its report for the index's attestation).
+            log.info("%s: left to its index's job", where)
+            verdicts.done(item)
+            return
         try:
             outcome = job.run(item.repository, item.digest)
-        except (AirgapError, ValueError) as exc:
-            if item.attempts < self.settings.attempts:
-                wait = self.settings.backoff * 2 ** (item.attempts - 1)
-                due = iso(datetime.now(UTC) + timedelta(seconds=wait))
-                log.warning("%s: %s (try %d; again after %s)", where, exc, item.attempts, due)
-                verdicts.retry(item, str(exc), due)
+        except RegistryError as exc:
+            if exc.status != 404 or job.client.head_manifest(item.repository, item.digest):
+                self.give_back(verdicts, item, exc)
                 return
-            log.error("%s: %s (gave up after %d tries)", where, exc, item.attempts)
-            verdict = failed(
-                item.repository,
-                item.digest,
-                str(exc),
-                self.settings.policy,
-                db=self.scanner.current_db(),
-                scanned_at=datetime.now(UTC),
-            )
-            verdicts.record(to_record(verdict))
-            verdicts.done(item)
+            # Deleted before its scan: nothing is served, so there is nothing to judge.
+            log.info("%s: gone from the backend (%s)", where, exc)
+            verdicts.forget(item.repository, item.digest)
+            return
+        except (AirgapError, ValueError) as exc:
+            self.give_back(verdicts, item, exc)
             return
         log.info("%s: %s (%s)", where, outcome.verdict.status, item.source)
         verdicts.done(item)
         self.done += 1
+
+    def give_back(self, verdicts: VerdictStore, item: QueueItem, exc: Exception) -> None:
+        """Try ``item`` again later, or after the last try record an ``error`` verdict."""
+        where = f"{item.repository}@{item.digest}"
+        if item.attempts < self.settings.attempts:
+            wait = self.settings.backoff * 2 ** (item.attempts - 1)
+            due = iso(datetime.now(UTC) + timedelta(seconds=wait))
+            log.warning("%s: %s (try %d; again after %s)", where, exc, item.attempts, due)
+            verdicts.retry(item, str(exc), due)
+            return
+        log.error("%s: %s (gave up after %d tries)", where, exc, item.attempts)
+        verdict = failed(
+            item.repository,
+            item.digest,
+            str(exc),
+            self.settings.policy,
+            db=self.scanner.current_db(),
+            scanned_at=datetime.now(UTC),
+        )
+        verdicts.record(to_record(verdict))
+        verdicts.done(item)

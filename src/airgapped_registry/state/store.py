@@ -100,14 +100,6 @@ CREATE TABLE scan_children (
 )
 """,
         """
-CREATE TABLE scan_dbs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    digest TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    installed_at TEXT NOT NULL
-)
-""",
-        """
 CREATE TABLE scan_queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     repository TEXT NOT NULL,

@@ -1,4 +1,4 @@
-"""The scan service's state: verdicts, index children, installed DBs, the queue, reconciliations.
+"""The scan service's state: verdicts, index children, the scan queue, reconciliations.
 
 Tables (migration 2 of :mod:`airgapped_registry.state.store`):
 
@@ -7,7 +7,6 @@ Tables (migration 2 of :mod:`airgapped_registry.state.store`):
   DB (digest, UpdatedAt) it was made with, when;
 - ``scan_children``: an index's platform manifests, so the reconciliation walks an index
   without fetching it again;
-- ``scan_dbs``: every vulnerability DB installed, the last one current;
 - ``scan_queue``: digests waiting for a scan (``push`` from a notification, ``reconcile``
   from the reconciliation, ``rescan`` after a new DB), one row per ``(repository, digest)``;
   a worker claims a row, and deletes it when the verdict is recorded. It survives restarts:
@@ -15,7 +14,9 @@ Tables (migration 2 of :mod:`airgapped_registry.state.store`):
 - ``scan_reconciliations``: one row per reconciliation pass.
 
 Values are plain (JSON-able dicts and ISO 8601 strings); the scanning domain maps them onto
-its model. One :class:`VerdictStore` per thread, as for :class:`StateStore`.
+its model. The installed vulnerability DB is recorded where it is installed, beside it
+(:mod:`airgapped_registry.scanning.db`), not here: one record of it. One
+:class:`VerdictStore` per thread, as for :class:`StateStore`.
 """
 
 from __future__ import annotations
@@ -47,13 +48,6 @@ class VerdictRecord:
     db_updated_at: str | None = None
     error: str | None = None
     children: tuple[str, ...] = field(default=())
-
-
-@dataclass(frozen=True)
-class DbRecord:
-    digest: str
-    updated_at: str
-    installed_at: str
 
 
 @dataclass(frozen=True)
@@ -195,23 +189,6 @@ class VerdictStore:
             [(repository, digest, child, n) for n, child in enumerate(children)],
         )
 
-    # -- the vulnerability DB -------------------------------------------------------------
-
-    def record_db(self, digest: str, updated_at: str, installed_at: str | None = None) -> DbRecord:
-        """A DB was installed: from now on it is the current one."""
-        record = DbRecord(digest, updated_at, installed_at or utc_now())
-        self._execute(
-            "INSERT INTO scan_dbs (digest, updated_at, installed_at) VALUES (?, ?, ?)",
-            (record.digest, record.updated_at, record.installed_at),
-        )
-        return record
-
-    def current_db(self) -> DbRecord | None:
-        row = self._db.execute(
-            "SELECT digest, updated_at, installed_at FROM scan_dbs ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        return DbRecord(*row) if row else None
-
     # -- the queue ------------------------------------------------------------------------
 
     def enqueue(
@@ -258,6 +235,16 @@ class VerdictStore:
         return self._execute(
             "UPDATE scan_queue SET claimed_at = NULL WHERE claimed_at IS NOT NULL", ()
         ).rowcount
+
+    def parent_queued(self, repository: str, digest: str) -> bool:
+        """Whether an index listing ``digest`` in ``repository`` is queued too."""
+        row = self._db.execute(
+            "SELECT 1 FROM scan_children AS c JOIN scan_queue AS q "
+            "ON q.repository = c.repository AND q.digest = c.digest "
+            "WHERE c.repository = ? AND c.child = ? LIMIT 1",
+            (repository, digest),
+        ).fetchone()
+        return row is not None
 
     def queue(self) -> list[QueueItem]:
         rows = self._db.execute("SELECT * FROM scan_queue ORDER BY id").fetchall()

@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
 from airgapped_registry.errors import AirgapError, RegistryError
@@ -137,13 +137,20 @@ class AuthenticatingClient(RegistryClient):
     def __repr__(self) -> str:
         return f"AuthenticatingClient({self.base_url!r})"
 
-    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        sink: BinaryIO | None = None,
+    ) -> Response:
         parts = urlsplit(url)
         if (parts.scheme, parts.netloc) != self._auth_origin:
-            return super()._send(method, url, headers, body)
+            return super()._send(method, url, headers, body, sink)
         scope_key = _scope_key(parts.path)
         authorization = self._authorization(scope_key)
-        first = super()._send(method, url, _with(headers, authorization), body)
+        first = super()._send(method, url, _with(headers, authorization), body, sink)
         if first.status != 401:
             return first
         challenge = Challenge.parse(first.header("WWW-Authenticate"))
@@ -159,7 +166,8 @@ class AuthenticatingClient(RegistryClient):
             self._tokens[scope_key] = self._fetch_token(challenge)
         else:
             return first
-        return super()._send(method, url, _with(headers, self._authorization(scope_key)), body)
+        authorized = _with(headers, self._authorization(scope_key))
+        return super()._send(method, url, authorized, body, sink)
 
     def _authorization(self, scope_key: str) -> str | None:
         token = self._tokens.get(scope_key)

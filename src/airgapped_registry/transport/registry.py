@@ -12,9 +12,11 @@ HTTP itself (connections, TLS, redirects, retries of reads, counters) is
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from airgapped_registry.errors import DigestMismatchError
 from airgapped_registry.oci.mediatypes import MANIFEST_MEDIA_TYPES
@@ -133,6 +135,23 @@ class RegistryClient(BlobUploads):
         if actual != digest:
             raise DigestMismatchError("GET", response.url, response.status, digest, actual)
         return response.body
+
+    def download_blob(self, repository: str, digest: str, sink: BinaryIO) -> int:
+        """Write a blob into ``sink`` (a file open for writing and reading, rewound and
+        truncated on each try) without holding it in memory; verify it against its digest.
+        Returns its size."""
+        response = self._call("GET", blob_path(repository, digest), expect=(200,), sink=sink)
+        sink.flush()
+        sink.seek(0)
+        hasher = hashlib.new(digest.split(":", 1)[0])
+        size = 0
+        while chunk := sink.read(1024 * 1024):
+            hasher.update(chunk)
+            size += len(chunk)
+        actual = f"{hasher.name}:{hasher.hexdigest()}"
+        if actual != digest:
+            raise DigestMismatchError("GET", response.url, response.status, digest, actual)
+        return size
 
     def tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """All tags of a repository, following ``Link`` pagination."""

@@ -16,13 +16,14 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from email.message import Message
-from typing import Self
+from typing import BinaryIO, Self
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 from airgapped_registry import __version__, defaults
@@ -32,6 +33,7 @@ from airgapped_registry.transport.tls import tls_context
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
+_STREAM_CHUNK = 1024 * 1024
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 # Errors that mean the server closed an idle keep-alive connection under us.
 _DROPPED_CONNECTION = (
@@ -143,10 +145,15 @@ class RegistrySession:
         expect: tuple[int, ...],
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
+        sink: BinaryIO | None = None,
     ) -> Response:
+        """``sink``: a GET's 200 body is written there (from its start, on each try) instead
+        of being held in memory; the response's ``body`` is then empty."""
         if method in ("GET", "HEAD") and self.retry.attempts > 1:
-            return self.retry.call(lambda: self._call_once(method, target, expect, headers, body))
-        return self._call_once(method, target, expect, headers, body)
+            return self.retry.call(
+                lambda: self._call_once(method, target, expect, headers, body, sink)
+            )
+        return self._call_once(method, target, expect, headers, body, sink)
 
     def _call_once(
         self,
@@ -155,9 +162,10 @@ class RegistrySession:
         expect: tuple[int, ...],
         headers: dict[str, str] | None,
         body: bytes | None,
+        sink: BinaryIO | None = None,
     ) -> Response:
         url = urljoin(self.base_url + "/", target)
-        response = self._send(method, url, headers or {}, body)
+        response = self._send(method, url, headers or {}, body, sink)
         redirects = 0
         while (
             response.status in _REDIRECTS
@@ -169,7 +177,7 @@ class RegistrySession:
             # Registries on object storage answer blob GETs with a redirect to the storage.
             redirects += 1
             url = urljoin(response.url, response.header("Location") or "")
-            response = self._send(method, url, headers or {}, None)
+            response = self._send(method, url, headers or {}, None, sink)
         if response.status not in expect:
             wait = parse_retry_after(response.header("Retry-After"))
             raise RegistryError(
@@ -177,7 +185,14 @@ class RegistrySession:
             )
         return response
 
-    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        sink: BinaryIO | None = None,
+    ) -> Response:
         parts = urlsplit(url)
         path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": f"airgapped-registry/{__version__}", **headers}
@@ -195,7 +210,13 @@ class RegistrySession:
             try:
                 connection.request(method, path, body=body, headers=headers)
                 response = connection.getresponse()
-                data = response.read()
+                if sink is not None and method == "GET" and response.status == 200:
+                    sink.seek(0)
+                    sink.truncate()
+                    shutil.copyfileobj(response, sink, _STREAM_CHUNK)
+                    data = b""
+                else:
+                    data = response.read()
             except _DROPPED_CONNECTION as exc:
                 connection.close()
                 if reused and attempt == 1:
