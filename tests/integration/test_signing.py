@@ -343,6 +343,28 @@ def test_rotation_old_and_new_signatures_verify_until_retired(
         assert signer.verify(BASE_REPOSITORY, old_child)["keys"] == [new_key.id]
 
 
+def test_a_signer_open_across_a_rotation_signs_with_the_new_key(
+    tmp_path, gateway, pki, sample
+) -> None:
+    """The scan service keeps one Signer for its lifetime: a rotation made meanwhile
+    (playbooks/rotate-signing-key.yml does not restart it) must still take effect."""
+    config_path = provenance(tmp_path, gateway, pki)
+    init_keys(config_path, now=datetime.now(UTC) - timedelta(days=2))
+    config = load_signing(config_path)
+    old_key = keys.load(config.keys_dir).active
+    before, after = (sample.artifact(f"{BASE_REPOSITORY}:{tag}") for tag in ("1.0.0", "1.1.0"))
+    with Signer(config, cosign_path=str(COSIGN)) as signer:
+        assert signer.sign_one(BASE_REPOSITORY, before.children[0].digest).result == "signed"
+        keys.rotate(config.keys_dir, PASSWORD, timedelta(days=1), Tools(), str(COSIGN))
+        new_key = keys.load(config.keys_dir).active
+        assert new_key.id != old_key.id
+        signed = signer.sign_one(BASE_REPOSITORY, after.children[0].digest)
+        assert (signed.result, signed.detail) == ("signed", f"key {new_key.id}")
+        assert signer.verify(BASE_REPOSITORY, after.children[0].digest)["keys"] == [new_key.id]
+        keys.retire(config.keys_dir, force=True)
+        assert signer.verify(BASE_REPOSITORY, before.children[0].digest)["verified"] is False
+
+
 # -- the mirror keeps the appliance's signature ----------------------------------------------
 
 

@@ -2,8 +2,10 @@
 
 During the overlap both keys verify: what was signed before (an image signed only
 with the old key) and what is signed after (every mirrored digest, re-signed with the
-new key) pull on the node under its policy and verify with cosign. After retirement
-the node trusts the new key alone: the image signed only with the old key is refused.
+new key, and a CI push the running scan service signed after the rotation, with the new
+key only) pull on the node under its policy and verify with cosign. After retirement
+the node trusts the new key alone: the image signed only with the old key is refused,
+what the new key signed pulls.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from test_provenance import (
     push_unsigned,
     served_digests,
 )
+from test_scan_acceptance import wait_for_verdict
 
 
 def key_ids(registry, *states):
@@ -37,7 +40,16 @@ def rotation(hosts, playbook):
     assert signed.rc == 0, signed.stderr
     playbook("playbooks/rotate-signing-key.yml", "-e", "signing_rotation_overlap=1d")
     (new,) = key_ids(registry, "active")
-    return {"old": old, "new": new, "before": f"{REGISTRY}/test/signed-before@{digest}"}
+    # Pushed after the rotation into a CI repository: the scan service, running since
+    # before the rotation, signs it, and with the new key.
+    after = push_unsigned(node, "ci/signed-after", "signed after the rotation\n")
+    wait_for_verdict(registry, "ci/signed-after", after)
+    return {
+        "old": old,
+        "new": new,
+        "before": f"{REGISTRY}/test/signed-before@{digest}",
+        "after": f"{REGISTRY}/ci/signed-after@{after}",
+    }
 
 
 def test_a_rotation_makes_a_new_active_key_and_keeps_the_old_one_verifying(hosts, rotation):
@@ -59,6 +71,12 @@ def test_during_the_overlap_old_and_new_signatures_verify(hosts, rotation):
     assert cosign_verify(node, old_key, repository, digest).rc == 0
     pulled = podman_pull(node, rotation["before"])
     assert pulled.rc == 0, pulled.stderr
+    repository, digest = rotation["after"].removeprefix(f"{REGISTRY}/").split("@")
+    ran = cosign_verify(node, new_key, repository, digest)
+    assert ran.rc == 0, f"{rotation['after']} with the new key: {ran.stderr[-300:]}"
+    assert cosign_verify(node, old_key, repository, digest).rc != 0
+    pulled = podman_pull(node, rotation["after"])
+    assert pulled.rc == 0, pulled.stderr
     for repository, digest in served_digests(registry):
         for key in (old_key, new_key):
             ran = cosign_verify(node, key, repository, digest)
@@ -75,6 +93,11 @@ def test_after_retirement_only_new_signatures_verify(hosts, playbook, rotation):
     refused = podman_pull(node, rotation["before"])
     assert refused.rc != 0
     assert "signature" in refused.stderr.lower()
+    repository, digest = rotation["before"].removeprefix(f"{REGISTRY}/").split("@")
+    new_key = f"{NODE_KEYS}/cosign-{rotation['new']}.pub"
+    assert cosign_verify(node, new_key, repository, digest).rc != 0
+    pulled = podman_pull(node, rotation["after"])
+    assert pulled.rc == 0, pulled.stderr
     # Mirrored images carry the new key's signature too (re-signed by the rotation).
     (base, digest) = next(d for d in served_digests(registry) if d[0] == "sample/base")
     pulled = podman_pull(node, f"{REGISTRY}/{base}@{digest}")

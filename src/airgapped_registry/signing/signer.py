@@ -73,6 +73,14 @@ class SigningError(AirgapError):
     """A digest could not be signed, attested or verified; the message names it."""
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
 def signature_tag(digest: str, kind: str = "sig") -> str:
     """``sha256:<hex>`` → ``sha256-<hex>.<kind>``: where cosign keeps what refers to it."""
     return f"{digest.replace(':', '-')}.{kind}"
@@ -166,7 +174,8 @@ class Signer:
         self.cosign = cosign_path
         self.tools = tools or Tools(timeout=defaults.TOOL_TIMEOUT)
         self.workers = max(1, workers)
-        self.ring = keys.load(config.keys_dir)
+        self._ring = keys.load(config.keys_dir)
+        self._ring_stamp = _stamp(self._ring.record)
         self._password: str | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self._client: RegistryClient | None = None
@@ -190,6 +199,17 @@ class Signer:
             self._client.close()
         if self._scratch is not None:
             self._scratch.cleanup()
+
+    @property
+    def ring(self) -> keys.KeyRing:
+        """The keys as keys.json records them now: a signer that lives long (the scan
+        service's) signs with the key a rotation made active, and stops offering a retired
+        one, without a restart. keys.json is replaced by a rename, so its stat changes."""
+        stamp = _stamp(self._ring.record)
+        if stamp != self._ring_stamp:
+            self._ring = keys.load(self.config.keys_dir)
+            self._ring_stamp = stamp
+        return self._ring
 
     @property
     def client(self) -> RegistryClient:
