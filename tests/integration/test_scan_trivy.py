@@ -298,21 +298,7 @@ def test_a_push_into_a_ci_repository_is_scanned_attested_and_signed(
                 pki, "verify", "--key", str(public), "--insecure-ignore-tlog", reference
             )
             assert checked.returncode == 0, checked.stderr
-        attested = cosign(
-            pki,
-            "verify-attestation",
-            "--type",
-            "vuln",
-            "--key",
-            str(public),
-            "--insecure-ignore-tlog",
-            f"{gateway.address}/ci/vulnerable:1",
-        )
-        assert attested.returncode == 0, attested.stderr
-        (statement,) = [
-            json.loads(base64.b64decode(json.loads(line)["payload"]))
-            for line in attested.stdout.splitlines()
-        ]
+        (statement,) = vuln_statements(pki, public, f"{gateway.address}/ci/vulnerable:1")
         found = {
             vulnerability["VulnerabilityID"]
             for result in statement["predicate"]["scanner"]["result"]["Results"]
@@ -321,21 +307,7 @@ def test_a_push_into_a_ci_repository_is_scanned_attested_and_signed(
         assert FIXTURE_VULNERABILITY_ID in found
         # Scanned again (a new DB would do the same): the new attestation replaces the old.
         airgap("scan", "now", "--config", config, "--cosign", str(COSIGN), "ci/vulnerable:1")
-        again = cosign(
-            pki,
-            "verify-attestation",
-            "--type",
-            "vuln",
-            "--key",
-            str(public),
-            "--insecure-ignore-tlog",
-            f"{gateway.address}/ci/vulnerable:1",
-        )
-        assert again.returncode == 0, again.stderr
-        (latest,) = [
-            json.loads(base64.b64decode(json.loads(line)["payload"]))
-            for line in again.stdout.splitlines()
-        ]
+        (latest,) = vuln_statements(pki, public, f"{gateway.address}/ci/vulnerable:1")
         finished = "scanFinishedOn"
         assert (
             latest["predicate"]["metadata"][finished] > statement["predicate"]["metadata"][finished]
@@ -363,6 +335,20 @@ def signing_site(site: dict[str, Any], gateway: Distribution, pki: Any, tmp_path
     config = str(site["config"])
     airgap("signing-key", "init", "--config", config, "--cosign", str(COSIGN))
     return config
+
+
+def vuln_statements(pki: Any, public: Path, reference: str) -> list[dict[str, Any]]:
+    """The in-toto statements ``cosign verify-attestation --type vuln`` verifies with
+    ``public`` on ``reference`` (it must verify)."""
+    checked = cosign(
+        pki, "verify-attestation", "--type", "vuln", "--key", str(public),
+        "--insecure-ignore-tlog", reference,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    return [
+        json.loads(base64.b64decode(json.loads(line)["payload"]))
+        for line in checked.stdout.splitlines()
+    ]
 
 
 def cosign(pki: Any, *args: str) -> subprocess.CompletedProcess[str]:
