@@ -10,6 +10,7 @@ from airgap_lab.sample import SampleSpec
 ROOT = Path(__file__).resolve().parents[2]
 LAB_LIST = ROOT / "inventories" / "lab" / "mirror.yaml"
 COSIGN = ROOT / ".venv" / "bin" / "cosign"
+TRIVY = ROOT / ".venv" / "bin" / "trivy"
 # The lab list names sample/app-001..003: three repositories of three tags each.
 SMALL = SampleSpec(
     repositories=3, tags_per_repository=3, base_layer_bytes=2048, unique_layer_bytes=2048

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from mirror_lists import COSIGN
+from mirror_lists import COSIGN, TRIVY
 
 from airgap_lab.sample import (
     BASE_REPOSITORY,
@@ -52,7 +52,6 @@ from tests.integration.test_scan_trivy import GatewayDistribution
 
 pytestmark = pytest.mark.integration
 
-TRIVY = ROOT / ".venv" / "bin" / "trivy"
 PASSWORD = "correct horse battery staple"
 SPEC = SampleSpec(
     repositories=1, tags_per_repository=1, base_layer_bytes=2048, unique_layer_bytes=2048

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mirror_lists import COSIGN, TRIVY
 
 from airgap_lab.sample import (
     BASE_REPOSITORY,
@@ -43,8 +44,6 @@ from tests.integration.scan_service import NotifyingDistribution, skopeo_copy, w
 pytestmark = pytest.mark.integration
 
 PROJECT = Path(__file__).resolve().parents[2]
-TRIVY = PROJECT / ".venv" / "bin" / "trivy"
-COSIGN = PROJECT / ".venv" / "bin" / "cosign"
 SPEC = SampleSpec(
     repositories=1, tags_per_repository=1, base_layer_bytes=2048, unique_layer_bytes=2048
 )

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from mirror_lists import TRIVY
 
 from airgap_lab import trivydb
 from airgap_lab.sample import (
@@ -46,8 +47,6 @@ from tests.integration.conftest import Distribution, DistributionFactory, htpass
 
 pytestmark = pytest.mark.integration
 
-PROJECT = Path(__file__).resolve().parents[2]
-TRIVY = PROJECT / ".venv" / "bin" / "trivy"
 UPDATED_AT = datetime(2026, 11, 29, tzinfo=UTC)
 SPEC = SampleSpec(
     repositories=1, tags_per_repository=1, base_layer_bytes=2048, unique_layer_bytes=2048

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from mirror_lists import TRIVY
 
 from airgap_lab.sample import (
     BASE_REPOSITORY,
@@ -39,8 +40,6 @@ from airgapped_registry.transport.registry import RegistryClient
 
 pytestmark = pytest.mark.integration
 
-PROJECT = Path(__file__).resolve().parents[2]
-TRIVY = PROJECT / ".venv" / "bin" / "trivy"
 SKOPEO = "/usr/bin/skopeo"
 UPDATED_AT = datetime(2026, 11, 30, tzinfo=UTC)
 SPEC = SampleSpec(
