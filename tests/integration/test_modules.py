@@ -113,8 +113,11 @@ def run_playbook(path: Path) -> dict[str, dict[str, Any]]:
     return run_playbook_allowing(path, "verify after the check")
 
 
-def run_playbook_allowing(path: Path, *may_fail: str) -> dict[str, dict[str, Any]]:
-    """:func:`run_playbook`, where the tasks named in ``may_fail`` may fail."""
+def run_playbook_allowing(
+    path: Path, *may_fail: str, interpreter: str = sys.executable
+) -> dict[str, dict[str, Any]]:
+    """:func:`run_playbook`, where the tasks named in ``may_fail`` may fail; the modules run
+    under ``interpreter`` (this test's Python, which has the engine, by default)."""
     completed = subprocess.run(
         [
             str(ANSIBLE_PLAYBOOK),
@@ -123,7 +126,7 @@ def run_playbook_allowing(path: Path, *may_fail: str) -> dict[str, dict[str, Any
             "-c",
             "local",
             "-e",
-            f"ansible_python_interpreter={sys.executable}",
+            f"ansible_python_interpreter={interpreter}",
             "--diff",
             str(path),
         ],

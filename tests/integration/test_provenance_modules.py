@@ -43,8 +43,6 @@ from airgapped_registry.transport.registry import RegistryClient
 from tests.integration.conftest import _free_port
 from tests.integration.scan_service import skopeo_copy
 from tests.integration.test_modules import (
-    ANSIBLE_PLAYBOOK,
-    ROOT,
     run_playbook_allowing,
     three_times,
 )
@@ -549,33 +547,7 @@ def test_without_the_engine_the_modules_say_what_is_missing(tmp_path) -> None:
         for module in modules
     ]
     path = write_play(tmp_path / "missing.yml", tasks)
-    completed = subprocess.run(
-        [
-            str(ANSIBLE_PLAYBOOK),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={python}",
-            str(path),
-        ],
-        cwd=ROOT,
-        env=os.environ
-        | {
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report = json.loads(completed.stdout)
-    results = {
-        task["task"]["name"]: task["hosts"]["localhost"]
-        for play in report["plays"]
-        for task in play["tasks"]
-    }
+    results = run_playbook_allowing(path, *modules, interpreter=str(python))
     for module in modules:
         message = results[module]["msg"]
         assert results[module]["failed"], module
