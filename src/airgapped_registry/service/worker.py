@@ -37,7 +37,7 @@ from airgapped_registry.scanning.verdict import (
     skipped,
 )
 from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
-from airgapped_registry.service.records import from_record, is_current, iso, stands, to_record
+from airgapped_registry.scanning.records import from_record, is_current, iso, stands, to_record
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import QueueItem, VerdictStore
 from airgapped_registry.transport.registry import RegistryClient
