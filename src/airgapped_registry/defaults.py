@@ -59,3 +59,8 @@ SCAN_BLOB_CACHE_BYTES = 2 * 1024**3
 SCAN_DB_MAX_LAYER_BYTES = 2 * 1024**3
 SCAN_DB_MAX_FILE_BYTES = 8 * 1024**3
 SCAN_DB_MAX_METADATA_BYTES = 64 * 1024
+# The gate (docs/gate.md): its policy, the provenance file it reads the verdict store, keys
+# and DB from, and the unix socket nginx asks it on (no TCP listener at all).
+GATE_POLICY = Path("/etc/airgapped-registry/gate.yaml")
+PROVENANCE = Path("/etc/airgapped-registry/provenance.yaml")
+GATE_SOCKET = Path("/run/airgapped-registry-gate/gate.sock")
