@@ -104,6 +104,16 @@ class Decision:
         }
 
 
+def _described(base: Decision, headers: Mapping[str, str]) -> Decision:
+    """``base`` with who asked and what for, as far as they can be read: the record of a
+    failed decision still names them."""
+    try:
+        request = classify(headers.get("X-Original-Method", ""), headers.get("X-Original-URI", ""))
+    except BadRequest:
+        request = None
+    return replace(base, who=identity(headers), request=request)
+
+
 def _ascii(text: str) -> str:
     return "".join(char if 32 <= ord(char) < 127 else "?" for char in text)
 
@@ -139,7 +149,9 @@ class Gate:
         except Exception as exc:  # fail closed: whatever broke, nothing is served
             log.exception("gate error on %s %s", base.method, headers.get("X-Original-URI", ""))
             decision = replace(
-                base, reason=GATE_ERROR, message=f"the gate failed: {type(exc).__name__}"
+                _described(base, headers),
+                reason=GATE_ERROR,
+                message=f"the gate failed: {type(exc).__name__}",
             )
         if (
             record
