@@ -376,3 +376,37 @@ def test_the_audit_log_verifies(lab: GateLab) -> None:
     lab.request("puller", "GET", "/v2/_catalog")
     result = verify(lab.audit_dir, lab.audit_key.with_suffix(".pub"))
     assert result.ok, result
+
+
+# -- caches ----------------------------------------------------------------------------------
+
+
+def test_a_tag_is_kept_only_until_the_gate_allows_a_change_in_its_repository(
+    lab: GateLab,
+) -> None:
+    """In-process gate on the lab's backend: a pull by tag costs no backend request once the
+    tag is known, and a push the gate allows makes the next pull read the tag again."""
+    from airgapped_registry.gate.setup import build
+
+    first = admitted_image(lab, "prod/moving")
+    gate = build(lab.policy_path, lab.provenance, None)
+    gate.admission.settle = 0.0
+    pull = {
+        "X-Original-Method": "GET",
+        "X-Original-URI": "/v2/prod/moving/manifests/1.0",
+        "X-SSL-Client-Verify": "SUCCESS",
+        "X-SSL-Client-S-DN": "O=Airgap,OU=puller,CN=node",
+    }
+    assert gate.decide(pull, record=False).digest == first.digest
+    before = gate.admission.client.requests
+    assert gate.decide(pull, record=False).digest == first.digest
+    assert gate.admission.client.requests == before  # tag and signature tag known
+    second = push_image(lab, "prod/moving", "1.0", "second")
+    sign(lab, second)
+    record_verdict(lab, second, "pass")
+    # Written straight into the backend: this gate saw nothing, and keeps what it knew.
+    assert gate.decide(pull, record=False).digest == first.digest
+    put = {**pull, "X-Original-Method": "PUT", "X-SSL-Client-S-DN": "CN=sync,O=Airgap"}
+    assert gate.decide(put, record=False).allowed
+    assert gate.decide(pull, record=False).digest == second.digest
+    gate.admission.close()

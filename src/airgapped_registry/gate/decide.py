@@ -192,11 +192,11 @@ class Gate:
         guarded = policy.protected(request.repository) and not granted.exempt
         base = replace(base, digest=request.reference if request.by_digest else None)
         allowed = replace(base, allowed=True, reason="+".join(granted.roles))
+        if request.action in (PUSH, TAG, DELETE):
+            self.admission.changed(request.repository)
         if request.action in (PULL, HEAD):
             if not guarded:
-                digest = request.reference if request.by_digest else None
-                if digest is None:
-                    digest = self.admission.resolve(request.repository, request.reference)
+                digest = self.admission.resolve(request.repository, request.reference)
                 return replace(allowed, digest=digest)
             admitted = self.admission.admit(policy, request.repository, request.reference)
             if admitted.allowed:
