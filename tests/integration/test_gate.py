@@ -410,3 +410,21 @@ def test_a_tag_is_kept_only_until_the_gate_allows_a_change_in_its_repository(
     assert gate.decide(put, record=False).allowed
     assert gate.decide(pull, record=False).digest == second.digest
     gate.admission.close()
+
+
+def test_gate_decide_explains_without_recording(lab: GateLab, capsys) -> None:
+    from airgapped_registry.cli import main
+
+    image = push_image(lab, "prod/explained", "1.0", "explained")
+    records = len(audit_records(lab))
+    argv = ["gate", "decide", "GET", "/v2/prod/explained/manifests/1.0"]
+    argv += ["--subject", "CN=node,OU=puller", "--policy", str(lab.policy_path)]
+    assert main([*argv, "--provenance", str(lab.provenance)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["decision"], report["reason"], report["digest"]) == (
+        "deny",
+        "unsigned",
+        image.digest,
+    )
+    assert report["headers"]["X-Airgap-Reason"] == "unsigned"
+    assert len(audit_records(lab)) == records
