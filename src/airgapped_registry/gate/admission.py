@@ -96,12 +96,11 @@ class _Bounded(OrderedDict[Any, Any]):
 
 
 class Admission:
-    """Decisions for one gate process; thread-safe (one state connection per thread, the
-    backend client's connections are per thread too)."""
+    """Decisions for one gate process; thread-safe: a backend client and a state database
+    connection per thread (:meth:`release` closes them), caches shared under a lock."""
 
-    def __init__(self, settings: Settings, client: RegistryClient | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = client or RegistryClient(settings.backend)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._bodies = _Bounded()  # digest -> manifest document
@@ -116,10 +115,16 @@ class Admission:
         self._generation = 0
         self.settle = SETTLE_SECONDS
 
-    def close(self) -> None:
-        self.client.close()
+    # -- per thread --------------------------------------------------------------------
 
-    # -- state, per thread -------------------------------------------------------------
+    @property
+    def client(self) -> RegistryClient:
+        """This thread's client of the backend (one kept-alive connection)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = RegistryClient(self.settings.backend)
+            self._local.client = client
+        return client
 
     def _stores(self) -> tuple[VerdictStore, AdmittedBlobs]:
         stores = getattr(self._local, "stores", None)
@@ -128,6 +133,21 @@ class Admission:
             stores = (VerdictStore(store), AdmittedBlobs(store))
             self._local.stores = stores
         return stores
+
+    def release(self) -> None:
+        """Close this thread's backend connection and state database: a server thread ends
+        with its nginx connection, and a long-running gate must not keep what it opened."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            del self._local.client
+        stores = getattr(self._local, "stores", None)
+        if stores is not None:
+            stores[0].store.close()
+            del self._local.stores
+
+    def close(self) -> None:
+        self.release()
 
     # -- keys and DB, as they stand now --------------------------------------------------
 

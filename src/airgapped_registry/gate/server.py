@@ -126,6 +126,7 @@ class GateServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             with self._guard:
                 self._connections.discard(request)
+            self.gate.admission.release()
 
     def finish(self) -> None:
         """After :meth:`shutdown`: idle keep-alive connections are told the stream ends, a
