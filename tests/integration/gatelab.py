@@ -220,7 +220,8 @@ class GateLab:
     def start_distribution(self) -> None:
         config = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            # The access log shows what nginx asked the backend (by digest, or not).
+            "log": {"level": "warn", "accesslog": {"disabled": False}},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.root / "storage")},
                 "delete": {"enabled": True},
@@ -334,6 +335,9 @@ class GateLab:
 
     def reload_gate(self) -> None:
         self.processes["gate"].send_signal(signal.SIGHUP)
+
+    def backend_log(self) -> str:
+        return (self.logs / "registry.log").read_text(errors="replace")
 
     def gate_log(self) -> str:
         path = self.logs / "gate.log"

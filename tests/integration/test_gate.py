@@ -163,6 +163,9 @@ def test_a_signed_and_passed_image_is_served_to_skopeo(lab: GateLab, tmp_path: P
     assert copied.returncode == 0, copied.stderr
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert index["manifests"][0]["digest"] == image.digest
+    # nginx asked the backend for the digest the gate decided on, not for the tag.
+    assert f'"GET /v2/prod/app/manifests/{image.digest} HTTP/1.1"' in lab.backend_log()
+    assert '"GET /v2/prod/app/manifests/1.0 HTTP/1.1"' not in lab.backend_log()
     pulls = audit_records(lab, digest=image.digest, action="pull")
     assert pulls and pulls[-1]["decision"] == "allow"
     assert pulls[-1]["reason"] == "signed+pass" and pulls[-1]["reference"] == "1.0"
