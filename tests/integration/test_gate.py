@@ -431,3 +431,22 @@ def test_gate_decide_explains_without_recording(lab: GateLab, capsys) -> None:
     )
     assert report["headers"]["X-Airgap-Reason"] == "unsigned"
     assert len(audit_records(lab)) == records
+
+
+def test_a_retired_key_stops_admitting_what_it_signed(lab: GateLab) -> None:
+    """keys.json is read again when it changes: a rotation keeps the old key's signatures
+    during the overlap, its retirement ends them (last in this module: it rotates the key)."""
+    from airgapped_registry.signing import keys
+    from airgapped_registry.tools.process import Tools
+
+    admitted_image(lab, "prod/rotated")
+    time.sleep(1.1)  # key ids are UTC seconds
+    keys.rotate(lab.keys_dir, "gate lab signing password", timedelta(days=1), Tools(), str(COSIGN))
+    assert lab.request("puller", "GET", "/v2/prod/rotated/manifests/1.0")[0] == 200
+    keys.retire(lab.keys_dir, force=True)
+    assert reason(lab.request("puller", "GET", "/v2/prod/rotated/manifests/1.0")) == (
+        403,
+        "signature_invalid",
+    )
+    resigned = admitted_image(lab, "prod/rotated", "2.0")  # signed with the new key
+    assert lab.request("puller", "GET", f"/v2/prod/rotated/manifests/{resigned.digest}")[0] == 200
