@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airgapped_registry.gate.policy import DEFAULT_UNSCANNED_CONFIG_TYPES, loads_policy
+from airgapped_registry.gate.policy import DEFAULT_UNSCANNED_CONFIG_TYPES, loads_policy, under
 from airgapped_registry.mirror.problems import SpecError
 
 VALID = """\
@@ -40,6 +40,23 @@ def test_a_valid_policy_is_read() -> None:
     assert policy.protected("prod/app") and policy.protected("cia/app")
     assert not policy.protected("ci/app")
     assert policy.audit["syslog"] == {"address": "udp://127.0.0.1:514", "facility": "local0"}
+
+
+@pytest.mark.parametrize(
+    ("repository", "prefix", "held"),
+    [
+        ("ci/app", "ci/", True),
+        ("ci/app", "ci", True),
+        ("ci", "ci/", True),
+        ("cia/app", "ci", False),
+        ("cia/app", "ci/", False),
+        ("team/a/b", "team/a", True),
+        ("team/ab", "team/a", False),
+        ("anything", "", True),
+    ],
+)
+def test_a_prefix_holds_whole_path_components(repository: str, prefix: str, held: bool) -> None:
+    assert under(repository, prefix) is held
 
 
 def test_the_defaults() -> None:

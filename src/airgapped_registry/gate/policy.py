@@ -36,6 +36,13 @@ _FACILITIES = (*tuple(f"local{n}" for n in range(8)), "auth", "authpriv", "daemo
 _PREFIX = re.compile(r"(?:[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/|$))*")
 
 
+def under(repository: str, prefix: str) -> bool:
+    """Whether ``repository`` is under ``prefix``, by whole path components: ``ci`` and
+    ``ci/`` hold ``ci/app`` (and ``ci``), never ``cia/app``; ``""`` holds everything."""
+    base = prefix.rstrip("/")
+    return not base or repository == base or repository.startswith(base + "/")
+
+
 def parse_duration(text: str) -> timedelta | None:
     match = _DURATION.fullmatch(text.strip())
     return timedelta(**{_UNITS[match[2]]: int(match[1])}) if match else None
@@ -155,7 +162,7 @@ class Grant:
     line: int = 0
 
     def covers(self, repository: str) -> bool:
-        return any(repository.startswith(prefix) for prefix in self.repositories)
+        return any(under(repository, prefix) for prefix in self.repositories)
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ class GatePolicy:
 
     def protected(self, repository: str) -> bool:
         """Every repository outside the landing zones: a forgotten prefix fails closed."""
-        return not any(repository.startswith(prefix) for prefix in self.landing_zones)
+        return not any(under(repository, prefix) for prefix in self.landing_zones)
 
     @property
     def observing(self) -> bool:
