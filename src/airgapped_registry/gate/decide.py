@@ -197,7 +197,8 @@ class Gate:
         if request.action in (PULL, HEAD):
             if not guarded:
                 digest = self.admission.resolve(request.repository, request.reference)
-                return replace(allowed, digest=digest)
+                why = "exempt" if policy.protected(request.repository) else "landing_zone"
+                return replace(allowed, digest=digest, reason=f"{why}: {allowed.reason}")
             admitted = self.admission.admit(policy, request.repository, request.reference)
             if admitted.allowed:
                 return replace(allowed, reason=admitted.reason, digest=admitted.digest)
