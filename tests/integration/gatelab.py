@@ -50,6 +50,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PASSWORD = "gate lab signing password"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
 DB_DIGEST = "sha256:" + "d" * 64
 ACCEPT = ", ".join(
@@ -361,12 +362,17 @@ class GateLab:
         from airgapped_registry.signing.signer import Signer
 
         with Signer(load_signing(self.provenance), cosign_path=str(COSIGN)) as signer:
-            (outcome,) = signer.sign(image.repository, image.digest)
-        if outcome.result != "signed":
-            raise RuntimeError(f"{image.repository}@{image.digest}: {outcome.detail}")
+            outcomes = signer.sign(image.repository, image.digest)  # an index's children too
+        for outcome in outcomes:
+            if outcome.result not in ("signed", "skipped"):  # skipped: signed before
+                raise RuntimeError(f"{image.repository}@{outcome.digest}: {outcome.detail}")
 
     def record_verdict(
-        self, image: Image, status: str, findings: list[dict[str, Any]] | None = None
+        self,
+        image: Image,
+        status: str,
+        findings: list[dict[str, Any]] | None = None,
+        children: tuple[str, ...] = (),
     ) -> None:
         """A verdict made with the DB in use, through the real verdict store."""
         from airgapped_registry.scanning.records import iso
@@ -387,8 +393,40 @@ class GateLab:
                     media_type=OCI_MANIFEST,
                     db_digest=DB_DIGEST,
                     db_updated_at=now,
+                    children=children,
                 )
             )
+
+    def push_index(self, repository: str, tag: str, children: list[Image]) -> Image:
+        """An OCI index of ``children`` (amd64, arm64, ...) under ``tag``."""
+        from airgapped_registry.oci.reference import digest_of
+
+        architectures = ("amd64", "arm64", "riscv64", "s390x")
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": child.digest,
+                        "size": self._manifest_size(child),
+                        "platform": {"architecture": architecture, "os": "linux"},
+                    }
+                    for child, architecture in zip(children, architectures, strict=False)
+                ],
+            }
+        ).encode()
+        with self.backend_client() as client:
+            digest = client.put_manifest(repository, tag, index, OCI_INDEX)
+        return Image(repository, tag, digest, digest_of(index))
+
+    def _manifest_size(self, image: Image) -> int:
+        with self.backend_client() as client:
+            head = client.head_manifest(image.repository, image.digest)
+        if head is None:
+            raise RuntimeError(f"{image.repository}@{image.digest}: not in the backend")
+        return int(head.size)
 
     def admitted_image(self, repository: str, tag: str = "1.0", layer_bytes: int = 0) -> Image:
         """Pushed, signed by the appliance and passed: what a puller may pull."""

@@ -381,3 +381,38 @@ def test_a_retired_key_stops_admitting_what_it_signed(lab: GateLab) -> None:
     )
     resigned = lab.admitted_image("prod/rotated", "2.0")  # signed with the new key
     assert lab.request("puller", "GET", f"/v2/prod/rotated/manifests/{resigned.digest}")[0] == 200
+
+
+def test_a_multi_platform_image_is_pulled_whole_and_each_child_is_gated(
+    lab: GateLab, tmp_path: Path
+) -> None:
+    amd64 = lab.push_image("prod/multi", "amd64", "amd64")
+    arm64 = lab.push_image("prod/multi", "arm64", "arm64")
+    index = lab.push_index("prod/multi", "1.0", [amd64, arm64])
+    lab.sign(index)  # the index and each child, as the appliance signs
+    for child in (amd64, arm64):
+        lab.record_verdict(child, "pass")
+    lab.record_verdict(index, "pass", children=(amd64.digest, arm64.digest))
+    copied = skopeo_copy(
+        lab, "puller", f"docker://{lab.address}/prod/multi:1.0", f"oci:{tmp_path / 'all'}:m"
+    )
+    assert copied.returncode == 0, copied.stderr
+    copied_all = subprocess.run(
+        [SKOPEO, "--insecure-policy", "copy", "--all", "--preserve-digests",
+         "--src-cert-dir", str(lab.clients["puller"].cert_dir),
+         f"docker://{lab.address}/prod/multi:1.0", f"oci:{tmp_path / 'every'}:m"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert copied_all.returncode == 0, copied_all.stderr
+    # A child with no verdict: the index does not stand, and the child itself is refused.
+    riscv = lab.push_image("prod/multi", "riscv64", "riscv64")
+    bigger = lab.push_index("prod/multi", "2.0", [amd64, arm64, riscv])
+    lab.sign(bigger)
+    lab.record_verdict(bigger, "pass", children=(amd64.digest, arm64.digest, riscv.digest))
+    status, headers, body = lab.request("puller", "GET", "/v2/prod/multi/manifests/2.0")
+    assert (status, headers["X-Airgap-Reason"]) == (403, "stale")
+    assert "a platform manifest has no verdict" in json.loads(body)["errors"][0]["message"]
+    assert reason(lab.request("puller", "GET", f"/v2/prod/multi/manifests/{riscv.digest}")) == (
+        403,
+        "not_scanned",
+    )

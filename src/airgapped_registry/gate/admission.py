@@ -340,7 +340,7 @@ class Admission:
         verdict = from_record(record)
         why = stale_reason(verdict, current, self.settings.max_age, datetime.now(UTC))
         if why is None and not stands(record, verdicts, current):
-            why = "a platform manifest's verdict was made with another DB"
+            why = "a platform manifest has no verdict made with the DB in use"
         if why is not None:
             return STALE, f"stale verdict: {why}"
         if record.status == "fail":
