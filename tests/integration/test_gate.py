@@ -277,6 +277,11 @@ def test_the_gate_stopped_refuses_with_503_and_logs_it(lab: GateLab) -> None:
     finally:
         lab.start_gate()
     assert lab.request("puller", "GET", "/v2/prod/down/manifests/1.0")[0] == 200
+    # The gate, started again, took nginx's refusals into its audit log.
+    imported = [r for r in audit_records(lab, action="pull") if r["type"] == "gate_down"]
+    assert [(r["repository"], r["reference"], r["identity"]["subject"]) for r in imported] == [
+        ("prod/down", "1.0", "O=Airgap,OU=puller,CN=node")
+    ]
 
 
 def test_observe_mode_and_a_broken_policy_on_reload(lab: GateLab) -> None:
