@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from airgapped_registry.gate.policy import DEFAULT_UNSCANNED_CONFIG_TYPES, loads_policy, under
+from airgapped_registry.gate.policy import (
+    DEFAULT_UNSCANNED_CONFIG_TYPES,
+    SCHEMA,
+    load_policy,
+    loads_policy,
+    under,
+)
 from airgapped_registry.mirror.problems import SpecError
+from airgapped_registry.mirror.schema import Field
 
 VALID = """\
 version: 1
@@ -113,3 +122,24 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_grants_are_required() -> None:
     with pytest.raises(SpecError, match=r"gate.yaml:1: grants: required key missing"):
         loads_policy("version: 1\n")
+
+
+def test_the_example_loads_and_shows_every_key() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "gate.yaml"
+    policy = load_policy(path)
+    assert [grant.role for grant in policy.grants] == [
+        "puller", "pusher", "puller", "admin", "sync", "scanner", "monitor",
+    ]  # fmt: skip
+    text = path.read_text()
+
+    def keys(field: Field) -> set[str]:
+        found = set()
+        for name, option in (field.options or {}).items():
+            found.add(name)
+            found |= keys(option)
+            if option.elements is not None:
+                found |= keys(option.elements)
+        return found
+
+    missing = [key for key in sorted(keys(SCHEMA)) if f"{key}:" not in text]
+    assert missing == []
