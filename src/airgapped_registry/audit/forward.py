@@ -139,6 +139,8 @@ class SyslogForwarder:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Send what is pending if the server is there (waiting at most ``timeout``), then
+        stop; the cursor says where the next start resumes."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -147,7 +149,9 @@ class SyslogForwarder:
     def _run(self) -> None:
         connection: Connection | None = None
         backoff = 0.5
-        while not self._stop.is_set():
+        while True:
+            # Once stopping, one last pass sends what the log holds (the closing checkpoint).
+            stopping = self._stop.is_set()
             try:
                 if connection is None:
                     connection = Connection(self.config)
@@ -155,6 +159,8 @@ class SyslogForwarder:
                 self._send_pending(connection)
                 self.error = None
                 backoff = 0.5
+                if stopping:
+                    break
                 self._wake.wait(1.0)
                 self._wake.clear()
             except (OSError, AuditError) as exc:
@@ -166,6 +172,8 @@ class SyslogForwarder:
                     connection.close()
                     connection = None
                 self._position = None  # re-read from the cursor: what was in flight is resent
+                if stopping:
+                    break
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, LONGEST_BACKOFF)
         if connection is not None:
@@ -175,7 +183,7 @@ class SyslogForwarder:
         last_saved = time.monotonic()
         sent_since_save = 0
         pid = os.getpid()
-        while not self._stop.is_set():
+        while True:
             batch = list(self._pending(BATCH))
             if not batch:
                 break

@@ -95,6 +95,11 @@ class AuditLog:
         """The last record's seq (0 for an empty log)."""
         return self._seq
 
+    @property
+    def forwarder(self) -> SyslogForwarder | None:
+        """The syslog forwarder (its ``cursor``, ``sent``, ``error``), when configured."""
+        return self._forwarder
+
     def append(self, event: AuditEvent) -> AuditRecord:
         """Write ``event`` as the next record; returns once the line is in the page cache.
         Thread-safe. Raises :class:`AuditError` when the record could not be written."""
