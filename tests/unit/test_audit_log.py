@@ -315,3 +315,41 @@ def test_the_fsync_setting_zero_is_accepted_and_records_still_chain(tmp_path: Pa
             log.append(make_event(n))
     check(tmp_path)
     assert os.path.getsize(tmp_path / "log" / "audit.log") > 0
+
+
+def test_a_record_written_in_part_is_taken_back(tmp_path: Path) -> None:
+    # A file size limit lets write(2) put part of the line down, then fail (EFBIG): the
+    # part must go, or the next record would be glued to it. In a child: limits are per process.
+    script = (
+        "import os, resource, signal, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from pathlib import Path\n"
+        "from audit_support import make_config, make_event\n"
+        "from airgapped_registry.audit import AuditError, AuditLog\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "log = AuditLog.open(make_config(Path(sys.argv[2])))\n"
+        "log.append(make_event(1))\n"
+        "size = os.path.getsize(log.path)\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))\n"
+        "try:\n"
+        "    log.append(make_event(2))\n"
+        "except AuditError as exc:\n"
+        "    print(exc)\n"
+        "assert os.path.getsize(log.path) == size, os.path.getsize(log.path)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
+        "print(log.append(make_event(3)).seq)\n"
+        "log.close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"audit log {tmp_path / 'log' / 'audit.log'}: cannot write record seq 2 (File too large)",
+        "2",
+    ]
+    check(tmp_path)
