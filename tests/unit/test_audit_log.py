@@ -73,7 +73,14 @@ def test_a_checkpoint_every_n_records_signed_and_kept_in_head_json(tmp_path: Pat
         ]
         checkpoint = json.loads(lines[11])
         assert (checkpoint["head_seq"], checkpoint["head"]) == (11, sha(lines[10]))
-        head = json.loads((tmp_path / "state" / "head.json").read_text())
+        # head.json follows from the timer thread once the checkpoint is on disk.
+        head_file = tmp_path / "state" / "head.json"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if head_file.exists() and json.loads(head_file.read_text())["seq"] == 12:
+                break
+            time.sleep(0.01)
+        head = json.loads(head_file.read_text())
         assert (head["seq"], head["hash"]) == (12, sha(lines[11]))
     check(tmp_path)
 
