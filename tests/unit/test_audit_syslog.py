@@ -16,6 +16,7 @@ import pytest
 from audit_support import log_lines, make_config, make_event
 
 from airgapped_registry.audit import AuditLog, SyslogConfig, verify
+from airgapped_registry.audit.forward import head_of
 
 HEADER = re.compile(
     rb"<(?P<pri>\d+)>1 (?P<time>\S+) (?P<host>\S+) airgapped-registry (?P<pid>\d+) "
@@ -187,3 +188,13 @@ def test_the_cursor_survives_a_restart(tmp_path: Path) -> None:
         assert len(seqs) == len(set(seqs))  # nothing resent after a clean restart
     finally:
         server.stop()
+
+
+def test_the_forwarder_reads_seq_time_and_type_as_json_would(tmp_path: Path) -> None:
+    with AuditLog.open(make_config(tmp_path)) as log:
+        line = log.append(make_event(1, decision="deny")).line
+    assert head_of(line) == (1, json.loads(line)["time"], "request")
+    reordered = json.dumps({"type": "request", "seq": 7, "time": "t", "prev": "p"}).encode()
+    assert head_of(reordered) == (7, "t", "request")
+    with pytest.raises(ValueError, match="not JSON"):
+        head_of(b"an editor's stray line")
