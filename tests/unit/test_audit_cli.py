@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from audit_support import DIGEST, OTHER_DIGEST, log_lines, make_config, make_event
-
 from airgapped_registry.audit import AuditLog, Identity
+from tests.unit.audit_support import DIGEST, OTHER_DIGEST, log_lines, make_config, make_event
 
 
 def airgap(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from audit_support import DIGEST, log_lines, make_config
 
 from airgapped_registry.audit import AuditLog, query, verify
 from airgapped_registry.audit.gatedown import classify
 from airgapped_registry.audit.records import parse_time
+from tests.unit.audit_support import DIGEST, log_lines, make_config
 
 
 def nginx_line(

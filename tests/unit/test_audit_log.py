@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from audit_support import DIGEST, log_lines, make_config, make_event
 
 from airgapped_registry.audit import AuditError, AuditLog, audit_config, init_key, query, verify
 from airgapped_registry.audit.config import AuditConfigError
+from tests.unit.audit_support import DIGEST, log_lines, make_config, make_event
 
 ZERO = "sha256:" + "0" * 64
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -117,7 +117,7 @@ def test_a_killed_writer_leaves_a_log_the_next_one_continues(tmp_path: Path) -> 
     script = (
         "import os, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
-        "from audit_support import make_config, make_event\n"
+        "from tests.unit.audit_support import make_config, make_event\n"
         "from pathlib import Path\n"
         "from airgapped_registry.audit import AuditLog\n"
         "log = AuditLog.open(make_config(Path(sys.argv[2])))\n"
@@ -126,7 +126,7 @@ def test_a_killed_writer_leaves_a_log_the_next_one_continues(tmp_path: Path) -> 
         "os._exit(0)\n"  # no close: no checkpoint, no fsync, the lock freed by the kernel
     )
     subprocess.run(
-        [sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path)], check=True
+        [sys.executable, "-c", script, str(Path(__file__).parents[2]), str(tmp_path)], check=True
     )
     assert len(log_lines(tmp_path / "log" / "audit.log")) == 5
     with AuditLog.open(config) as log:
@@ -331,7 +331,7 @@ def test_a_record_written_in_part_is_taken_back(tmp_path: Path) -> None:
         "import os, resource, signal, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from pathlib import Path\n"
-        "from audit_support import make_config, make_event\n"
+        "from tests.unit.audit_support import make_config, make_event\n"
         "from airgapped_registry.audit import AuditError, AuditLog\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "log = AuditLog.open(make_config(Path(sys.argv[2])))\n"
@@ -349,7 +349,7 @@ def test_a_record_written_in_part_is_taken_back(tmp_path: Path) -> None:
         "log.close()\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path)],
+        [sys.executable, "-c", script, str(Path(__file__).parents[2]), str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

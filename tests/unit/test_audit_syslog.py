@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from audit_support import log_lines, make_config, make_event
 
 from airgapped_registry.audit import AuditLog, SyslogConfig, verify
 from airgapped_registry.audit.forward import head_of
+from tests.unit.audit_support import log_lines, make_config, make_event
 
 HEADER = re.compile(
     rb"<(?P<pri>\d+)>1 (?P<time>\S+) (?P<host>\S+) airgapped-registry (?P<pid>\d+) "

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from audit_support import log_lines, make_config, make_event
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airgapped_registry.audit import AuditLog, init_key, verify
 from airgapped_registry.audit.keys import key_id
 from airgapped_registry.audit.records import canonical
+from tests.unit.audit_support import log_lines, make_config, make_event
 
 # With checkpoint_every=5 and 16 events, seqs 6, 12 and 18 are checkpoints; 20 records in all,
 # the last one (seq 20) the checkpoint close() writes.
