@@ -198,3 +198,18 @@ def test_the_forwarder_reads_seq_time_and_type_as_json_would(tmp_path: Path) -> 
     assert head_of(reordered) == (7, "t", "request")
     with pytest.raises(ValueError, match="not JSON"):
         head_of(b"an editor's stray line")
+
+
+def test_a_new_chain_is_forwarded_from_its_start(tmp_path: Path) -> None:
+    # The operator moved the log and head.json aside: seq starts at 1 again, and a cursor
+    # left at 40 must not hold back the new chain's first 40 records.
+    server = TcpSyslogServer()
+    try:
+        config = make_config(tmp_path, syslog=SyslogConfig(f"tcp://127.0.0.1:{server.port}"))
+        config.head.parent.mkdir(parents=True, exist_ok=True)
+        (config.head.parent / "syslog.cursor").write_text('{"seq": 40}')
+        with AuditLog.open(config) as log:
+            log.append(make_event(1))
+            wait_for(lambda: server.seqs()[:1] == [1])
+    finally:
+        server.stop()

@@ -129,7 +129,11 @@ class Connection:
 class SyslogForwarder:
     """Sends every record after the cursor, in order, from a daemon thread."""
 
-    def __init__(self, config: SyslogConfig, log_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self, config: SyslogConfig, log_dir: Path, state_dir: Path, last_seq: int | None = None
+    ) -> None:
+        """``last_seq``: the log's last record when the forwarder starts; a cursor past it
+        belongs to a log that was replaced (a new chain), and forwarding starts over."""
         self.config = config
         self.log_dir = log_dir
         self.cursor_path = state_dir / CURSOR
@@ -138,6 +142,15 @@ class SyslogForwarder:
         self.sent = 0  # messages sent by this forwarder (a figure for tests and the bench)
         self.error: str | None = None  # why the last try failed; None once sending works
         self._cursor = self._load()
+        if last_seq is not None and self._cursor > last_seq:
+            logger.warning(
+                "%s: seq %d is past the log's end (seq %d): a new chain; forwarding it from "
+                "its start",
+                self.cursor_path,
+                self._cursor,
+                last_seq,
+            )
+            self._cursor = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -215,7 +215,9 @@ class AuditLog:
             )
             self._run_import()
         if self.config.syslog is not None:
-            self._forwarder = SyslogForwarder(self.config.syslog, directory, self.config.state_dir)
+            self._forwarder = SyslogForwarder(
+                self.config.syslog, directory, self.config.state_dir, last_seq=self._seq
+            )
             self._forwarder.start()
         self._timer = threading.Thread(target=self._tick, name="audit-timer", daemon=True)
         self._timer.start()
