@@ -266,7 +266,7 @@ class AuditLog:
         except ValueError as exc:
             raise AuditError(
                 f"audit log {source}: last record unreadable ({exc}); check it with 'airgap "
-                "audit verify', then move the directory aside to start a new chain"
+                "audit verify', then move it and head.json aside to start a new chain"
             ) from None
         self._seq, self._prev = last["seq"], line_hash(line)
         self._unsigned = 0 if last["type"] == CHECKPOINT else 1
@@ -289,7 +289,7 @@ class AuditLog:
             raise AuditError(
                 f"audit log {self.config.directory}: ends at seq {self._seq}, but "
                 f"{self.config.head} records a checkpoint at seq {seq}: the log was cut; "
-                "'airgap audit verify' says where"
+                "'airgap audit verify' says where (docs/audit.md: starting a new chain)"
             )
 
     # Writing (callers hold self._lock).
