@@ -266,7 +266,7 @@ class AuditLog:
         except ValueError as exc:
             raise AuditError(
                 f"audit log {source}: last record unreadable ({exc}); check it with 'airgap "
-                "audit verify', then move it and head.json aside to start a new chain"
+                "audit verify', then move the log directory and head.json aside for a new chain"
             ) from None
         self._seq, self._prev = last["seq"], line_hash(line)
         self._unsigned = 0 if last["type"] == CHECKPOINT else 1
