@@ -213,3 +213,22 @@ def test_a_new_chain_is_forwarded_from_its_start(tmp_path: Path) -> None:
             wait_for(lambda: server.seqs()[:1] == [1])
     finally:
         server.stop()
+
+
+def test_a_unix_stream_socket_gets_octet_counted_frames(tmp_path: Path) -> None:
+    path = tmp_path / "syslog.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen()
+        server.settimeout(10)
+        config = make_config(tmp_path, syslog=SyslogConfig(f"unix://{path}"))
+        with AuditLog.open(config) as log:
+            line = log.append(make_event(1)).line
+            client, _ = server.accept()
+            with client:
+                client.settimeout(10)
+                data = b""
+                while b" " not in data or len(data.split(b" ", 1)[1]) < int(data.split(b" ")[0]):
+                    data += client.recv(65536)
+    length, rest = data.split(b" ", 1)
+    assert parse(rest[: int(length)]) == (16 * 8 + 6, line)
