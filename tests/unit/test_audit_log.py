@@ -360,3 +360,20 @@ def test_a_record_written_in_part_is_taken_back(tmp_path: Path) -> None:
         "2",
     ]
     check(tmp_path)
+
+
+def test_appends_with_fsync_zero_from_many_threads_share_fsyncs_and_chain(tmp_path: Path) -> None:
+    seqs: list[int] = []
+    with AuditLog.open(make_config(tmp_path, fsync=0.0, checkpoint_every=50)) as log:
+
+        def writer(number: int) -> None:
+            for n in range(40):
+                seqs.append(log.append(make_event(number * 100 + n)).seq)
+
+        threads = [threading.Thread(target=writer, args=(number,)) for number in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(set(seqs)) == 320
+    check(tmp_path)

@@ -232,3 +232,29 @@ def test_a_unix_stream_socket_gets_octet_counted_frames(tmp_path: Path) -> None:
                     data += client.recv(65536)
     length, rest = data.split(b" ", 1)
     assert parse(rest[: int(length)]) == (16 * 8 + 6, line)
+
+
+def test_a_server_that_stops_reading_never_holds_up_an_append(tmp_path: Path) -> None:
+    # It accepts and then reads nothing: the forwarder's socket buffers fill and its sends
+    # block (up to their timeout), while the writers go on at full speed.
+    with socket.socket() as server:
+        # A small fixed receive buffer (no autotuning): full after a few records anywhere.
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        config = make_config(tmp_path, syslog=SyslogConfig(f"tcp://127.0.0.1:{port}"))
+        slowest = 0.0
+        with AuditLog.open(config) as log:
+            client, _ = server.accept()
+            with client:
+                for n in range(6000):
+                    began = time.monotonic()
+                    log.append(make_event(n, request_id="x" * 2000))
+                    slowest = max(slowest, time.monotonic() - began)
+                forwarder = log.forwarder
+                assert forwarder is not None
+                assert forwarder.sent < 6000  # stuck behind the full buffers
+    assert slowest < 1.0, slowest
+    result = verify(tmp_path / "log", tmp_path / "state" / "checkpoint.pub", config.head)
+    assert result.ok and result.records >= 6000
