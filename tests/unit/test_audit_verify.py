@@ -6,13 +6,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airgapped_registry.audit import AuditLog, init_key, verify
+from airgapped_registry.audit import AuditLog, init_key, query, verify
 from airgapped_registry.audit.keys import key_id
 from airgapped_registry.audit.records import canonical
 from tests.unit.audit_support import log_lines, make_config, make_event
@@ -252,3 +254,33 @@ def test_the_key_id_in_checkpoints_is_the_public_keys(written: Path) -> None:
     loaded = serialization.load_pem_private_key(private, password=None)
     assert isinstance(loaded, Ed25519PrivateKey)
     assert record["key"] == key_id(loaded.public_key())
+
+
+def test_verify_and_query_while_the_gate_writes_and_rotates(tmp_path: Path) -> None:
+    config = make_config(tmp_path, rotate_bytes=8192, checkpoint_every=7)
+    stop = threading.Event()
+    with AuditLog.open(config) as log:
+
+        def writer() -> None:
+            n = 0
+            while not stop.is_set():
+                log.append(make_event(n))
+                n += 1
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            while log.seq < 10:
+                time.sleep(0.001)
+            results = []
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                results.append(check(tmp_path))
+                assert sum(1 for _ in query(tmp_path / "log", action="pull")) > 0
+        finally:
+            stop.set()
+            thread.join()
+    assert results and all(result.ok for result in results), [
+        result.first_bad for result in results if not result.ok
+    ][:1]
+    assert max(len(result.files) for result in results) > 3
