@@ -258,3 +258,23 @@ def test_a_server_that_stops_reading_never_holds_up_an_append(tmp_path: Path) ->
     assert slowest < 1.0, slowest
     result = verify(tmp_path / "log", tmp_path / "state" / "checkpoint.pub", config.head)
     assert result.ok and result.records >= 6000
+
+
+def test_every_record_is_forwarded_across_rotations_while_writing(tmp_path: Path) -> None:
+    server = TcpSyslogServer()
+    try:
+        config = make_config(
+            tmp_path,
+            rotate_bytes=8192,
+            checkpoint_every=50,
+            syslog=SyslogConfig(f"tcp://127.0.0.1:{server.port}"),
+        )
+        with AuditLog.open(config) as log:
+            for n in range(3000):
+                log.append(make_event(n))
+            last = log.seq
+            wait_for(lambda: last in server.seqs(), timeout=30)
+            assert len(list((tmp_path / "log").glob("audit-*.log"))) > 50
+        assert sorted(set(server.seqs()))[:last] == list(range(1, last + 1))
+    finally:
+        server.stop()

@@ -86,10 +86,10 @@ def _order(path: Path) -> tuple[int, int]:
     return (0, first) if first is not None else (1, 0)
 
 
-def lines_of(handle: BinaryIO) -> Iterator[Line]:
-    """The lines of an open file from its start (see :class:`Line`)."""
-    handle.seek(0)
-    number, position = 1, 0
+def lines_of(handle: BinaryIO, offset: int = 0) -> Iterator[Line]:
+    """The lines of an open file from byte ``offset`` (see :class:`Line`)."""
+    handle.seek(offset)
+    number, position = 1, offset
     for raw in handle:
         position += len(raw)
         complete = raw.endswith(b"\n")
@@ -130,20 +130,15 @@ class Line:
     complete: bool
 
 
-def read_lines(path: Path, offset: int = 0, first_number: int = 1) -> Iterator[Line]:
-    """The lines of ``path`` from byte ``offset`` (the start of a line)."""
+def read_lines(path: Path, offset: int = 0) -> Iterator[Line]:
+    """The lines of ``path`` from byte ``offset`` (the start of a line; numbers count from
+    there)."""
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise AuditError(f"audit log {path}: cannot read ({exc.strerror})") from None
     with handle:
-        handle.seek(offset)
-        number, position = first_number, offset
-        for raw in handle:
-            position += len(raw)
-            complete = raw.endswith(b"\n")
-            yield Line(number, raw[:-1] if complete else raw, position, complete)
-            number += 1
+        yield from lines_of(handle, offset)
 
 
 def last_line(fd: int, size: int) -> tuple[bytes, int]:

@@ -236,28 +236,48 @@ class SyslogForwarder:
         """Up to ``limit`` ``(seq, line, (inode, offset after it))`` past the cursor."""
         count = 0
         for path, inode, offset in self._files_from_position():
-            for line in files.read_lines(path, offset):
-                if not line.complete:
+            try:
+                handle = path.open("rb")
+            except FileNotFoundError:
+                self._position = None  # rotated away since the listing: list again
+                return
+            except OSError as exc:
+                raise AuditError(f"audit log {path}: cannot read ({exc.strerror})") from None
+            with handle:
+                if os.fstat(handle.fileno()).st_ino != inode:
+                    # audit.log was rotated between the listing and the open: the offset is
+                    # the old file's. List again next pass.
+                    self._position = None
                     return
-                try:
-                    seq = head_of(line.data)[0]
-                except ValueError as exc:
-                    raise AuditError(f"{path} line {line.number}: {exc}") from None
-                if seq <= self._cursor:
-                    continue
-                yield seq, line.data, (inode, line.end)
-                count += 1
-                if count >= limit:
-                    return
+                for line in files.lines_of(handle, offset):
+                    if not line.complete:
+                        return
+                    try:
+                        seq = head_of(line.data)[0]
+                    except ValueError as exc:
+                        raise AuditError(f"{path} after byte {offset}: {exc}") from None
+                    if seq <= self._cursor:
+                        continue
+                    yield seq, line.data, (inode, line.end)
+                    count += 1
+                    if count >= limit:
+                        return
 
     def _files_from_position(self) -> Iterator[tuple[Path, int, int]]:
+        # A rotation between the listing and the stats would give audit.log the new file's
+        # inode while the old one's rotated name is missing: list until two listings agree.
         paths = files.log_files(self.log_dir)
-        inodes = []
-        for path in paths:
-            try:
-                inodes.append(os.stat(path).st_ino)
-            except FileNotFoundError:
-                inodes.append(-1)
+        while True:
+            inodes = []
+            for path in paths:
+                try:
+                    inodes.append(os.stat(path).st_ino)
+                except FileNotFoundError:
+                    inodes.append(-1)
+            again = files.log_files(self.log_dir)
+            if again == paths:
+                break
+            paths = again
         start, offset = 0, 0
         if self._position is not None and self._position[0] in inodes:
             start, offset = inodes.index(self._position[0]), self._position[1]
