@@ -193,10 +193,15 @@ class SyslogForwarder:
                 self._wake.wait(1.0)
                 self._stop.wait(PASS_INTERVAL)
                 self._wake.clear()
-            except (OSError, AuditError) as exc:
+            except Exception as exc:
+                # Anything (a bug too) only delays forwarding: the thread must live on.
                 cause = f"syslog {self.config.address}: {exc}"
                 if cause != self.error:
-                    logger.warning("%s; records stay in the log and are sent later", cause)
+                    logger.warning(
+                        "%s; records stay in the log and are sent later",
+                        cause,
+                        exc_info=not isinstance(exc, OSError | AuditError),
+                    )
                 self.error = cause
                 if connection is not None:
                     connection.close()

@@ -365,7 +365,12 @@ class AuditLog:
                 if self._fd < 0 or self._closed:
                     raise AuditError(f"audit log {self.path}: closed")
                 target = self._seq
-                fd = os.dup(self._fd)
+                try:
+                    fd = os.dup(self._fd)
+                except OSError as exc:
+                    raise AuditError(
+                        f"audit log {self.path}: cannot fsync ({exc.strerror})"
+                    ) from None
             try:
                 os.fsync(fd)
             except OSError as exc:
@@ -471,25 +476,33 @@ class AuditLog:
             self._kick.clear()
             if self._stop.is_set():
                 break
-            self._publish_head()
-            now = time.monotonic()
-            if (
-                self.config.fsync > 0
-                and now - self._last_fsync >= self.config.fsync
-                and self._synced < self._seq
-            ):
-                try:
-                    self._sync_to(self._seq)
-                except AuditError as exc:
-                    logger.error("%s", exc)
-            if now - self._last_checkpoint >= self.config.checkpoint_interval:
-                with self._lock:
-                    if self._unsigned and not self._closed and self._broken is None:
-                        self._try_checkpoint()
-                    self._last_checkpoint = now
-            if self._importer is not None and now - last_import >= self.config.import_interval:
-                last_import = now
-                self._run_import()
+            try:
+                last_import = self._timed_work(last_import)
+            except Exception:
+                # A bug must not end fsyncs and checkpoints for the rest of the gate's life.
+                logger.exception("audit timer")
+
+    def _timed_work(self, last_import: float) -> float:
+        self._publish_head()
+        now = time.monotonic()
+        if (
+            self.config.fsync > 0
+            and now - self._last_fsync >= self.config.fsync
+            and self._synced < self._seq
+        ):
+            try:
+                self._sync_to(self._seq)
+            except AuditError as exc:
+                logger.error("%s", exc)
+        if now - self._last_checkpoint >= self.config.checkpoint_interval:
+            with self._lock:
+                if self._unsigned and not self._closed and self._broken is None:
+                    self._try_checkpoint()
+                self._last_checkpoint = now
+        if self._importer is not None and now - last_import >= self.config.import_interval:
+            last_import = now
+            self._run_import()
+        return last_import
 
     def _run_import(self) -> None:
         if self._importer is None:
