@@ -131,3 +131,41 @@ def test_gate_check_reports_a_policy_and_refuses_a_broken_one(tmp_path: Path, ca
     bad.write_text("version: 1\ngrants:\n  - {identity: {cn: a}, role: god}\n")
     assert main(["gate", "check", "--policy", str(bad)]) == 1
     assert f"{bad}:3: grants[0]: role: 'god' is not one of" in capsys.readouterr().err
+
+
+def test_the_socket_it_binds_is_nginx_s_group_only() -> None:
+    import grp
+    import shutil
+    import stat
+    import tempfile
+
+    from airgapped_registry.errors import AirgapError
+    from airgapped_registry.gate.server import bind
+
+    # Not under pytest's tmp_path (0700 for root): the socket's own mode must decide.
+    directory = Path(tempfile.mkdtemp(prefix="agg-gate-"))
+    directory.chmod(0o755)
+    path = directory / "gate.sock"
+    probe = (
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+        f"try:\n  s.connect({str(path)!r})\nexcept PermissionError:\n  sys.exit(3)\n"
+    )
+
+    def nobody_connects() -> int:
+        argv = ["runuser", "-u", "nobody", "--", sys.executable, "-c", probe]
+        return subprocess.run(argv, check=False).returncode
+
+    listener = bind(path, group="www-data")
+    try:
+        info = path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        assert info.st_gid == grp.getgrnam("www-data").gr_gid
+        assert nobody_connects() == 3  # another local user is refused
+        path.chmod(0o666)
+        assert nobody_connects() == 0  # by the socket's mode, nothing else
+        with pytest.raises(AirgapError, match="no group 'no-such-group'"):
+            bind(directory / "other.sock", group="no-such-group")
+        assert not (directory / "other.sock").exists()
+    finally:
+        listener.close()
+        shutil.rmtree(directory)
