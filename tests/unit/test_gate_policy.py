@@ -119,6 +119,13 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(refused.value.problems) == 2
 
 
+def test_no_syslog_is_written_null() -> None:
+    policy = loads_policy(
+        VALID.replace('{address: "udp://127.0.0.1:514", facility: local0}', "null")
+    )
+    assert policy.audit["syslog"] is None
+
+
 def test_grants_are_required() -> None:
     with pytest.raises(SpecError, match=r"gate.yaml:1: grants: required key missing"):
         loads_policy("version: 1\n")

@@ -144,7 +144,9 @@ SCHEMA = Field(
                 "checkpoint_interval": Field("str", "longest time", check=_check_duration),
                 "rotate_bytes": Field("int", "size of a file before rotation", minimum=4096),
                 "fsync": Field("str", "records reach disk within", check=_check_duration),
-                "syslog": Field("dict", "forwarding", options=_SYSLOG_FIELD.options),
+                "syslog": Field(
+                    "dict", "forwarding (null: none)", options=_SYSLOG_FIELD.options, empty_ok=True
+                ),
             },
         ),
     },
