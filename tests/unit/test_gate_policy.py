@@ -126,6 +126,12 @@ def test_no_syslog_is_written_null() -> None:
     assert policy.audit["syslog"] is None
 
 
+def test_a_duration_may_be_seconds() -> None:
+    assert loads_policy(VALID.replace("fsync: 1s", "fsync: 0")).audit["fsync"] == 0
+    with pytest.raises(SpecError, match=r"audit\.fsync: expected a string, got -1"):
+        loads_policy(VALID.replace("fsync: 1s", "fsync: -1"))
+
+
 def test_grants_are_required() -> None:
     with pytest.raises(SpecError, match=r"gate.yaml:1: grants: required key missing"):
         loads_policy("version: 1\n")

@@ -68,6 +68,11 @@ def _check_name(value: str) -> str | None:
 # empty" rule must let through (_PolicyChecker).
 _ANY_PREFIX = Field("str", "prefix", check=_check_prefix)
 
+# Durations are strings (1s, 500ms) or a number of seconds (fsync: 0 syncs every record),
+# which the schema's single type per field cannot say: _PolicyChecker lets numbers through.
+_INTERVAL = Field("str", "longest time between checkpoints", check=_check_duration)
+_FSYNC = Field("str", "records reach disk within", check=_check_duration)
+
 _IDENTITY = Field(
     "dict",
     "the client certificate's subject: exactly one of cn / ou",
@@ -141,9 +146,9 @@ SCHEMA = Field(
                 "key": Field("str", "checkpoint private key (Ed25519 PEM)"),
                 "head": Field("str", "the last checkpoint, outside the log directory"),
                 "checkpoint_every": Field("int", "records between checkpoints", minimum=1),
-                "checkpoint_interval": Field("str", "longest time", check=_check_duration),
+                "checkpoint_interval": _INTERVAL,
                 "rotate_bytes": Field("int", "size of a file before rotation", minimum=4096),
-                "fsync": Field("str", "records reach disk within", check=_check_duration),
+                "fsync": _FSYNC,
                 "syslog": Field(
                     "dict", "forwarding (null: none)", options=_SYSLOG_FIELD.options, empty_ok=True
                 ),
@@ -227,6 +232,9 @@ def loads_policy(text: str, filename: str = "gate.yaml") -> GatePolicy:
 class _PolicyChecker(Checker):
     def check(self, value: Any, schema: Field, line: int, entry: str, key: str) -> None:
         if schema is _ANY_PREFIX and value == "":
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if schema in (_INTERVAL, _FSYNC) and number and value >= 0:
             return
         super().check(value, schema, line, entry, key)
 
