@@ -30,6 +30,7 @@ LAYERS = {
     f"{ENGINE}.mirror": 4,
     f"{ENGINE}.signing": 4,
     f"{ENGINE}.scanning": 4,
+    f"{ENGINE}.audit": 4,
     f"{ENGINE}.service": 5,
     f"{ENGINE}.gate": 5,
     f"{ENGINE}.cli": 6,

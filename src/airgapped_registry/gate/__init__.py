@@ -1,3 +1,3 @@
-"""The gate: who may do what on the registry, and which images are served (RBAC, admission,
-the audit of every decision), and the same admission rule for clusters
-(:mod:`.clusterpolicy`)."""
+"""The gate: nginx asks it before every API request (RBAC by client certificate, admission
+of signed and scanned digests in protected repositories, an audit record). docs/gate.md.
+The same admission rule for clusters: :mod:`.clusterpolicy` (docs/cluster-policies.md)."""
