@@ -25,7 +25,9 @@ processes (no shared interpreter lock). Phases:
    gateways alternating over ``--rounds`` rounds (so a drift of the machine's load falls on
    both): manifest GET by tag (what a pull starts with: the gate resolves the tag, checks
    the signature and the verdict, and writes an audit record) and blob GET of a layer of
-   the admitted image (the gate checks the blob belongs to an admitted manifest).
+   the admitted image (the gate checks the blob belongs to an admitted manifest). Then the
+   same decisions asked of the gate's socket directly ("gate alone": the headers nginx
+   sends, one kept-alive connection), to tell the gate's time from nginx's subrequest.
 2. ``throughput``: ``--concurrency`` workers for ``--duration`` seconds per gateway and
    kind, alternating; requests per second, and the audit records the gate wrote meanwhile.
 3. ``audit``: the audit log alone, in this process: records appended per second by
@@ -474,6 +476,54 @@ def timed(port: int, pki_dir: str, request: Request, count: int) -> list[float]:
         client.close()
 
 
+class GateClient:
+    """The gate's socket asked directly, with the headers nginx sends for the ``node``
+    certificate: what the gate itself takes, without nginx's subrequest around it."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = http.client.HTTPConnection("localhost", timeout=30)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.connect(str(path))
+        self.connection.sock = unix
+
+    def get(self, request: Request) -> tuple[int, float]:
+        headers = {
+            "X-Original-Method": "GET",
+            "X-Original-URI": request.path,
+            "X-Real-IP": "127.0.0.1",
+            "X-Request-ID": "0" * 32,
+            "X-SSL-Client-Verify": "SUCCESS",
+            "X-SSL-Client-S-DN": "OU=puller,CN=node",
+            "X-SSL-Client-I-DN": "CN=gate bench CA",
+            "X-SSL-Client-Serial": "01",
+            "X-SSL-Client-Fingerprint": "0" * 40,
+        }
+        started = time.perf_counter()
+        self.connection.request("GET", "/auth", headers=headers)
+        response = self.connection.getresponse()
+        response.read()
+        return response.status, time.perf_counter() - started
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def timed_gate(path: Path, request: Request, count: int) -> list[float]:
+    client = GateClient(path)
+    try:
+        for _ in range(10):
+            client.get(request)
+        latencies = []
+        for _ in range(count):
+            status, seconds = client.get(request)
+            if status != 200:
+                raise SystemExit(f"the gate on {path}: {request.path}: status {status}")
+            latencies.append(seconds)
+        return latencies
+    finally:
+        client.close()
+
+
 def worker(port: int, pki_dir: str, request: Request, start: float, end: float) -> int:
     """Requests completed between ``start`` and ``end`` (monotonic) by one connection."""
     client = Client(port, pki_dir)
@@ -621,6 +671,10 @@ def main() -> int:
                     latencies.setdefault((name, request.kind), []).extend(
                         timed(gateways[name].port, pki_dir, request, args.requests)
                     )
+            for request in (manifest, blob):
+                latencies.setdefault(("alone", request.kind), []).extend(
+                    timed_gate(site.socket, request, args.requests)
+                )
         rates: dict[tuple[str, str], list[float]] = {}
         audit: list[float] = []
         for request in (manifest, blob):
@@ -645,16 +699,18 @@ def main() -> int:
     rows = []
     for kind, label in (("manifest", "manifest GET by tag"), ("blob", "blob GET")):
         plain, gated = latencies[("plain", kind)], latencies[("gate", kind)]
+        direct = latencies[("alone", kind)]
         for fraction in (0.5, 0.99):
             a, b = percentile(plain, fraction), percentile(gated, fraction)
+            c = percentile(direct, fraction)
             name = f"{label} p{round(fraction * 100)} (ms)"
-            rows.append((name, ms(a), ms(b), f"+{ms(b - a)}"))
-            figures[f"{kind}_p{round(fraction * 100)}_ms"] = [ms(a), ms(b), ms(b - a)]
+            rows.append((name, ms(a), ms(b), f"{(b - a) * 1000:+.2f}", ms(c)))
+            figures[f"{kind}_p{round(fraction * 100)}_ms"] = [ms(a), ms(b), ms(b - a), ms(c)]
     for kind, label in (("manifest", "manifest GET/s"), ("blob", "blob GET/s")):
         a = sum(rates[("plain", kind)]) / 2
         b = sum(rates[("gate", kind)]) / 2
         rows.append(
-            (f"{label} ({args.concurrency} conn.)", f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}x")
+            (f"{label} ({args.concurrency} conn.)", f"{a:.0f}", f"{b:.0f}", f"{b / a:.2f}x", "")
         )
         figures[f"{kind}_rps"] = [round(a), round(b), round(b / a, 2)]
     figures["audit_records_per_s_under_load"] = round(sum(audit) / len(audit))
@@ -666,9 +722,9 @@ def main() -> int:
         f"\ngate bench: {figures['cores']} cores; load1 {figures['load1_before']:.2f} before,"
         f" {figures['load1_after_requests']:.2f} after the requests; {figures['minutes']} min"
     )
-    print(f"{'':38} {'no gate':>10} {'gate':>10} {'added':>10}")
-    for name, a, b, added in rows:
-        print(f"{name:38} {a:>10} {b:>10} {added:>10}")
+    print(f"{'':38} {'no gate':>10} {'gate':>10} {'added':>10} {'gate alone':>11}")
+    for name, a, b, added, alone_figure in rows:
+        print(f"{name:38} {a:>10} {b:>10} {added:>10} {alone_figure:>11}")
     print(
         f"\naudit records written during the gated manifest runs: "
         f"{figures['audit_records_per_s_under_load']}/s (one per manifest GET; fsync within 1 s)"
