@@ -93,6 +93,8 @@ ROLE = PROJECT / "roles" / "gateway"
 NGINX = "/usr/sbin/nginx"
 VENV_BIN = Path(sys.executable).parent
 PASSWORD = "bench password, never a real one"
+# scripts/bootstrap puts them in the virtual environment; airgap runs with it first in PATH.
+TOOLS = ("airgap", "trivy", "cosign")
 REPOSITORY, TAG = "sample/app-001", "1.0.0"
 UNSIGNED = ("sample/vulnerable", "1.0.0")  # pushed, never signed: the gate must refuse it
 MANIFEST_ACCEPT = ", ".join(
@@ -631,7 +633,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds, args.duration = 50, 2, 2.0
-    for program in (NGINX, "/usr/bin/docker-registry", str(VENV_BIN / "trivy"), "cosign"):
+    for program in (NGINX, "/usr/bin/docker-registry", *(str(VENV_BIN / t) for t in TOOLS)):
         if shutil.which(program) is None:
             raise SystemExit(f"{program}: not found (run ./scripts/bootstrap)")
 
