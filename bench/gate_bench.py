@@ -43,7 +43,9 @@ shared interpreter lock). Phases:
    before the answer).
 
     .venv/bin/python bench/gate_bench.py               # everything (about 3 minutes)
-    .venv/bin/python bench/gate_bench.py --quick       # a smoke run (under a minute)
+    .venv/bin/python bench/gate_bench.py --quick       # a smoke run (about a minute)
+
+Processes and the work directory are cleaned up at exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -537,6 +539,8 @@ def main() -> int:
         if shutil.which(program) is None:
             raise SystemExit(f"{program}: not found (run ./scripts/bootstrap)")
 
+    # SIGTERM unwinds like Ctrl-C: the labs' processes and the work directory go too.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     figures: dict[str, Any] = {
         "cores": os.cpu_count(),
         "load1_before": load1(),
