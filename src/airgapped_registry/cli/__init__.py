@@ -16,6 +16,7 @@ from airgapped_registry import __version__
 from airgapped_registry.cli.audit import add_audit_commands
 from airgapped_registry.cli.gate import add_gate_commands
 from airgapped_registry.cli.lock import add_lock_commands
+from airgapped_registry.cli.policy import add_policy_commands
 from airgapped_registry.cli.run import run
 from airgapped_registry.cli.scan import add_scan_commands
 from airgapped_registry.cli.sign import add_sign_commands
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     add_sign_commands(commands)
     add_gate_commands(commands)
     add_audit_commands(commands)
+    add_policy_commands(commands)
     return root
 
 
