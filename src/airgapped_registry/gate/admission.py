@@ -114,6 +114,10 @@ class Admission:
         self._unsettled: dict[str, float] = {}  # repository -> monotonic time
         self._generation = 0
         self.settle = SETTLE_SECONDS
+        # Read on every decision: the paths made once.
+        self._keys_record = str(settings.keys_dir / keys.RECORD)
+        self._db_link = scan_db.current_link(settings.cache_dir)
+        self._db_link_text = str(self._db_link)
 
     # -- per thread --------------------------------------------------------------------
 
@@ -154,9 +158,8 @@ class Admission:
     def public_keys(self) -> tuple[PublicKey, ...]:
         """The published keys; keys.json read again when its stat changed (a rotation or a
         retirement replaces it by a rename)."""
-        record = self.settings.keys_dir / keys.RECORD
         try:
-            info = record.stat()
+            info = os.stat(self._keys_record)
             stamp: tuple[int, int, int] | None = (info.st_ino, info.st_mtime_ns, info.st_size)
         except FileNotFoundError:
             stamp = None
@@ -169,9 +172,9 @@ class Admission:
             return self._keys
 
     def current_db(self) -> DbInfo | None:
-        link = scan_db.current_link(self.settings.cache_dir)
+        link = self._db_link
         try:
-            target = os.readlink(link)
+            target = os.readlink(self._db_link_text)
         except FileNotFoundError:
             return None
         except OSError as exc:
