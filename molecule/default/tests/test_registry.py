@@ -19,7 +19,7 @@ CERTS = f"/etc/containers/certs.d/{REGISTRY}"
 # ':' in --cert as the start of a password.
 CURL_CERTS = "/etc/containers/certs.d/registry"
 CA = f"{CERTS}/ca.crt"
-MANIFEST_URL = f"https://{REGISTRY}/v2/test/hello/manifests/v1"
+MANIFEST_URL = f"https://{REGISTRY}/v2/ci/hello/manifests/v1"
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 
@@ -52,7 +52,8 @@ def node_container(lab):
 @pytest.fixture(scope="module")
 def pushed(node):
     """A small image built on node (which reaches no upstream) and pushed
-    through the gateway with the node's own client certificate."""
+    through the gateway with the node's own client certificate (a pusher: into
+    the landing zone ci/, the only place the gate lets it push)."""
     build = node.run(
         "set -e; rm -rf /root/layout /root/bh; "
         "B='buildah --storage-driver vfs --root /root/bh/root --runroot /root/bh/run'; "
@@ -63,7 +64,7 @@ def pushed(node):
     assert build.rc == 0, build.stderr
     push = node.run(
         "skopeo copy -q --preserve-digests --digestfile /root/pushed.digest "
-        f"oci:/root/layout:v1 docker://{REGISTRY}/test/hello:v1"
+        f"oci:/root/layout:v1 docker://{REGISTRY}/ci/hello:v1"
     )
     assert push.rc == 0, push.stderr
     return {
@@ -74,7 +75,7 @@ def pushed(node):
 
 def test_push_and_read_back_with_the_client_certificate(node, pushed):
     back = node.check_output(
-        f"skopeo inspect --format '{{{{.Digest}}}}' docker://{REGISTRY}/test/hello:v1"
+        f"skopeo inspect --format '{{{{.Digest}}}}' docker://{REGISTRY}/ci/hello:v1"
     )
     assert pushed["pushed"] == pushed["layout"]
     assert back == pushed["pushed"]
@@ -86,7 +87,7 @@ def test_without_a_client_certificate_nothing_is_served(node, pushed):
     node.run("rm -rf /root/probe/ca-only && mkdir -p /root/probe/ca-only")
     node.run(f"cp {CA} /root/probe/ca-only/")
     result = node.run(
-        f"skopeo inspect --cert-dir /root/probe/ca-only docker://{REGISTRY}/test/hello:v1"
+        f"skopeo inspect --cert-dir /root/probe/ca-only docker://{REGISTRY}/ci/hello:v1"
     )
     assert result.rc != 0
 
@@ -157,7 +158,7 @@ def test_a_certificate_from_a_foreign_ca_is_refused(node, node_container, pushed
     node.run(f"cp {CA} /root/probe/foreign/ca.crt")
     assert http_status(node, MANIFEST_URL, "/root/probe/foreign") == "400"
     result = node.run(
-        f"skopeo inspect --cert-dir /root/probe/foreign docker://{REGISTRY}/test/hello:v1"
+        f"skopeo inspect --cert-dir /root/probe/foreign docker://{REGISTRY}/ci/hello:v1"
     )
     assert result.rc != 0
 
