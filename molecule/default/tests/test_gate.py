@@ -367,8 +367,12 @@ def test_with_the_gate_stopped_protected_pulls_are_refused_and_logged(
         answer = call(node, "GET", f"/v2/sample/base/manifests/{entry['digest']}", reader)
         assert answer.status == 503, answer
         assert call(node, "GET", f"/v2/{missing}/manifests/v1", reader).status == 503
-        pulled = podman_pull(node, f"{REGISTRY}/sample/base@{entry['digest']}")
-        assert pulled.rc != 0
+        # skopeo too (podman would retry a 503 for seconds before giving up).
+        inspected = node.run(
+            f"skopeo inspect --raw --cert-dir {reader} "
+            f"docker://{REGISTRY}/sample/base@{entry['digest']}"
+        )
+        assert inspected.rc != 0, inspected.stdout
     finally:
         registry.check_output(f"systemctl start {' '.join(UNITS)}")
     assert call(node, "GET", f"/v2/sample/base/manifests/{entry['digest']}", reader).status == 200
