@@ -59,3 +59,23 @@ SCAN_BLOB_CACHE_BYTES = 2 * 1024**3
 SCAN_DB_MAX_LAYER_BYTES = 2 * 1024**3
 SCAN_DB_MAX_FILE_BYTES = 8 * 1024**3
 SCAN_DB_MAX_METADATA_BYTES = 64 * 1024
+# The audit log (docs/audit.md): its directory, the checkpoint key (public half beside it,
+# ``.pub``) and the last checkpoint kept outside the log directory.
+AUDIT_DIRECTORY = Path("/var/log/airgapped-registry/audit")
+AUDIT_KEY = Path("/var/lib/airgapped-registry/audit/checkpoint.key")
+AUDIT_HEAD = Path("/var/lib/airgapped-registry/audit/head.json")
+# A signed checkpoint after this many records, and at least this often while records come.
+AUDIT_CHECKPOINT_EVERY = 1000
+AUDIT_CHECKPOINT_INTERVAL = 60.0
+AUDIT_ROTATE_BYTES = 64 * 1024 * 1024
+# Records reach the page cache before the gate answers, the disk within this many seconds
+# (0: fsync before each answer).
+AUDIT_FSYNC = 1.0
+# nginx's record of the requests it refused while the gate was down, imported into the log.
+GATE_UNAVAILABLE_LOG = Path("/var/log/airgapped-registry/gate-unavailable.log")
+AUDIT_IMPORT_INTERVAL = 5.0
+# The gate (docs/gate.md): its policy, the provenance file it reads the verdict store, keys
+# and DB from, and the unix socket nginx asks it on (no TCP listener at all).
+GATE_POLICY = Path("/etc/airgapped-registry/gate.yaml")
+PROVENANCE = Path("/etc/airgapped-registry/provenance.yaml")
+GATE_SOCKET = Path("/run/airgapped-registry-gate/gate.sock")

@@ -30,7 +30,9 @@ LAYERS = {
     f"{ENGINE}.mirror": 4,
     f"{ENGINE}.signing": 4,
     f"{ENGINE}.scanning": 4,
+    f"{ENGINE}.audit": 4,
     f"{ENGINE}.service": 5,
+    f"{ENGINE}.gate": 5,
     f"{ENGINE}.cli": 6,
 }
 # Never imported by the engine: the lab's content, and Ansible (modules wrap the engine).

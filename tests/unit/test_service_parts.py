@@ -9,8 +9,8 @@ import pytest
 
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.scanning.policy import AllowEntry, Policy
+from airgapped_registry.scanning.records import from_record, is_current, to_record
 from airgapped_registry.scanning.verdict import DbInfo, Finding, combine, judge
-from airgapped_registry.service.records import from_record, is_current, to_record
 from airgapped_registry.service.worker import platform_children
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

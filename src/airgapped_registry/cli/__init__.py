@@ -13,7 +13,9 @@ import argparse
 from collections.abc import Sequence
 
 from airgapped_registry import __version__
+from airgapped_registry.cli.gate import add_gate_commands
 from airgapped_registry.cli.lock import add_lock_commands
+from airgapped_registry.cli.policy import add_policy_commands
 from airgapped_registry.cli.run import run
 from airgapped_registry.cli.scan import add_scan_commands
 from airgapped_registry.cli.sign import add_sign_commands
@@ -35,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     add_sync_commands(commands)
     add_scan_commands(commands)
     add_sign_commands(commands)
+    add_gate_commands(commands)
+    add_policy_commands(commands)
     return root
 
 

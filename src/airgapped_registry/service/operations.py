@@ -16,9 +16,9 @@ from typing import Any
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.scanning import config as scanning_config
 from airgapped_registry.scanning import db
+from airgapped_registry.scanning.records import from_record, stands
 from airgapped_registry.scanning.verdict import DbInfo, read_status
 from airgapped_registry.service.reconcile import served_tags
-from airgapped_registry.service.records import from_record, stands
 from airgapped_registry.service.setup import service_parts, settings_from
 from airgapped_registry.service.worker import DigestJob
 from airgapped_registry.signing.signer import split_reference

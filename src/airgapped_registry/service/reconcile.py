@@ -22,9 +22,9 @@ from typing import Any
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.oci.manifest import parse_manifest
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES
+from airgapped_registry.scanning.records import is_current
 from airgapped_registry.scanning.verdict import DbInfo
 from airgapped_registry.service.events import COSIGN_TAG
-from airgapped_registry.service.records import is_current
 from airgapped_registry.service.worker import platform_children
 from airgapped_registry.state.verdicts import VerdictStore
 from airgapped_registry.transport.counters import RequestCount

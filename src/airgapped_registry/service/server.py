@@ -30,10 +30,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from airgapped_registry.errors import AirgapError
+from airgapped_registry.scanning.records import iso
 from airgapped_registry.service.events import EnvelopeError, check_content_type, parse_envelope
 from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
 from airgapped_registry.service.reconcile import reconcile
-from airgapped_registry.service.records import iso
 from airgapped_registry.service.worker import DigestLocks, Worker
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import VerdictStore

@@ -26,6 +26,7 @@ from typing import Any
 from airgapped_registry.errors import AirgapError, RegistryError
 from airgapped_registry.oci.manifest import descriptor, parse_manifest
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES, OCI_CONFIG
+from airgapped_registry.scanning.records import from_record, is_current, iso, stands, to_record
 from airgapped_registry.scanning.scanner import ManifestScan
 from airgapped_registry.scanning.verdict import (
     DbInfo,
@@ -37,7 +38,6 @@ from airgapped_registry.scanning.verdict import (
     skipped,
 )
 from airgapped_registry.service.ports import Provenance, Scanner, ServiceSettings
-from airgapped_registry.service.records import from_record, is_current, iso, stands, to_record
 from airgapped_registry.state.store import StateStore
 from airgapped_registry.state.verdicts import QueueItem, VerdictStore
 from airgapped_registry.transport.registry import RegistryClient

@@ -108,6 +108,19 @@ class PublicKey:
         return True
 
 
+def payload_names(payload: bytes, digest: str, identity: str) -> bool:
+    """Whether a simple-signing payload names ``digest`` under ``identity``
+    (``registry/repository``): a signature made for another digest, repository or registry
+    name proves nothing about this one."""
+    try:
+        critical = json.loads(payload)["critical"]
+        signed_digest = critical["image"]["docker-manifest-digest"]
+        signed_identity = critical["identity"]["docker-reference"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return bool(signed_digest == digest and signed_identity == identity)
+
+
 def pae(payload_type: str, payload: bytes) -> bytes:
     """DSSE's pre-authentication encoding: what an envelope's signatures sign."""
     kind = payload_type.encode()
@@ -269,15 +282,7 @@ class Signer:
             if layer.get("mediaType") != SIMPLE_SIGNING or not isinstance(signature, str):
                 continue
             payload = self.client.get_blob(repository, layer["digest"])
-            if not key.verifies(signature, payload):
-                continue
-            try:
-                critical = json.loads(payload)["critical"]
-                signed_digest = critical["image"]["docker-manifest-digest"]
-                signed_identity = critical["identity"]["docker-reference"]
-            except (ValueError, KeyError, TypeError):
-                continue
-            if signed_digest == digest and signed_identity == identity:
+            if key.verifies(signature, payload) and payload_names(payload, digest, identity):
                 return True
         return False
 

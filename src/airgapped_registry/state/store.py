@@ -2,7 +2,8 @@
 
 One SQLite database per host (WAL mode, so the health endpoint can read while a sync writes)
 holds the appliance's state and its migrations; this module owns its ``sync_*`` tables
-(``scan_*`` are :mod:`airgapped_registry.state.verdicts`'):
+(``scan_*`` are :mod:`airgapped_registry.state.verdicts`', ``gate_*``
+:mod:`airgapped_registry.state.admitted`'):
 
 - ``sync_entries``: one row per destination tag (``host[:port]/repository:tag``), replaced by
   every run that looks at the entry: the digest the lock wants, the result of the last run
@@ -123,6 +124,18 @@ CREATE TABLE scan_reconciliations (
     requests INTEGER NOT NULL DEFAULT 0,
     duration REAL,
     error TEXT
+)
+""",
+    ),
+    # 3: the gate's record of blobs it may serve (issue 10), owned by state/admitted.py.
+    (
+        """
+CREATE TABLE gate_admitted_blobs (
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    admitted_at TEXT NOT NULL,
+    PRIMARY KEY (repository, digest)
 )
 """,
     ),

@@ -1,4 +1,5 @@
-"""Verdicts to and from their rows in the state store (``scan_verdicts``)."""
+"""Verdicts to and from their rows in the state store (``scan_verdicts``), and whether a
+stored verdict stands: used by the scan service and by the gate."""
 
 from __future__ import annotations
 

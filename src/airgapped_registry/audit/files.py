@@ -1,0 +1,154 @@
+"""The log's files on disk: their names and order, their lines, and the state files kept
+beside the checkpoint key (head.json, cursors), written atomically.
+
+The directory holds ``audit.log`` (being written) and ``audit-<first seq, 12 digits>.log``
+(rotated, each ending with a signed checkpoint). Their order is the chain's order: rotated
+files by first seq, then ``audit.log``. A partial line moved aside at recovery is kept as
+``audit.log.partial-<UTC time>`` and is not part of the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airgapped_registry.audit.records import AuditError
+
+CURRENT = "audit.log"
+ROTATED = re.compile(r"audit-([0-9]{12})\.log")
+LOCK = ".lock"
+
+
+def rotated_name(first_seq: int) -> str:
+    return f"audit-{first_seq:012d}.log"
+
+
+def log_files(directory: Path) -> list[Path]:
+    """The log's files in chain order (rotated by first seq, then the current one)."""
+    try:
+        names = os.listdir(directory)
+    except OSError as exc:
+        raise AuditError(f"audit log {directory}: cannot list ({exc.strerror})") from None
+    rotated = sorted((int(match[1]), name) for name in names if (match := ROTATED.fullmatch(name)))
+    files = [directory / name for _, name in rotated]
+    if CURRENT in names:
+        files.append(directory / CURRENT)
+    return files
+
+
+def rotated_first_seq(path: Path) -> int | None:
+    """The first seq a rotated file's name promises; None for the current file."""
+    match = ROTATED.fullmatch(path.name)
+    return int(match[1]) if match else None
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a log file: 1-based ``number``, its bytes without the newline, the byte
+    offset just after it, and whether it ended with a newline (only a last line may not)."""
+
+    number: int
+    data: bytes
+    end: int
+    complete: bool
+
+
+def read_lines(path: Path, offset: int = 0, first_number: int = 1) -> Iterator[Line]:
+    """The lines of ``path`` from byte ``offset`` (the start of a line)."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise AuditError(f"audit log {path}: cannot read ({exc.strerror})") from None
+    with handle:
+        handle.seek(offset)
+        number, position = first_number, offset
+        for raw in handle:
+            position += len(raw)
+            complete = raw.endswith(b"\n")
+            yield Line(number, raw[:-1] if complete else raw, position, complete)
+            number += 1
+
+
+def last_line(fd: int, size: int) -> tuple[bytes, int]:
+    """The last complete line of the open file (``size`` bytes long) and the offset just
+    after its newline; ``(b"", 0)`` when there is none. Bytes after the last newline (a
+    partial line) are not part of it."""
+    newline = _rfind_newline(fd, size)
+    if newline < 0:
+        return b"", 0
+    begin = _rfind_newline(fd, newline) + 1
+    return os.pread(fd, newline - begin, begin), newline + 1
+
+
+def _rfind_newline(fd: int, before: int) -> int:
+    """The offset of the last newline before offset ``before``, or -1."""
+    chunk = 65536
+    position = before
+    while position > 0:
+        start = max(0, position - chunk)
+        found = os.pread(fd, position - start, start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
+
+
+def first_line(path: Path) -> bytes | None:
+    try:
+        with path.open("rb") as handle:
+            raw = handle.readline()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(f"audit log {path}: cannot read ({exc.strerror})") from None
+    return raw[:-1] if raw.endswith(b"\n") else None
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o640) -> None:
+    """Replace ``path`` with ``document``: a temporary file beside it, fsync, rename, fsync
+    of the directory. Readers see the old file or the new one, never a part."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(document, indent=2, sort_keys=True).encode("ascii") + b"\n"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise AuditError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A state file's document; None when it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        raise AuditError(f"{path}: not JSON") from None
+    if not isinstance(document, dict):
+        raise AuditError(f"{path}: not a JSON object")
+    return document

@@ -1,0 +1,146 @@
+"""The checkpoint key: an Ed25519 pair that signs the log's checkpoints.
+
+The private half (PKCS#8 PEM, 0600) stays on the registry host, read by the gate; the public
+half (``<key>.pub``, SubjectPublicKeyInfo PEM) is what ``airgap audit verify`` needs, and is
+fetched to the controller so a log can be checked away from the host that wrote it.
+A key's id is the first 16 hex digits of the SHA-256 of its raw public bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from airgapped_registry.audit.records import AuditError, canonical
+
+
+def public_path(key: Path) -> Path:
+    """Where the public half of the key at ``key`` lives: beside it, ``.pub``."""
+    return key.with_suffix(".pub")
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def init_key(key: Path) -> dict[str, Any]:
+    """Make the pair at ``key`` (and ``key.pub``) unless it is there; a report with
+    ``changed``. An existing private key is kept and its public half rewritten if missing."""
+    pub = public_path(key)
+    if key.exists():
+        private = load_private(key)
+        changed = False
+        if not pub.exists():
+            _write(pub, _public_pem(private.public_key()), 0o644)
+            changed = True
+        return {
+            "changed": changed,
+            "key": str(key),
+            "public_key": str(pub),
+            "key_id": key_id(private.public_key()),
+        }
+    try:
+        key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AuditError(
+            f"checkpoint key {key}: cannot make {key.parent} ({exc.strerror})"
+        ) from None
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write(key, pem, 0o600)
+    _write(pub, _public_pem(private.public_key()), 0o644)
+    return {
+        "changed": True,
+        "key": str(key),
+        "public_key": str(pub),
+        "key_id": key_id(private.public_key()),
+    }
+
+
+def _public_pem(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    # Made with its final mode from the start and renamed into place: never a moment where
+    # the private key is readable by others, nor a half-written key file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise AuditError(f"checkpoint key {path}: cannot write ({exc.strerror})") from None
+
+
+def load_private(key: Path) -> Ed25519PrivateKey:
+    try:
+        data = key.read_bytes()
+    except OSError as exc:
+        raise AuditError(
+            f"checkpoint key {key}: cannot read ({exc.strerror}); make it with "
+            f"'airgap audit init --key {key}'"
+        ) from None
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise AuditError(f"checkpoint key {key}: not an unencrypted PEM key ({exc})") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise AuditError(f"checkpoint key {key}: not an Ed25519 key")
+    return private
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AuditError(f"checkpoint public key {path}: cannot read ({exc.strerror})") from None
+    try:
+        public = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise AuditError(f"checkpoint public key {path}: not a PEM public key ({exc})") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise AuditError(f"checkpoint public key {path}: not an Ed25519 key")
+    return public
+
+
+def sign(private: Ed25519PrivateKey, fields: dict[str, Any]) -> str:
+    """The base64 signature over the canonical JSON of ``fields``."""
+    return base64.b64encode(private.sign(canonical(fields))).decode("ascii")
+
+
+def signature_problem(public: Ed25519PublicKey, record: dict[str, Any]) -> str | None:
+    """Why a checkpoint record's signature does not hold under ``public``, or None."""
+    signature = record.get("signature")
+    if not isinstance(signature, str):
+        return "checkpoint without a signature"
+    signed = {name: value for name, value in record.items() if name != "signature"}
+    if signed.get("key") != key_id(public):
+        return (
+            f"checkpoint signed by key {signed.get('key')!r}, not {key_id(public)} (the key given)"
+        )
+    try:
+        public.verify(base64.b64decode(signature, validate=True), canonical(signed))
+    except (InvalidSignature, binascii.Error, ValueError):
+        return "checkpoint signature does not verify with the key given"
+    return None

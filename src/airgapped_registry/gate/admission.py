@@ -1,0 +1,308 @@
+"""Admission: whether a digest of a protected repository may be served.
+
+A manifest is admitted when the digest carries a valid appliance signature (checked here,
+on the ``.sig`` payloads, against every published key: active or verifying) and a verdict
+that stands (``pass`` made with the current DB, not older than ``max_age``, an index's
+children too; ``skipped`` only for the policy's ``unscanned_config_types``). cosign's
+attachment manifests (signatures, attestations: every layer of their types) are served as
+metadata. Admitting a manifest records its blobs (:mod:`airgapped_registry.state.admitted`),
+and a blob GET is served only for those.
+
+What is cached is what cannot change: manifest and payload bodies by digest, and a
+signature check by (signature manifest digest, keys.json as it stands). Everything mutable
+is read for every decision: the tag's digest and the signature tag's digest (two HEADs on
+the backend), the verdict (one indexed SQLite read), the current DB (a readlink), keys.json's
+stat. So a moved tag, a deleted signature, a new verdict, a new DB or a key rotation count
+from the next request on, whoever made them and by whatever path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airgapped_registry.errors import AirgapError, RegistryError
+from airgapped_registry.gate.policy import GatePolicy
+from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES
+from airgapped_registry.scanning import db as scan_db
+from airgapped_registry.scanning.records import from_record, stands
+from airgapped_registry.scanning.verdict import DbInfo, stale_reason
+from airgapped_registry.signing import keys
+from airgapped_registry.signing.signer import (
+    DSSE_ENVELOPE,
+    SIGNATURE_ANNOTATION,
+    SIMPLE_SIGNING,
+    PublicKey,
+    payload_names,
+    signature_tag,
+)
+from airgapped_registry.state.admitted import AdmittedBlobs
+from airgapped_registry.state.store import StateStore
+from airgapped_registry.state.verdicts import VerdictStore
+from airgapped_registry.transport.registry import RegistryClient
+
+ATTACHMENT_LAYER_TYPES = frozenset({SIMPLE_SIGNING, DSSE_ENVELOPE})
+_CACHE_SIZE = 4096
+
+# Reasons (docs/gate.md): the X-Airgap-Reason of a denial.
+UNSIGNED, SIGNATURE_INVALID = "unsigned", "signature_invalid"
+NOT_SCANNED, STALE, FAILED = "not_scanned", "stale", "failed"
+BLOB_NOT_ADMITTED = "blob_not_admitted"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What admission reads, from provenance.yaml: the backend, the state database, the
+    keys, the name signatures carry (``signing.registry``), the DB and its ``max_age``."""
+
+    backend: str
+    state: Path
+    keys_dir: Path
+    registry: str
+    cache_dir: Path
+    max_age: timedelta
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """The answer for one manifest: ``reason`` says why (allowed or not), ``message``
+    explains it to a user; ``digest`` is what the reference resolved to (None: absent)."""
+
+    allowed: bool
+    reason: str
+    message: str
+    digest: str | None
+
+
+class _Bounded(OrderedDict[Any, Any]):
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        if len(self) > _CACHE_SIZE:
+            self.popitem(last=False)
+
+
+class Admission:
+    """Decisions for one gate process; thread-safe (one state connection per thread, the
+    backend client's connections are per thread too)."""
+
+    def __init__(self, settings: Settings, client: RegistryClient | None = None) -> None:
+        self.settings = settings
+        self.client = client or RegistryClient(settings.backend)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._bodies = _Bounded()  # digest -> manifest document
+        self._payloads = _Bounded()  # blob digest -> bytes
+        self._checked = _Bounded()  # (sig manifest digest, digest, identity, keys) -> bool
+        self._recorded = _Bounded()  # (repository, manifest digest) -> True: blobs recorded
+        self._keys_stamp: tuple[int, int, int] | bool | None = False
+        self._keys: tuple[PublicKey, ...] = ()
+        self._dbs: dict[str, DbInfo] = {}
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- state, per thread -------------------------------------------------------------
+
+    def _stores(self) -> tuple[VerdictStore, AdmittedBlobs]:
+        stores = getattr(self._local, "stores", None)
+        if stores is None:
+            store = StateStore(self.settings.state)
+            stores = (VerdictStore(store), AdmittedBlobs(store))
+            self._local.stores = stores
+        return stores
+
+    # -- keys and DB, as they stand now --------------------------------------------------
+
+    def public_keys(self) -> tuple[PublicKey, ...]:
+        """The published keys; keys.json read again when its stat changed (a rotation or a
+        retirement replaces it by a rename)."""
+        record = self.settings.keys_dir / keys.RECORD
+        try:
+            info = record.stat()
+            stamp: tuple[int, int, int] | None = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if stamp != self._keys_stamp:
+                ring = keys.load(self.settings.keys_dir)
+                self._keys = tuple(PublicKey(path) for path in ring.public_keys())
+                self._keys_stamp = stamp
+                self._checked.clear()
+            return self._keys
+
+    def current_db(self) -> DbInfo | None:
+        link = scan_db.current_link(self.settings.cache_dir)
+        try:
+            target = os.readlink(link)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AirgapError(f"{link}: not a DB link: {exc.strerror or exc}") from exc
+        found = self._dbs.get(target)
+        if found is None:
+            installed = scan_db.read_record(link.parent / target)
+            found = DbInfo(installed.digest, installed.updated_at)
+            self._dbs[target] = found
+        return found
+
+    # -- manifests ---------------------------------------------------------------------
+
+    def resolve(self, repository: str, reference: str) -> str | None:
+        head = self.client.head_manifest(repository, reference)
+        return None if head is None else head.digest
+
+    def manifest(self, repository: str, digest: str) -> dict[str, Any]:
+        document = self._bodies.get(digest)
+        if document is None:
+            body, _, _ = self.client.get_manifest(repository, digest)
+            document = json.loads(body)
+            if not isinstance(document, dict):
+                raise AirgapError(f"{repository}@{digest}: the manifest is not a JSON object")
+            with self._lock:
+                self._bodies.put(digest, document)
+        return document
+
+    @staticmethod
+    def is_attachment(document: dict[str, Any]) -> bool:
+        layers = document.get("layers")
+        return (
+            isinstance(layers, list)
+            and bool(layers)
+            and all(
+                isinstance(layer, dict) and layer.get("mediaType") in ATTACHMENT_LAYER_TYPES
+                for layer in layers
+            )
+        )
+
+    # -- the decision ------------------------------------------------------------------
+
+    def admit(self, policy: GatePolicy, repository: str, reference: str) -> Admitted:
+        """Whether ``repository:reference`` may be served (see the module docstring)."""
+        digest = self.resolve(repository, reference)
+        where = f"{repository}@{digest}"
+        if digest is None:
+            # Nothing to serve: the backend answers 404 itself.
+            return Admitted(True, "absent", f"{repository}:{reference}: no such manifest", None)
+        document = self.manifest(repository, digest)
+        if self.is_attachment(document):
+            self._record_blobs(repository, digest, document)
+            return Admitted(True, "attachment", f"{where}: signature or attestation", digest)
+        signed = self.signature(repository, digest)
+        if signed is not None:
+            reason, message = signed
+            return Admitted(False, reason, f"{where}: {message}", digest)
+        verdict = self.verdict(policy, repository, digest, document)
+        if verdict is not None:
+            reason, message = verdict
+            return Admitted(False, reason, f"{where}: {message}", digest)
+        self._record_blobs(repository, digest, document)
+        return Admitted(True, "signed+pass", f"{where}: signed and passed", digest)
+
+    def signature(self, repository: str, digest: str) -> tuple[str, str] | None:
+        """None when a published key signed ``digest`` for ``repository``; else why not."""
+        public = self.public_keys()
+        signatures = self.resolve(repository, signature_tag(digest))
+        if signatures is None:
+            return UNSIGNED, "not signed by the appliance"
+        if not public:
+            return SIGNATURE_INVALID, "no published appliance key to check the signature with"
+        identity = f"{self.settings.registry}/{repository}"
+        key = (signatures, digest, identity, self._keys_stamp)
+        valid = self._checked.get(key)
+        if valid is None:
+            valid = self._check_signatures(repository, signatures, digest, identity, public)
+            with self._lock:
+                self._checked.put(key, valid)
+        if valid:
+            return None
+        return SIGNATURE_INVALID, "no valid appliance signature (by a published key, for it)"
+
+    def _check_signatures(
+        self,
+        repository: str,
+        signatures: str,
+        digest: str,
+        identity: str,
+        public: tuple[PublicKey, ...],
+    ) -> bool:
+        document = self.manifest(repository, signatures)
+        for layer in document.get("layers") or []:
+            if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING:
+                continue
+            signature = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
+            blob = layer.get("digest")
+            if not isinstance(signature, str) or not isinstance(blob, str):
+                continue
+            payload = self._payloads.get(blob)
+            if payload is None:
+                try:
+                    payload = self.client.get_blob(repository, blob)
+                except RegistryError:
+                    continue
+                with self._lock:
+                    self._payloads.put(blob, payload)
+            if payload_names(payload, digest, identity) and any(
+                key.verifies(signature, payload) for key in public
+            ):
+                return True
+        return False
+
+    def verdict(
+        self, policy: GatePolicy, repository: str, digest: str, document: dict[str, Any]
+    ) -> tuple[str, str] | None:
+        """None when the verdict of ``digest`` stands as a pass; else why not."""
+        verdicts, _ = self._stores()
+        record = verdicts.verdict(repository, digest)
+        if record is None:
+            return NOT_SCANNED, "not scanned"
+        if record.status == "error":
+            return NOT_SCANNED, f"the scan failed ({record.error or 'no detail'})"
+        if record.status == "skipped":
+            config = document.get("config") or {}
+            kind = config.get("mediaType") if isinstance(config, dict) else None
+            if kind in policy.unscanned_config_types:
+                return None
+            return NOT_SCANNED, f"not scanned (config type {kind or 'none'} is not exempt)"
+        current = self.current_db()
+        verdict = from_record(record)
+        why = stale_reason(verdict, current, self.settings.max_age, datetime.now(UTC))
+        if why is None and not stands(record, verdicts, current):
+            why = "a platform manifest's verdict was made with another DB"
+        if why is not None:
+            return STALE, f"stale verdict: {why}"
+        if record.status == "fail":
+            failing = verdict.failing
+            by_severity: dict[str, int] = {}
+            for finding in failing:
+                severity = finding.severity.lower()
+                by_severity[severity] = by_severity.get(severity, 0) + 1
+            counts = ", ".join(f"{n} {severity}" for severity, n in by_severity.items())
+            ids = ", ".join(sorted({finding.id for finding in failing})[:5])
+            return FAILED, f"failed the scan with {counts or 'findings'}: {ids}"
+        return None
+
+    # -- blobs -------------------------------------------------------------------------
+
+    def _record_blobs(self, repository: str, digest: str, document: dict[str, Any]) -> None:
+        if (repository, digest) in self._recorded:
+            return
+        blobs = []
+        if document.get("mediaType") not in INDEX_MEDIA_TYPES:
+            config = document.get("config")
+            for item in [config, *(document.get("layers") or [])]:
+                if isinstance(item, dict) and isinstance(item.get("digest"), str):
+                    blobs.append(item["digest"])
+        _, admitted = self._stores()
+        admitted.admit(repository, digest, blobs)
+        with self._lock:
+            self._recorded.put((repository, digest), True)
+
+    def blob_admitted(self, repository: str, blob: str) -> bool:
+        _, admitted = self._stores()
+        return admitted.admitted(repository, blob)

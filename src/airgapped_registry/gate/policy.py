@@ -1,0 +1,242 @@
+"""The gate's policy file (``gate.yaml``): its schema, defined once, and its loader.
+
+Checked with the mirror list's schema language (:mod:`airgapped_registry.mirror.schema`)
+over YAML that keeps line numbers, so a refusal names file, line, entry and cause the same
+way (``gate.yaml:7: grants[1]: role: 'root' is not one of: puller, ...``); every problem of
+a file is reported at once. docs/gate.md describes the format.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airgapped_registry.errors import AirgapError
+from airgapped_registry.mirror.document import LineList, LineMap, parse
+from airgapped_registry.mirror.problems import Problem, Problems, SpecError
+from airgapped_registry.mirror.schema import Checker, Field, Rules
+
+POLICY_VERSION = 1
+ROLES = ("puller", "pusher", "admin", "sync", "scanner", "monitor")
+MODES = ("enforce", "observe")
+DEFAULT_UNSCANNED_CONFIG_TYPES = (
+    "application/vnd.cncf.helm.config.v1+json",
+    "application/vnd.aquasec.trivy.config.v1+json",
+)
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h)")
+_UNITS = {"ms": "milliseconds", "s": "seconds", "m": "minutes", "h": "hours"}
+_SYSLOG = re.compile(r"(udp|tcp)://[^/\s]+:[0-9]{1,5}|unix:///\S+")
+_FACILITIES = (*tuple(f"local{n}" for n in range(8)), "auth", "authpriv", "daemon", "user")
+# A prefix is a repository path, or one followed by "/", or "" (every repository).
+_PREFIX = re.compile(r"(?:[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/|$))*")
+
+
+def parse_duration(text: str) -> timedelta | None:
+    match = _DURATION.fullmatch(text.strip())
+    return timedelta(**{_UNITS[match[2]]: int(match[1])}) if match else None
+
+
+def _check_prefix(value: str) -> str | None:
+    if value and not _PREFIX.fullmatch(value):
+        return f"'{value}' is not a repository prefix (lowercase path parts, e.g. 'ci/')"
+    return None
+
+
+def _check_duration(value: str) -> str | None:
+    return None if parse_duration(value) else f"'{value}' is not a duration (e.g. 1s, 500ms, 60s)"
+
+
+def _check_name(value: str) -> str | None:
+    if any(char in value for char in ',=+\\"<>;') or value != value.strip():
+        return f"'{value}' cannot be a certificate CN/OU value as nginx writes it"
+    return None
+
+
+# '' (every repository) is a valid grant prefix: the only string the schema's "must not be
+# empty" rule must let through (_PolicyChecker).
+_ANY_PREFIX = Field("str", "prefix", check=_check_prefix)
+
+_IDENTITY = Field(
+    "dict",
+    "the client certificate's subject: exactly one of cn / ou",
+    required=True,
+    options={
+        "cn": Field("str", "common name", check=_check_name),
+        "ou": Field("str", "organizational unit (any of the subject's OUs)", check=_check_name),
+    },
+    rules=Rules(one_of=(("cn", "ou"),)),
+)
+_GRANT = Field(
+    "dict",
+    "one identity's role on repository prefixes",
+    options={
+        "identity": _IDENTITY,
+        "role": Field("str", "what it may do", required=True, choices=ROLES),
+        "repositories": Field(
+            "list",
+            "repository prefixes; '' is every repository",
+            default=[""],
+            elements=_ANY_PREFIX,
+        ),
+    },
+)
+_SYSLOG_FIELD = Field(
+    "dict",
+    "RFC 5424 forwarding",
+    options={
+        "address": Field(
+            "str",
+            "udp://host:port, tcp://host:port or unix:///path",
+            required=True,
+            check=lambda v: None if _SYSLOG.fullmatch(v) else f"'{v}' is not a syslog address",
+        ),
+        "facility": Field("str", "syslog facility", default="local0", choices=_FACILITIES),
+    },
+)
+SCHEMA = Field(
+    "dict",
+    "gate.yaml",
+    options={
+        "version": Field("int", "format version", required=True, choices=(POLICY_VERSION,)),
+        "landing_zones": Field(
+            "list",
+            "prefixes CI pushes into: not protected",
+            default=[],
+            empty_ok=True,
+            elements=Field("str", "prefix", check=_check_prefix),
+        ),
+        "grants": Field("list", "identity -> role on prefixes", required=True, elements=_GRANT),
+        "admission": Field(
+            "dict",
+            "what a protected pull needs",
+            empty_ok=True,
+            options={
+                "mode": Field("str", "enforce or observe", default="enforce", choices=MODES),
+                "unscanned_config_types": Field(
+                    "list",
+                    "config media types a skipped verdict passes for",
+                    empty_ok=True,
+                    elements=Field("str", "media type"),
+                ),
+            },
+        ),
+        "audit": Field(
+            "dict",
+            "the audit log",
+            empty_ok=True,
+            options={
+                "directory": Field("str", "log directory"),
+                "key": Field("str", "checkpoint private key (Ed25519 PEM)"),
+                "checkpoint_every": Field("int", "records between checkpoints", minimum=1),
+                "checkpoint_interval": Field("str", "longest time", check=_check_duration),
+                "rotate_bytes": Field("int", "size of a file before rotation", minimum=1024),
+                "fsync": Field("str", "records reach disk within", check=_check_duration),
+                "syslog": Field("dict", "forwarding", options=_SYSLOG_FIELD.options),
+            },
+        ),
+    },
+)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``attribute`` (``cn`` or ``ou``) = ``value`` holds ``role`` on ``repositories``."""
+
+    attribute: str
+    value: str
+    role: str
+    repositories: tuple[str, ...] = ("",)
+    line: int = 0
+
+    def covers(self, repository: str) -> bool:
+        return any(repository.startswith(prefix) for prefix in self.repositories)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    path: Path
+    grants: tuple[Grant, ...]
+    landing_zones: tuple[str, ...] = ()
+    mode: str = "enforce"
+    unscanned_config_types: frozenset[str] = frozenset(DEFAULT_UNSCANNED_CONFIG_TYPES)
+    audit: Mapping[str, Any] = field(default_factory=dict)
+
+    def protected(self, repository: str) -> bool:
+        """Every repository outside the landing zones: a forgotten prefix fails closed."""
+        return not any(repository.startswith(prefix) for prefix in self.landing_zones)
+
+    @property
+    def observing(self) -> bool:
+        return self.mode == "observe"
+
+
+def load_policy(path: str | os.PathLike[str]) -> GatePolicy:
+    """Read and check ``gate.yaml``; :class:`SpecError` names every problem with its line."""
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AirgapError(f"{name}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(name, 1, "", f"not UTF-8 text ({exc.reason})")]) from exc
+    return loads_policy(text, name)
+
+
+def loads_policy(text: str, filename: str = "gate.yaml") -> GatePolicy:
+    document = parse(text, filename)
+    checker = _PolicyChecker(Problems(filename))
+    if not isinstance(document, LineMap):
+        checker.problems.add(getattr(document, "line", 1), "", "expected a mapping with grants")
+        raise checker.problems.refuse()
+    checker.check(document, SCHEMA, document.line, "", "")
+    if checker.problems:
+        raise checker.problems.refuse()
+    grants = tuple(
+        _grant(raw, line)
+        for raw, line in zip(document["grants"], document["grants"].lines, strict=False)
+    )
+    admission = document.get("admission") or {}
+    unscanned = admission.get("unscanned_config_types")
+    return GatePolicy(
+        path=Path(filename),
+        grants=grants,
+        landing_zones=tuple(document.get("landing_zones") or ()),
+        mode=admission.get("mode", "enforce"),
+        unscanned_config_types=frozenset(
+            DEFAULT_UNSCANNED_CONFIG_TYPES if unscanned is None else unscanned
+        ),
+        audit=_plain(document.get("audit") or {}),
+    )
+
+
+class _PolicyChecker(Checker):
+    def check(self, value: Any, schema: Field, line: int, entry: str, key: str) -> None:
+        if schema is _ANY_PREFIX and value == "":
+            return
+        super().check(value, schema, line, entry, key)
+
+
+def _grant(raw: LineMap, line: int) -> Grant:
+    identity = raw["identity"]
+    attribute = "cn" if "cn" in identity else "ou"
+    repositories = raw.get("repositories")
+    return Grant(
+        attribute=attribute,
+        value=identity[attribute],
+        role=raw["role"],
+        repositories=("",) if repositories is None else tuple(repositories),
+        line=line,
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, LineMap):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, LineList):
+        return [_plain(item) for item in value]
+    return value
