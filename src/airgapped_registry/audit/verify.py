@@ -85,7 +85,8 @@ def verify(
     directory: str | Path, public_key_path: str | Path, head_path: str | Path | None = None
 ) -> VerifyResult:
     """Check the log in ``directory`` with the checkpoint public key; with ``head_path``,
-    also that the log reaches the checkpoint head.json records."""
+    also that the log reaches the checkpoint head.json records (a missing head file passes
+    only while the log has no checkpoint)."""
     directory = Path(directory)
     public = load_public(Path(public_key_path))
     paths = files.log_files(directory)
@@ -145,6 +146,15 @@ def verify(
                 previous = _Previous(path.name, line.number, seq, digest, record["prev"])
             if at_file_start and files.rotated_first_seq(path) is not None:
                 raise _Bad(BadRecord(path.name, 0, None, "rotated file is empty"))
+        if head_path is not None and head is None and counts["checkpoints"]:
+            raise _Bad(
+                BadRecord(
+                    str(head_path),
+                    0,
+                    None,
+                    "missing, but the log has checkpoints: removed? (--no-head checks a copy)",
+                )
+            )
         if head is not None:
             _check_head(Path(str(head_path)), head, public, previous, hashes_at, paths[-1].name)
     except _Bad as bad:

@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from airgapped_registry import __version__
+from airgapped_registry.cli.audit import add_audit_commands
 from airgapped_registry.cli.gate import add_gate_commands
 from airgapped_registry.cli.lock import add_lock_commands
 from airgapped_registry.cli.policy import add_policy_commands
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     add_sign_commands(commands)
     add_gate_commands(commands)
     add_policy_commands(commands)
+    add_audit_commands(commands)
     return root
 
 
