@@ -71,12 +71,14 @@ class Decision:
     def headers(self) -> dict[str, str]:
         """The answer's headers (see docs/gate.md for the protocol)."""
         if self.allowed:
+            # The reason of an allow too: nginx writes it into its access log.
+            headers = {"X-Airgap-Reason": _ascii(self.reason)}
             request = self.request
             if request and request.action in (PULL, HEAD):
-                return {"X-Airgap-Reference": self.digest or request.reference}
-            if request and request.action in (PUSH, TAG, DELETE):
-                return {"X-Airgap-Reference": request.reference}
-            return {}
+                headers["X-Airgap-Reference"] = self.digest or request.reference
+            elif request and request.action in (PUSH, TAG, DELETE):
+                headers["X-Airgap-Reference"] = request.reference
+            return headers
         code = "UNAVAILABLE" if self.reason in _UNAVAILABLE else "DENIED"
         error = {
             "errors": [{"code": code, "message": self.message, "detail": {"reason": self.reason}}]
@@ -100,6 +102,20 @@ class Decision:
             "identity": self.who.to_json() if self.who else None,
             "headers": self.headers(),
         }
+
+
+def _described(base: Decision, headers: Mapping[str, str]) -> Decision:
+    """``base`` with who asked and what for, as far as they can be read: the record of a
+    failed decision still names them."""
+    try:
+        request = classify(headers.get("X-Original-Method", ""), headers.get("X-Original-URI", ""))
+    except BadRequest:
+        request = None
+    return replace(base, who=identity(headers), request=request)
+
+
+def _ascii(text: str) -> str:
+    return "".join(char if 32 <= ord(char) < 127 else "?" for char in text)
 
 
 EventFactory = Callable[[Decision], Any]
@@ -133,7 +149,9 @@ class Gate:
         except Exception as exc:  # fail closed: whatever broke, nothing is served
             log.exception("gate error on %s %s", base.method, headers.get("X-Original-URI", ""))
             decision = replace(
-                base, reason=GATE_ERROR, message=f"the gate failed: {type(exc).__name__}"
+                _described(base, headers),
+                reason=GATE_ERROR,
+                message=f"the gate failed: {type(exc).__name__}",
             )
         if (
             record
@@ -172,6 +190,7 @@ class Gate:
                 base, reason=NO_ROLE, message=f"{who.subject} may not {request.action}{target}"
             )
         guarded = policy.protected(request.repository) and not granted.exempt
+        base = replace(base, digest=request.reference if request.by_digest else None)
         allowed = replace(base, allowed=True, reason="+".join(granted.roles))
         if request.action in (PULL, HEAD):
             if not guarded:

@@ -132,9 +132,10 @@ SCHEMA = Field(
             options={
                 "directory": Field("str", "log directory"),
                 "key": Field("str", "checkpoint private key (Ed25519 PEM)"),
+                "head": Field("str", "the last checkpoint, outside the log directory"),
                 "checkpoint_every": Field("int", "records between checkpoints", minimum=1),
                 "checkpoint_interval": Field("str", "longest time", check=_check_duration),
-                "rotate_bytes": Field("int", "size of a file before rotation", minimum=1024),
+                "rotate_bytes": Field("int", "size of a file before rotation", minimum=4096),
                 "fsync": Field("str", "records reach disk within", check=_check_duration),
                 "syslog": Field("dict", "forwarding", options=_SYSLOG_FIELD.options),
             },

@@ -28,6 +28,18 @@ _QUERY = re.compile(r"[A-Za-z0-9._~%=&+:/-]*")
 # cosign keeps what refers to a digest under these tags (signatures, attestations, SBOMs).
 ATTACHMENT_TAG = re.compile(r"sha256-[a-f0-9]{64}\.(?:sig|att|sbom)")
 VERIFIED = "SUCCESS"
+# What nginx sends the gate (roles/gateway's template), and all the gate reads.
+GATE_HEADERS = (
+    "X-Original-Method",
+    "X-Original-URI",
+    "X-Real-IP",
+    "X-Request-ID",
+    "X-SSL-Client-Verify",
+    "X-SSL-Client-S-DN",
+    "X-SSL-Client-I-DN",
+    "X-SSL-Client-Serial",
+    "X-SSL-Client-Fingerprint",
+)
 
 
 class BadRequest(ValueError):

@@ -26,6 +26,7 @@ from typing import Any
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.gate.decide import GATE_ERROR, Decision, Gate
 from airgapped_registry.gate.policy import GatePolicy
+from airgapped_registry.gate.request import GATE_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
             if self.path.split("?")[0] != "/auth":
                 decision = Decision(False, "bad_request", "the gate answers /auth only")
             else:
-                decision = self.server.gate.decide(self.headers)
+                # Only the headers of the protocol, found whatever their case.
+                headers = {name: self.headers.get(name, "") for name in GATE_HEADERS}
+                decision = self.server.gate.decide(headers)
         except Exception:  # the gate's own handler failed: still a denial
             log.exception("gate handler error")
             decision = Decision(False, GATE_ERROR, "the gate failed")

@@ -18,7 +18,7 @@ from airgapped_registry.signing.config import load_signing
 
 def settings(provenance: str | os.PathLike[str]) -> Settings:
     scanning = scanning_config.load(provenance)
-    signing = load_signing(provenance)
+    signing = load_signing(Path(provenance))
     return Settings(
         backend=scanning.backend,
         state=scanning.state,

@@ -1,0 +1,378 @@
+"""The gate behind real nginx (roles/gateway's template), with a real Distribution behind it,
+real cosign signatures made through the gateway by the appliance's identity, verdicts
+written through the real verdict store, and skopeo as the client (tests/integration/gatelab.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from gatelab import COSIGN, DB_DIGEST, GateLab
+
+from airgapped_registry.audit import query, verify
+from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.scanning.records import iso
+from airgapped_registry.signing.config import load_signing
+from airgapped_registry.signing.signer import Signer, signature_tag
+from airgapped_registry.state.store import StateStore
+from airgapped_registry.state.verdicts import VerdictRecord, VerdictStore
+
+pytestmark = pytest.mark.integration
+
+SKOPEO = "/usr/bin/skopeo"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateLab]:
+    with GateLab(tmp_path_factory.mktemp("gatelab")) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class Image:
+    repository: str
+    tag: str
+    digest: str
+    layer: str
+
+
+def push_image(lab: GateLab, repository: str, tag: str, content: str) -> Image:
+    """A one-layer image put straight into the backend, as the nightly sync leaves one."""
+    layer = f"layer of {repository}:{tag} {content}".encode()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
+            "layers": [{"mediaType": LAYER, "digest": digest_of(layer), "size": len(layer)}],
+        }
+    ).encode()
+    with lab.backend_client() as client:
+        client.push_blob(repository, digest_of(config), config)
+        client.push_blob(repository, digest_of(layer), layer)
+        digest = client.put_manifest(repository, tag, manifest, OCI_MANIFEST)
+    return Image(repository, tag, digest, digest_of(layer))
+
+
+def sign(lab: GateLab, image: Image) -> None:
+    """Signed with cosign through nginx and the gate, as the appliance (scanner role)."""
+    with Signer(load_signing(lab.provenance), cosign_path=str(COSIGN)) as signer:
+        (outcome,) = signer.sign(image.repository, image.digest)
+    assert outcome.result == "signed", outcome.detail
+
+
+def record_verdict(
+    lab: GateLab, image: Image, status: str, findings: list[dict] | None = None
+) -> None:
+    with StateStore(lab.state) as store:
+        VerdictStore(store).record(
+            VerdictRecord(
+                repository=image.repository,
+                digest=image.digest,
+                status=status,
+                fail_on="HIGH",
+                counts={"CRITICAL": len(findings or [])},
+                findings=findings or [],
+                scanned_at=iso(datetime.now(UTC)),
+                media_type=OCI_MANIFEST,
+                db_digest=DB_DIGEST,
+                db_updated_at=iso(datetime.now(UTC)),
+            )
+        )
+
+
+def admitted_image(lab: GateLab, repository: str, tag: str = "1.0") -> Image:
+    image = push_image(lab, repository, tag, "admitted")
+    sign(lab, image)
+    record_verdict(lab, image, "pass")
+    return image
+
+
+def reason(answer: tuple[int, dict[str, str], bytes]) -> tuple[int, str | None]:
+    status, headers, _ = answer
+    return status, headers.get("X-Airgap-Reason")
+
+
+def skopeo_copy(
+    lab: GateLab, who: str, source: str, destination: str
+) -> subprocess.CompletedProcess:
+    cert_dir = str(lab.clients[who].cert_dir)
+    argv = [SKOPEO, "--insecure-policy", "copy", "--preserve-digests", "--retry-times", "0"]
+    if source.startswith("docker://"):
+        argv += ["--src-cert-dir", cert_dir]
+    if destination.startswith("docker://"):
+        argv += ["--dest-cert-dir", cert_dir]
+    return subprocess.run(
+        [*argv, source, destination], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def audit_records(lab: GateLab, **filters: str) -> list[dict]:
+    return list(query(lab.audit_dir, **filters))
+
+
+# -- admission -------------------------------------------------------------------------------
+
+
+def test_an_unsigned_image_is_denied_get_and_head_by_tag_and_digest(lab: GateLab) -> None:
+    image = push_image(lab, "prod/unsigned", "1.0", "unsigned")
+    record_verdict(lab, image, "pass")  # a passing scan does not make up for no signature
+    for method in ("GET", "HEAD"):
+        for reference in (image.tag, image.digest):
+            answer = lab.request("puller", method, f"/v2/prod/unsigned/manifests/{reference}")
+            assert reason(answer) == (403, "unsigned"), (method, reference)
+    _status, headers, body = lab.request("puller", "GET", "/v2/prod/unsigned/manifests/1.0")
+    error = json.loads(body)["errors"][0]
+    assert error["code"] == "DENIED" and error["detail"] == {"reason": "unsigned"}
+    assert f"prod/unsigned@{image.digest}: not signed by the appliance" == error["message"]
+    assert headers["Content-Type"] == "application/json"
+    denials = audit_records(lab, digest=image.digest, decision="deny")
+    assert {(r["action"], r["identity"]["subject"]) for r in denials} == {
+        ("pull", "O=Airgap,OU=puller,CN=node"),
+        ("head", "O=Airgap,OU=puller,CN=node"),
+    }
+
+
+def test_a_blob_of_a_manifest_not_admitted_is_denied(lab: GateLab) -> None:
+    image = push_image(lab, "prod/blobs", "1.0", "not admitted")
+    answer = lab.request("puller", "GET", f"/v2/prod/blobs/blobs/{image.layer}")
+    assert reason(answer) == (403, "blob_not_admitted")
+    # A blob HEAD is not gated: it serves no content.
+    assert lab.request("puller", "HEAD", f"/v2/prod/blobs/blobs/{image.layer}")[0] == 200
+
+
+def test_a_signed_and_passed_image_is_served_to_skopeo(lab: GateLab, tmp_path: Path) -> None:
+    image = admitted_image(lab, "prod/app")
+    copied = skopeo_copy(
+        lab, "puller", f"docker://{lab.address}/prod/app:1.0", f"oci:{tmp_path / 'out'}:app"
+    )
+    assert copied.returncode == 0, copied.stderr
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == image.digest
+    pulls = audit_records(lab, digest=image.digest, action="pull")
+    assert pulls and pulls[-1]["decision"] == "allow"
+    assert pulls[-1]["reason"] == "signed+pass" and pulls[-1]["reference"] == "1.0"
+    assert pulls[-1]["identity"]["subject"] == "O=Airgap,OU=puller,CN=node"
+    # cosign's signature manifest is served as metadata (nodes verify with it).
+    status, headers, _ = lab.request(
+        "puller",
+        "GET",
+        f"/v2/prod/app/manifests/{signature_tag(image.digest)}",
+        {"Accept": OCI_MANIFEST},
+    )
+    assert (status, headers["Content-Type"]) == (200, OCI_MANIFEST)
+
+
+def test_a_failed_image_is_denied_naming_the_finding(lab: GateLab) -> None:
+    image = push_image(lab, "prod/vulnerable", "1.0", "vulnerable")
+    sign(lab, image)
+    finding = {
+        "id": "CVE-2024-0001",
+        "package": "openssl",
+        "installed": "3.0.0",
+        "fixed": "3.0.1",
+        "severity": "CRITICAL",
+    }
+    record_verdict(lab, image, "fail", [finding])
+    status, headers, body = lab.request("puller", "GET", "/v2/prod/vulnerable/manifests/1.0")
+    assert (status, headers["X-Airgap-Reason"]) == (403, "failed")
+    message = json.loads(body)["errors"][0]["message"]
+    assert "1 critical" in message and "CVE-2024-0001" in message
+
+
+def test_a_stale_verdict_is_denied(lab: GateLab) -> None:
+    admitted_image(lab, "prod/stale")
+    assert lab.request("puller", "GET", "/v2/prod/stale/manifests/1.0")[0] == 200
+    lab.install_db("sha256:" + "e" * 64, datetime.now(UTC))  # a new DB: the verdict is old
+    try:
+        status, headers, body = lab.request("puller", "GET", "/v2/prod/stale/manifests/1.0")
+        assert (status, headers["X-Airgap-Reason"]) == (403, "stale")
+        assert "the current DB is sha256:eeee" in json.loads(body)["errors"][0]["message"]
+    finally:
+        lab.install_db(DB_DIGEST, datetime.now(UTC))
+    lab.install_db(DB_DIGEST, datetime.now(UTC) - timedelta(days=8))  # the DB itself too old
+    try:
+        assert reason(lab.request("puller", "GET", "/v2/prod/stale/manifests/1.0")) == (
+            403,
+            "stale",
+        )
+    finally:
+        lab.install_db(DB_DIGEST, datetime.now(UTC))
+    assert lab.request("puller", "GET", "/v2/prod/stale/manifests/1.0")[0] == 200
+
+
+def test_a_deleted_signature_denies_the_next_pull(lab: GateLab) -> None:
+    image = admitted_image(lab, "prod/resigned")
+    assert lab.request("puller", "GET", "/v2/prod/resigned/manifests/1.0")[0] == 200
+    status, headers, _ = lab.request(
+        "admin", "HEAD", f"/v2/prod/resigned/manifests/{signature_tag(image.digest)}"
+    )
+    assert status == 200
+    signatures = headers["Docker-Content-Digest"]
+    deleted = lab.request("admin", "DELETE", f"/v2/prod/resigned/manifests/{signatures}")
+    assert deleted[0] == 202
+    assert reason(lab.request("puller", "GET", "/v2/prod/resigned/manifests/1.0")) == (
+        403,
+        "unsigned",
+    )
+    (deletion,) = audit_records(lab, action="delete", digest=signatures)
+    assert (deletion["decision"], deletion["identity"]["subject"]) == (
+        "allow",
+        "O=Airgap,OU=admin,CN=operator",
+    )
+
+
+def test_a_signature_by_another_key_is_invalid(lab: GateLab, tmp_path: Path) -> None:
+    image = push_image(lab, "prod/forged", "1.0", "forged")
+    record_verdict(lab, image, "pass")
+    env = {**os.environ, "COSIGN_PASSWORD": "x"}
+    subprocess.run(
+        [str(COSIGN), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True
+    )
+    appliance = lab.clients["appliance"]
+    signed = subprocess.run(
+        [
+            str(COSIGN), "sign", "--key", "cosign.key", "--tlog-upload=false", "--yes",
+            "--registry-cacert", str(lab.pki / "ca.pem"),
+            "--registry-client-cert", str(appliance.cert),
+            "--registry-client-key", str(appliance.key),
+            f"{lab.address}/prod/forged@{image.digest}",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    assert reason(lab.request("puller", "GET", "/v2/prod/forged/manifests/1.0")) == (
+        403,
+        "signature_invalid",
+    )
+
+
+# -- roles -----------------------------------------------------------------------------------
+
+
+def test_a_puller_cannot_push_nor_delete(lab: GateLab) -> None:
+    image = admitted_image(lab, "prod/kept")
+    manifest = b'{"schemaVersion":2}'
+    put = lab.request(
+        "puller", "PUT", "/v2/prod/kept/manifests/2.0", {"Content-Type": OCI_MANIFEST}, manifest
+    )
+    assert reason(put) == (403, "no_role")
+    assert reason(lab.request("puller", "POST", "/v2/prod/kept/blobs/uploads/")) == (403, "no_role")
+    delete = lab.request("puller", "DELETE", f"/v2/prod/kept/manifests/{image.digest}")
+    assert reason(delete) == (403, "no_role")
+    assert "may not delete on prod/kept" in json.loads(delete[2])["errors"][0]["message"]
+    assert lab.request("puller", "GET", "/v2/prod/kept/manifests/1.0")[0] == 200
+
+
+def test_a_forged_identity_header_is_ignored(lab: GateLab) -> None:
+    forged = {
+        "X-SSL-Client-Verify": "SUCCESS",
+        "X-SSL-Client-S-DN": "CN=root,OU=admin",
+        "X-Original-URI": "/v2/",
+        "X-Original-Method": "GET",
+    }
+    assert reason(lab.request("puller", "GET", "/v2/_catalog", forged)) == (403, "no_role")
+    assert reason(lab.request("stranger", "GET", "/v2/_catalog", forged)) == (403, "no_role")
+    assert lab.request("admin", "GET", "/v2/_catalog")[0] == 200
+
+
+def test_the_catalog_is_for_admins_only(lab: GateLab) -> None:
+    assert reason(lab.request("puller", "GET", "/v2/_catalog")) == (403, "no_role")
+    assert reason(lab.request("pusher", "GET", "/v2/_catalog")) == (403, "no_role")
+    assert reason(lab.request("sync", "GET", "/v2/_catalog")) == (403, "no_role")
+    status, _, body = lab.request("admin", "GET", "/v2/_catalog")
+    assert status == 200 and "repositories" in json.loads(body)
+
+
+def test_a_pusher_pushes_and_pushes_again_into_its_landing_zone(
+    lab: GateLab, tmp_path: Path
+) -> None:
+    push_image(lab, "staging/source", "1.0", "ci build")
+    layout = f"oci:{tmp_path / 'build'}:app"
+    exported = subprocess.run(
+        [SKOPEO, "--insecure-policy", "copy", "--src-tls-verify=false",
+         f"docker://127.0.0.1:{lab.backend_port}/staging/source:1.0", layout],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    for attempt in range(2):  # the second push HEADs what is there first: not gated
+        pushed = skopeo_copy(lab, "pusher", layout, f"docker://{lab.address}/ci/app:1.0")
+        assert pushed.returncode == 0, (attempt, pushed.stderr)
+    tags = audit_records(lab, action="tag", identity="O=Airgap,OU=pusher,CN=ci")
+    assert [r["repository"] for r in tags] == ["ci/app", "ci/app"]
+    assert reason(lab.request("pusher", "PUT", "/v2/prod/app/manifests/9", {}, b"{}")) == (
+        403,
+        "no_role",
+    )
+
+
+# -- failing closed --------------------------------------------------------------------------
+
+
+def test_the_gate_stopped_refuses_with_503_and_logs_it(lab: GateLab) -> None:
+    admitted_image(lab, "prod/down")
+    lab.stop_gate()
+    try:
+        status, _headers, body = lab.request("puller", "GET", "/v2/prod/down/manifests/1.0")
+        assert status == 503
+        assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+        assert lab.request("admin", "GET", "/v2/_catalog")[0] == 503
+        wanted = {("/v2/prod/down/manifests/1.0", 503), ("/v2/_catalog", 503)}
+        deadline = time.monotonic() + 5  # nginx logs a request after its answer is sent
+        while True:
+            lines = [json.loads(line) for line in lab.gate_down_log.read_text().splitlines()]
+            if {(line["uri"], line["status"]) for line in lines} >= wanted:
+                break
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        assert lines[0]["ssl_client_s_dn"] == "O=Airgap,OU=puller,CN=node"
+    finally:
+        lab.start_gate()
+    assert lab.request("puller", "GET", "/v2/prod/down/manifests/1.0")[0] == 200
+
+
+def test_observe_mode_and_a_broken_policy_on_reload(lab: GateLab) -> None:
+    image = push_image(lab, "prod/observed", "1.0", "observed")
+    original = lab.policy_path.read_text()
+    try:
+        lab.policy_path.write_text(original.replace("mode: enforce", "mode: observe"))
+        lab.reload_gate()
+        deadline = time.monotonic() + 10
+        while lab.request("puller", "GET", "/v2/prod/observed/manifests/1.0")[0] != 200:
+            assert time.monotonic() < deadline, lab.gate_log()
+            time.sleep(0.1)
+        (record,) = audit_records(lab, digest=image.digest, decision="allow")[-1:]
+        assert record["reason"].startswith("observe: would deny: unsigned")
+        lab.policy_path.write_text(original.replace("role: puller}", "role: root}", 1))
+        lab.reload_gate()
+        time.sleep(1)
+        assert "gate.yaml:4: grants[0]: role: 'root' is not one of" in lab.gate_log()
+        assert lab.request("puller", "GET", "/v2/prod/observed/manifests/1.0")[0] == 200
+    finally:
+        lab.policy_path.write_text(original)
+        lab.reload_gate()
+    time.sleep(1)
+    assert reason(lab.request("puller", "GET", "/v2/prod/observed/manifests/1.0")) == (
+        403,
+        "unsigned",
+    )
+
+
+def test_the_audit_log_verifies(lab: GateLab) -> None:
+    lab.request("puller", "GET", "/v2/_catalog")
+    result = verify(lab.audit_dir, lab.audit_key.with_suffix(".pub"))
+    assert result.ok, result
