@@ -201,7 +201,9 @@ def test_trivy_is_the_controllers_binary(registry):
 
 def test_the_provenance_configuration_names_the_contracts_paths(registry):
     config = yaml.safe_load(registry.file(CONFIG).content_string)
-    assert config["version"] == 1 and config["backend"] == "http://127.0.0.1:5000"
+    assert (
+        config["version"] == 1 and config["backend"] == "unix:///run/docker-registry/registry.sock"
+    )
     assert config["signing"]["registry"] == REGISTRY
     assert config["signing"]["keys_dir"] == KEYS_DIR
     assert config["signing"]["cert_file"] == "/etc/airgapped-registry/appliance/client.cert"

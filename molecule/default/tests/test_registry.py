@@ -187,6 +187,88 @@ def test_only_the_gateway_is_reachable_from_node(node, port):
     assert node.run(f"curl -s -m 5 -o /dev/null --cacert {CA} https://registry:443/").rc != 7
 
 
+SOCKET = "/run/docker-registry/registry.sock"
+
+
+def socket_get(host, user, path="/v2/"):
+    """curl over the backend's socket as ``user``: (exit status, HTTP status)."""
+    ran = host.run(
+        f"runuser -u {user} -- curl -s -m 5 -o /dev/null -w '%{{http_code}}' "
+        f"--unix-socket {SOCKET} http://localhost{path}"
+    )
+    return ran.rc, ran.stdout.strip()
+
+
+def test_distribution_listens_on_its_socket_and_on_no_tcp_port(hosts):
+    registry = hosts["registry"]
+    # No TCP listener for the API, the standby's or the old layout's ports;
+    # only the debug listener (health, metrics) stays on loopback TCP.
+    listening = registry.check_output("ss -Hltn")
+    ports = {line.split()[3].rsplit(":", 1)[1] for line in listening.splitlines()}
+    assert not ports & {"5000", "5002"}, listening
+    assert "5001" in ports
+    directory = registry.file("/run/docker-registry")
+    assert (directory.user, directory.group, directory.mode) == (
+        "docker-registry",
+        "airgap-backend",
+        0o750,
+    )
+    sock = registry.file(SOCKET)
+    assert sock.is_socket and sock.mode == 0o770 and sock.group == "airgap-backend"
+    assert "airgap-backend" in registry.user("www-data").groups
+    config = registry.check_output("nginx -T 2>/dev/null")
+    assert f"server unix:{SOCKET} max_fails=0;" in config
+    assert "127.0.0.1:5000" not in config
+
+
+def test_only_root_and_nginx_reach_the_backend(hosts, pushed):
+    """Another local user cannot get around the gateway: the socket's
+    permissions refuse it (curl 7: could not connect), while root and
+    nginx's user are answered."""
+    registry = hosts["registry"]
+    assert socket_get(registry, "root") == (0, "200")
+    assert socket_get(registry, "www-data") == (0, "200")
+    assert socket_get(registry, "root", "/v2/test/hello/tags/list") == (0, "200")
+    refused = registry.run(
+        f"runuser -u nobody -- curl -sS -m 5 --unix-socket {SOCKET} -X DELETE "
+        "http://localhost/v2/test/hello/manifests/v1"
+    )
+    assert refused.rc == 7, refused.stderr
+    assert socket_get(registry, "nobody")[0] == 7
+    # The cause: the file system refuses the connection itself.
+    connect = registry.run(
+        "runuser -u nobody -- python3 -c 'import socket; "
+        f'socket.socket(socket.AF_UNIX).connect("{SOCKET}")\''
+    )
+    assert connect.rc != 0 and "PermissionError" in connect.stderr, connect.stderr
+
+
+def test_the_standby_socket_is_as_closed(hosts):
+    standby = "/run/docker-registry-standby/registry.sock"
+    registry = hosts["registry"]
+    registry.check_output("systemctl start docker-registry-standby")
+    try:
+        probe = f"curl -s -m 5 -o /dev/null -w '%{{http_code}}' --unix-socket {standby} "
+        waited = registry.run(
+            f"for i in $(seq 30); do [ $({probe} http://localhost/v2/) = 200 ] && exit 0; "
+            "sleep 1; done; exit 1"
+        )
+        assert waited.rc == 0, f"{standby} did not answer"
+        assert registry.run(f"runuser -u www-data -- {probe} http://localhost/v2/").stdout == "200"
+        assert registry.run(f"runuser -u nobody -- {probe} http://localhost/v2/").rc == 7
+        assert registry.file("/run/docker-registry-standby").mode == 0o750
+    finally:
+        registry.run("systemctl stop docker-registry-standby")
+
+
+def test_nginx_serves_the_registry_through_the_socket(hosts, node, pushed):
+    """A pull through the gateway works with nothing on TCP 5000: nginx
+    reached Distribution over the socket."""
+    registry = hosts["registry"]
+    assert registry.socket("tcp://127.0.0.1:5000").is_listening is False
+    assert http_status(node, MANIFEST_URL, CURL_CERTS) == "200"
+
+
 def served_serial(node):
     out = node.run(
         f"echo | openssl s_client -connect {REGISTRY} -servername registry -CAfile {CA} "
