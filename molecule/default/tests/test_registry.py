@@ -228,10 +228,10 @@ def test_only_root_and_nginx_reach_the_backend(hosts, pushed):
     registry = hosts["registry"]
     assert socket_get(registry, "root") == (0, "200")
     assert socket_get(registry, "www-data") == (0, "200")
-    assert socket_get(registry, "root", "/v2/test/hello/tags/list") == (0, "200")
+    assert socket_get(registry, "root", "/v2/ci/hello/tags/list") == (0, "200")
     refused = registry.run(
         f"runuser -u nobody -- curl -sS -m 5 --unix-socket {SOCKET} -X DELETE "
-        "http://localhost/v2/test/hello/manifests/v1"
+        "http://localhost/v2/ci/hello/manifests/v1"
     )
     assert refused.rc == 7, refused.stderr
     assert socket_get(registry, "nobody")[0] == 7
