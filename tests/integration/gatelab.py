@@ -14,6 +14,11 @@ it. :class:`GateLab` makes, under one directory:
 - the gate as a process of its own, and nginx with the role's template rendered by Jinja2
   (``gateway_gate_socket`` set; ``gate=False`` renders it without the gate, for a bench's
   baseline).
+
+Content: :meth:`GateLab.push_image` (straight into the backend), :meth:`GateLab.sign` (cosign
+through the gateway), :meth:`GateLab.record_verdict` (the real verdict store),
+:meth:`GateLab.admitted_image` (all three); :meth:`GateLab.request` asks nginx as one of the
+identities (``appliance``, ``puller``, ``pusher``, ``admin``, ``sync``, ``stranger``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ COSIGN = ROOT / ".venv" / "bin" / "cosign"
 DISTRIBUTION = "/usr/bin/docker-registry"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PASSWORD = "gate lab signing password"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+LAYER = "application/vnd.oci.image.layer.v1.tar"
 DB_DIGEST = "sha256:" + "d" * 64
 ACCEPT = ", ".join(
     (
@@ -99,6 +108,16 @@ def wait_for(check: Any, what: str, timeout: float = 15.0) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{what}: not ready within {timeout} s")
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image in the backend: its manifest digest and its one layer's."""
+
+    repository: str
+    tag: str
+    digest: str
+    layer: str
 
 
 @dataclass(frozen=True)
@@ -220,7 +239,8 @@ class GateLab:
     def start_distribution(self) -> None:
         config = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            # The access log shows what nginx asked the backend (by digest, or not).
+            "log": {"level": "warn", "accesslog": {"disabled": False}},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.root / "storage")},
                 "delete": {"enabled": True},
@@ -304,6 +324,117 @@ class GateLab:
         temporary.symlink_to(name)
         temporary.replace(link)
 
+    # -- content -------------------------------------------------------------------------
+
+    def push_image(
+        self, repository: str, tag: str, content: str = "", layer_bytes: int = 0
+    ) -> Image:
+        """A one-layer image put straight into the backend, as the nightly sync leaves one;
+        ``layer_bytes`` pads the layer (a bench's blob GETs)."""
+        from airgapped_registry.oci.reference import digest_of
+
+        layer = f"layer of {repository}:{tag} {content}".encode()
+        layer += b"\0" * max(0, layer_bytes - len(layer))
+        config = json.dumps(
+            {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+        ).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": OCI_CONFIG,
+                    "digest": digest_of(config),
+                    "size": len(config),
+                },
+                "layers": [{"mediaType": LAYER, "digest": digest_of(layer), "size": len(layer)}],
+            }
+        ).encode()
+        with self.backend_client() as client:
+            client.push_blob(repository, digest_of(config), config)
+            client.push_blob(repository, digest_of(layer), layer)
+            digest = client.put_manifest(repository, tag, manifest, OCI_MANIFEST)
+        return Image(repository, tag, digest, digest_of(layer))
+
+    def sign(self, image: Image) -> None:
+        """Signed with cosign through nginx and the gate, as the appliance (scanner role)."""
+        from airgapped_registry.signing.config import load_signing
+        from airgapped_registry.signing.signer import Signer
+
+        with Signer(load_signing(self.provenance), cosign_path=str(COSIGN)) as signer:
+            outcomes = signer.sign(image.repository, image.digest)  # an index's children too
+        for outcome in outcomes:
+            if outcome.result not in ("signed", "skipped"):  # skipped: signed before
+                raise RuntimeError(f"{image.repository}@{outcome.digest}: {outcome.detail}")
+
+    def record_verdict(
+        self,
+        image: Image,
+        status: str,
+        findings: list[dict[str, Any]] | None = None,
+        children: tuple[str, ...] = (),
+    ) -> None:
+        """A verdict made with the DB in use, through the real verdict store."""
+        from airgapped_registry.scanning.records import iso
+        from airgapped_registry.state.store import StateStore
+        from airgapped_registry.state.verdicts import VerdictRecord, VerdictStore
+
+        now = iso(datetime.now(UTC))
+        with StateStore(self.state) as store:
+            VerdictStore(store).record(
+                VerdictRecord(
+                    repository=image.repository,
+                    digest=image.digest,
+                    status=status,
+                    fail_on="HIGH",
+                    counts={"CRITICAL": len(findings or [])},
+                    findings=findings or [],
+                    scanned_at=now,
+                    media_type=OCI_MANIFEST,
+                    db_digest=DB_DIGEST,
+                    db_updated_at=now,
+                    children=children,
+                )
+            )
+
+    def push_index(self, repository: str, tag: str, children: list[Image]) -> Image:
+        """An OCI index of ``children`` (amd64, arm64, ...) under ``tag``."""
+        from airgapped_registry.oci.reference import digest_of
+
+        architectures = ("amd64", "arm64", "riscv64", "s390x")
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [
+                    {
+                        "mediaType": OCI_MANIFEST,
+                        "digest": child.digest,
+                        "size": self._manifest_size(child),
+                        "platform": {"architecture": architecture, "os": "linux"},
+                    }
+                    for child, architecture in zip(children, architectures, strict=False)
+                ],
+            }
+        ).encode()
+        with self.backend_client() as client:
+            digest = client.put_manifest(repository, tag, index, OCI_INDEX)
+        return Image(repository, tag, digest, digest_of(index))
+
+    def _manifest_size(self, image: Image) -> int:
+        with self.backend_client() as client:
+            head = client.head_manifest(image.repository, image.digest)
+        if head is None:
+            raise RuntimeError(f"{image.repository}@{image.digest}: not in the backend")
+        return int(head.size)
+
+    def admitted_image(self, repository: str, tag: str = "1.0", layer_bytes: int = 0) -> Image:
+        """Pushed, signed by the appliance and passed: what a puller may pull."""
+        image = self.push_image(repository, tag, "admitted", layer_bytes)
+        self.sign(image)
+        self.record_verdict(image, "pass")
+        return image
+
     # -- the gate ------------------------------------------------------------------------
 
     def start_gate(self) -> None:
@@ -334,6 +465,9 @@ class GateLab:
 
     def reload_gate(self) -> None:
         self.processes["gate"].send_signal(signal.SIGHUP)
+
+    def backend_log(self) -> str:
+        return (self.logs / "registry.log").read_text(errors="replace")
 
     def gate_log(self) -> str:
         path = self.logs / "gate.log"

@@ -10,7 +10,6 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,12 +17,7 @@ import pytest
 from gatelab import COSIGN, DB_DIGEST, GateLab
 
 from airgapped_registry.audit import query, verify
-from airgapped_registry.oci.reference import digest_of
-from airgapped_registry.scanning.records import iso
-from airgapped_registry.signing.config import load_signing
-from airgapped_registry.signing.signer import Signer, signature_tag
-from airgapped_registry.state.store import StateStore
-from airgapped_registry.state.verdicts import VerdictRecord, VerdictStore
+from airgapped_registry.signing.signer import signature_tag
 
 pytestmark = pytest.mark.integration
 
@@ -37,69 +31,6 @@ LAYER = "application/vnd.oci.image.layer.v1.tar"
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GateLab]:
     with GateLab(tmp_path_factory.mktemp("gatelab")) as running:
         yield running
-
-
-@dataclass(frozen=True)
-class Image:
-    repository: str
-    tag: str
-    digest: str
-    layer: str
-
-
-def push_image(lab: GateLab, repository: str, tag: str, content: str) -> Image:
-    """A one-layer image put straight into the backend, as the nightly sync leaves one."""
-    layer = f"layer of {repository}:{tag} {content}".encode()
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": len(config)},
-            "layers": [{"mediaType": LAYER, "digest": digest_of(layer), "size": len(layer)}],
-        }
-    ).encode()
-    with lab.backend_client() as client:
-        client.push_blob(repository, digest_of(config), config)
-        client.push_blob(repository, digest_of(layer), layer)
-        digest = client.put_manifest(repository, tag, manifest, OCI_MANIFEST)
-    return Image(repository, tag, digest, digest_of(layer))
-
-
-def sign(lab: GateLab, image: Image) -> None:
-    """Signed with cosign through nginx and the gate, as the appliance (scanner role)."""
-    with Signer(load_signing(lab.provenance), cosign_path=str(COSIGN)) as signer:
-        (outcome,) = signer.sign(image.repository, image.digest)
-    assert outcome.result == "signed", outcome.detail
-
-
-def record_verdict(
-    lab: GateLab, image: Image, status: str, findings: list[dict] | None = None
-) -> None:
-    with StateStore(lab.state) as store:
-        VerdictStore(store).record(
-            VerdictRecord(
-                repository=image.repository,
-                digest=image.digest,
-                status=status,
-                fail_on="HIGH",
-                counts={"CRITICAL": len(findings or [])},
-                findings=findings or [],
-                scanned_at=iso(datetime.now(UTC)),
-                media_type=OCI_MANIFEST,
-                db_digest=DB_DIGEST,
-                db_updated_at=iso(datetime.now(UTC)),
-            )
-        )
-
-
-def admitted_image(lab: GateLab, repository: str, tag: str = "1.0") -> Image:
-    image = push_image(lab, repository, tag, "admitted")
-    sign(lab, image)
-    record_verdict(lab, image, "pass")
-    return image
 
 
 def reason(answer: tuple[int, dict[str, str], bytes]) -> tuple[int, str | None]:
@@ -129,8 +60,8 @@ def audit_records(lab: GateLab, **filters: str) -> list[dict]:
 
 
 def test_an_unsigned_image_is_denied_get_and_head_by_tag_and_digest(lab: GateLab) -> None:
-    image = push_image(lab, "prod/unsigned", "1.0", "unsigned")
-    record_verdict(lab, image, "pass")  # a passing scan does not make up for no signature
+    image = lab.push_image("prod/unsigned", "1.0", "unsigned")
+    lab.record_verdict(image, "pass")  # a passing scan does not make up for no signature
     for method in ("GET", "HEAD"):
         for reference in (image.tag, image.digest):
             answer = lab.request("puller", method, f"/v2/prod/unsigned/manifests/{reference}")
@@ -148,7 +79,7 @@ def test_an_unsigned_image_is_denied_get_and_head_by_tag_and_digest(lab: GateLab
 
 
 def test_a_blob_of_a_manifest_not_admitted_is_denied(lab: GateLab) -> None:
-    image = push_image(lab, "prod/blobs", "1.0", "not admitted")
+    image = lab.push_image("prod/blobs", "1.0", "not admitted")
     answer = lab.request("puller", "GET", f"/v2/prod/blobs/blobs/{image.layer}")
     assert reason(answer) == (403, "blob_not_admitted")
     # A blob HEAD is not gated: it serves no content.
@@ -156,13 +87,16 @@ def test_a_blob_of_a_manifest_not_admitted_is_denied(lab: GateLab) -> None:
 
 
 def test_a_signed_and_passed_image_is_served_to_skopeo(lab: GateLab, tmp_path: Path) -> None:
-    image = admitted_image(lab, "prod/app")
+    image = lab.admitted_image("prod/app")
     copied = skopeo_copy(
         lab, "puller", f"docker://{lab.address}/prod/app:1.0", f"oci:{tmp_path / 'out'}:app"
     )
     assert copied.returncode == 0, copied.stderr
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     assert index["manifests"][0]["digest"] == image.digest
+    # nginx asked the backend for the digest the gate decided on, not for the tag.
+    assert f'"GET /v2/prod/app/manifests/{image.digest} HTTP/1.1"' in lab.backend_log()
+    assert '"GET /v2/prod/app/manifests/1.0 HTTP/1.1"' not in lab.backend_log()
     pulls = audit_records(lab, digest=image.digest, action="pull")
     assert pulls and pulls[-1]["decision"] == "allow"
     assert pulls[-1]["reason"] == "signed+pass" and pulls[-1]["reference"] == "1.0"
@@ -178,8 +112,8 @@ def test_a_signed_and_passed_image_is_served_to_skopeo(lab: GateLab, tmp_path: P
 
 
 def test_a_failed_image_is_denied_naming_the_finding(lab: GateLab) -> None:
-    image = push_image(lab, "prod/vulnerable", "1.0", "vulnerable")
-    sign(lab, image)
+    image = lab.push_image("prod/vulnerable", "1.0", "vulnerable")
+    lab.sign(image)
     finding = {
         "id": "CVE-2024-0001",
         "package": "openssl",
@@ -187,7 +121,7 @@ def test_a_failed_image_is_denied_naming_the_finding(lab: GateLab) -> None:
         "fixed": "3.0.1",
         "severity": "CRITICAL",
     }
-    record_verdict(lab, image, "fail", [finding])
+    lab.record_verdict(image, "fail", [finding])
     status, headers, body = lab.request("puller", "GET", "/v2/prod/vulnerable/manifests/1.0")
     assert (status, headers["X-Airgap-Reason"]) == (403, "failed")
     message = json.loads(body)["errors"][0]["message"]
@@ -195,7 +129,7 @@ def test_a_failed_image_is_denied_naming_the_finding(lab: GateLab) -> None:
 
 
 def test_a_stale_verdict_is_denied(lab: GateLab) -> None:
-    admitted_image(lab, "prod/stale")
+    lab.admitted_image("prod/stale")
     assert lab.request("puller", "GET", "/v2/prod/stale/manifests/1.0")[0] == 200
     lab.install_db("sha256:" + "e" * 64, datetime.now(UTC))  # a new DB: the verdict is old
     try:
@@ -216,7 +150,7 @@ def test_a_stale_verdict_is_denied(lab: GateLab) -> None:
 
 
 def test_a_deleted_signature_denies_the_next_pull(lab: GateLab) -> None:
-    image = admitted_image(lab, "prod/resigned")
+    image = lab.admitted_image("prod/resigned")
     assert lab.request("puller", "GET", "/v2/prod/resigned/manifests/1.0")[0] == 200
     status, headers, _ = lab.request(
         "admin", "HEAD", f"/v2/prod/resigned/manifests/{signature_tag(image.digest)}"
@@ -237,8 +171,8 @@ def test_a_deleted_signature_denies_the_next_pull(lab: GateLab) -> None:
 
 
 def test_a_signature_by_another_key_is_invalid(lab: GateLab, tmp_path: Path) -> None:
-    image = push_image(lab, "prod/forged", "1.0", "forged")
-    record_verdict(lab, image, "pass")
+    image = lab.push_image("prod/forged", "1.0", "forged")
+    lab.record_verdict(image, "pass")
     env = {**os.environ, "COSIGN_PASSWORD": "x"}
     subprocess.run(
         [str(COSIGN), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True
@@ -265,7 +199,7 @@ def test_a_signature_by_another_key_is_invalid(lab: GateLab, tmp_path: Path) -> 
 
 
 def test_a_puller_cannot_push_nor_delete(lab: GateLab) -> None:
-    image = admitted_image(lab, "prod/kept")
+    image = lab.admitted_image("prod/kept")
     manifest = b'{"schemaVersion":2}'
     put = lab.request(
         "puller", "PUT", "/v2/prod/kept/manifests/2.0", {"Content-Type": OCI_MANIFEST}, manifest
@@ -301,7 +235,7 @@ def test_the_catalog_is_for_admins_only(lab: GateLab) -> None:
 def test_a_pusher_pushes_and_pushes_again_into_its_landing_zone(
     lab: GateLab, tmp_path: Path
 ) -> None:
-    push_image(lab, "staging/source", "1.0", "ci build")
+    lab.push_image("staging/source", "1.0", "ci build")
     layout = f"oci:{tmp_path / 'build'}:app"
     exported = subprocess.run(
         [SKOPEO, "--insecure-policy", "copy", "--src-tls-verify=false",
@@ -324,7 +258,7 @@ def test_a_pusher_pushes_and_pushes_again_into_its_landing_zone(
 
 
 def test_the_gate_stopped_refuses_with_503_and_logs_it(lab: GateLab) -> None:
-    admitted_image(lab, "prod/down")
+    lab.admitted_image("prod/down")
     lab.stop_gate()
     try:
         status, _headers, body = lab.request("puller", "GET", "/v2/prod/down/manifests/1.0")
@@ -343,10 +277,15 @@ def test_the_gate_stopped_refuses_with_503_and_logs_it(lab: GateLab) -> None:
     finally:
         lab.start_gate()
     assert lab.request("puller", "GET", "/v2/prod/down/manifests/1.0")[0] == 200
+    # The gate, started again, took nginx's refusals into its audit log.
+    imported = [r for r in audit_records(lab, action="pull") if r["type"] == "gate_down"]
+    assert [(r["repository"], r["reference"], r["identity"]["subject"]) for r in imported] == [
+        ("prod/down", "1.0", "O=Airgap,OU=puller,CN=node")
+    ]
 
 
 def test_observe_mode_and_a_broken_policy_on_reload(lab: GateLab) -> None:
-    image = push_image(lab, "prod/observed", "1.0", "observed")
+    image = lab.push_image("prod/observed", "1.0", "observed")
     original = lab.policy_path.read_text()
     try:
         lab.policy_path.write_text(original.replace("mode: enforce", "mode: observe"))
@@ -376,3 +315,109 @@ def test_the_audit_log_verifies(lab: GateLab) -> None:
     lab.request("puller", "GET", "/v2/_catalog")
     result = verify(lab.audit_dir, lab.audit_key.with_suffix(".pub"))
     assert result.ok, result
+
+
+# -- caches ----------------------------------------------------------------------------------
+
+
+def test_a_tag_is_kept_only_until_the_gate_allows_a_change_in_its_repository(
+    lab: GateLab,
+) -> None:
+    """In-process gate on the lab's backend: a pull by tag costs no backend request once the
+    tag is known, and a push the gate allows makes the next pull read the tag again."""
+    from airgapped_registry.gate.setup import build
+
+    first = lab.admitted_image("prod/moving")
+    gate = build(lab.policy_path, lab.provenance, None)
+    gate.admission.settle = 0.0
+    pull = {
+        "X-Original-Method": "GET",
+        "X-Original-URI": "/v2/prod/moving/manifests/1.0",
+        "X-SSL-Client-Verify": "SUCCESS",
+        "X-SSL-Client-S-DN": "O=Airgap,OU=puller,CN=node",
+    }
+    assert gate.decide(pull, record=False).digest == first.digest
+    before = gate.admission.client.requests
+    assert gate.decide(pull, record=False).digest == first.digest
+    assert gate.admission.client.requests == before  # tag and signature tag known
+    second = lab.push_image("prod/moving", "1.0", "second")
+    lab.sign(second)
+    lab.record_verdict(second, "pass")
+    # Written straight into the backend: this gate saw nothing, and keeps what it knew.
+    assert gate.decide(pull, record=False).digest == first.digest
+    put = {**pull, "X-Original-Method": "PUT", "X-SSL-Client-S-DN": "CN=sync,O=Airgap"}
+    assert gate.decide(put, record=False).allowed
+    assert gate.decide(pull, record=False).digest == second.digest
+    gate.admission.close()
+
+
+def test_gate_decide_explains_without_recording(lab: GateLab, capsys) -> None:
+    from airgapped_registry.cli import main
+
+    image = lab.push_image("prod/explained", "1.0", "explained")
+    records = len(audit_records(lab))
+    argv = ["gate", "decide", "GET", "/v2/prod/explained/manifests/1.0"]
+    argv += ["--subject", "CN=node,OU=puller", "--policy", str(lab.policy_path)]
+    assert main([*argv, "--provenance", str(lab.provenance)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["decision"], report["reason"], report["digest"]) == (
+        "deny",
+        "unsigned",
+        image.digest,
+    )
+    assert report["headers"]["X-Airgap-Reason"] == "unsigned"
+    assert len(audit_records(lab)) == records
+
+
+def test_a_retired_key_stops_admitting_what_it_signed(lab: GateLab) -> None:
+    """keys.json is read again when it changes: a rotation keeps the old key's signatures
+    during the overlap, its retirement ends them (last in this module: it rotates the key)."""
+    from airgapped_registry.signing import keys
+    from airgapped_registry.tools.process import Tools
+
+    lab.admitted_image("prod/rotated")
+    time.sleep(1.1)  # key ids are UTC seconds
+    keys.rotate(lab.keys_dir, "gate lab signing password", timedelta(days=1), Tools(), str(COSIGN))
+    assert lab.request("puller", "GET", "/v2/prod/rotated/manifests/1.0")[0] == 200
+    keys.retire(lab.keys_dir, force=True)
+    assert reason(lab.request("puller", "GET", "/v2/prod/rotated/manifests/1.0")) == (
+        403,
+        "signature_invalid",
+    )
+    resigned = lab.admitted_image("prod/rotated", "2.0")  # signed with the new key
+    assert lab.request("puller", "GET", f"/v2/prod/rotated/manifests/{resigned.digest}")[0] == 200
+
+
+def test_a_multi_platform_image_is_pulled_whole_and_each_child_is_gated(
+    lab: GateLab, tmp_path: Path
+) -> None:
+    amd64 = lab.push_image("prod/multi", "amd64", "amd64")
+    arm64 = lab.push_image("prod/multi", "arm64", "arm64")
+    index = lab.push_index("prod/multi", "1.0", [amd64, arm64])
+    lab.sign(index)  # the index and each child, as the appliance signs
+    for child in (amd64, arm64):
+        lab.record_verdict(child, "pass")
+    lab.record_verdict(index, "pass", children=(amd64.digest, arm64.digest))
+    copied = skopeo_copy(
+        lab, "puller", f"docker://{lab.address}/prod/multi:1.0", f"oci:{tmp_path / 'all'}:m"
+    )
+    assert copied.returncode == 0, copied.stderr
+    copied_all = subprocess.run(
+        [SKOPEO, "--insecure-policy", "copy", "--all", "--preserve-digests",
+         "--src-cert-dir", str(lab.clients["puller"].cert_dir),
+         f"docker://{lab.address}/prod/multi:1.0", f"oci:{tmp_path / 'every'}:m"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert copied_all.returncode == 0, copied_all.stderr
+    # A child with no verdict: the index does not stand, and the child itself is refused.
+    riscv = lab.push_image("prod/multi", "riscv64", "riscv64")
+    bigger = lab.push_index("prod/multi", "2.0", [amd64, arm64, riscv])
+    lab.sign(bigger)
+    lab.record_verdict(bigger, "pass", children=(amd64.digest, arm64.digest, riscv.digest))
+    status, headers, body = lab.request("puller", "GET", "/v2/prod/multi/manifests/2.0")
+    assert (status, headers["X-Airgap-Reason"]) == (403, "stale")
+    assert "a platform manifest has no verdict" in json.loads(body)["errors"][0]["message"]
+    assert reason(lab.request("puller", "GET", f"/v2/prod/multi/manifests/{riscv.digest}")) == (
+        403,
+        "not_scanned",
+    )

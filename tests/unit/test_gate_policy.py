@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from airgapped_registry.gate.policy import DEFAULT_UNSCANNED_CONFIG_TYPES, loads_policy
+from airgapped_registry.gate.policy import (
+    DEFAULT_UNSCANNED_CONFIG_TYPES,
+    SCHEMA,
+    load_policy,
+    loads_policy,
+    under,
+)
 from airgapped_registry.mirror.problems import SpecError
+from airgapped_registry.mirror.schema import Field
 
 VALID = """\
 version: 1
@@ -40,6 +49,23 @@ def test_a_valid_policy_is_read() -> None:
     assert policy.protected("prod/app") and policy.protected("cia/app")
     assert not policy.protected("ci/app")
     assert policy.audit["syslog"] == {"address": "udp://127.0.0.1:514", "facility": "local0"}
+
+
+@pytest.mark.parametrize(
+    ("repository", "prefix", "held"),
+    [
+        ("ci/app", "ci/", True),
+        ("ci/app", "ci", True),
+        ("ci", "ci/", True),
+        ("cia/app", "ci", False),
+        ("cia/app", "ci/", False),
+        ("team/a/b", "team/a", True),
+        ("team/ab", "team/a", False),
+        ("anything", "", True),
+    ],
+)
+def test_a_prefix_holds_whole_path_components(repository: str, prefix: str, held: bool) -> None:
+    assert under(repository, prefix) is held
 
 
 def test_the_defaults() -> None:
@@ -93,6 +119,40 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(refused.value.problems) == 2
 
 
+def test_no_syslog_is_written_null() -> None:
+    policy = loads_policy(
+        VALID.replace('{address: "udp://127.0.0.1:514", facility: local0}', "null")
+    )
+    assert policy.audit["syslog"] is None
+
+
+def test_a_duration_may_be_seconds() -> None:
+    assert loads_policy(VALID.replace("fsync: 1s", "fsync: 0")).audit["fsync"] == 0
+    with pytest.raises(SpecError, match=r"audit\.fsync: expected a string, got -1"):
+        loads_policy(VALID.replace("fsync: 1s", "fsync: -1"))
+
+
 def test_grants_are_required() -> None:
     with pytest.raises(SpecError, match=r"gate.yaml:1: grants: required key missing"):
         loads_policy("version: 1\n")
+
+
+def test_the_example_loads_and_shows_every_key() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "gate.yaml"
+    policy = load_policy(path)
+    assert [grant.role for grant in policy.grants] == [
+        "puller", "pusher", "puller", "admin", "sync", "scanner", "monitor",
+    ]  # fmt: skip
+    text = path.read_text()
+
+    def keys(field: Field) -> set[str]:
+        found = set()
+        for name, option in (field.options or {}).items():
+            found.add(name)
+            found |= keys(option)
+            if option.elements is not None:
+                found |= keys(option.elements)
+        return found
+
+    missing = [key for key in sorted(keys(SCHEMA)) if f"{key}:" not in text]
+    assert missing == []

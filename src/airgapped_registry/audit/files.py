@@ -9,13 +9,15 @@ files by first seq, then ``audit.log``. A partial line moved aside at recovery i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airgapped_registry.audit.records import AuditError
 
@@ -41,6 +43,76 @@ def log_files(directory: Path) -> list[Path]:
     return files
 
 
+@contextmanager
+def snapshot(directory: Path) -> Iterator[list[tuple[Path, BinaryIO]]]:
+    """The log's files in chain order, each already open: a rotation while they are read
+    (audit.log renamed, a new one begun) changes nothing in what is read."""
+    opened: list[tuple[Path, BinaryIO]] = []
+    try:
+        for path in log_files(directory):
+            _open_into(opened, path)
+        # audit.log renamed between the listing and its open: the new audit.log was opened,
+        # so the rotated file it became is listed now. Rotated names are never reused.
+        names = {path.name for path, _ in opened}
+        for path in log_files(directory):
+            if path.name not in names and path.name != CURRENT:
+                _open_into(opened, path)
+        opened.sort(key=lambda item: _order(item[0]))
+        yield opened
+    finally:
+        for _, handle in opened:
+            handle.close()
+
+
+def _open_into(opened: list[tuple[Path, BinaryIO]], path: Path) -> None:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return  # removed meanwhile: verify names the gap it leaves
+    except OSError as exc:
+        raise AuditError(f"audit log {path}: cannot read ({exc.strerror})") from None
+    # audit.log opened, then rotated: the second listing names the same file again.
+    status = os.fstat(handle.fileno())
+    for _, other in opened:
+        other_status = os.fstat(other.fileno())
+        if (other_status.st_dev, other_status.st_ino) == (status.st_dev, status.st_ino):
+            handle.close()
+            return
+    opened.append((path, handle))
+
+
+def _order(path: Path) -> tuple[int, int]:
+    first = rotated_first_seq(path)
+    return (0, first) if first is not None else (1, 0)
+
+
+def lines_of(handle: BinaryIO, offset: int = 0) -> Iterator[Line]:
+    """The lines of an open file from byte ``offset`` (see :class:`Line`)."""
+    handle.seek(offset)
+    number, position = 1, offset
+    for raw in handle:
+        position += len(raw)
+        complete = raw.endswith(b"\n")
+        yield Line(number, raw[:-1] if complete else raw, position, complete)
+        number += 1
+
+
+def writer_active(directory: Path) -> bool:
+    """Whether an :class:`~airgapped_registry.audit.log.AuditLog` holds the directory's
+    lock now (a last line without its newline may then be one being written)."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def rotated_first_seq(path: Path) -> int | None:
     """The first seq a rotated file's name promises; None for the current file."""
     match = ROTATED.fullmatch(path.name)
@@ -58,20 +130,15 @@ class Line:
     complete: bool
 
 
-def read_lines(path: Path, offset: int = 0, first_number: int = 1) -> Iterator[Line]:
-    """The lines of ``path`` from byte ``offset`` (the start of a line)."""
+def read_lines(path: Path, offset: int = 0) -> Iterator[Line]:
+    """The lines of ``path`` from byte ``offset`` (the start of a line; numbers count from
+    there)."""
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise AuditError(f"audit log {path}: cannot read ({exc.strerror})") from None
     with handle:
-        handle.seek(offset)
-        number, position = first_number, offset
-        for raw in handle:
-            position += len(raw)
-            complete = raw.endswith(b"\n")
-            yield Line(number, raw[:-1] if complete else raw, position, complete)
-            number += 1
+        yield from lines_of(handle, offset)
 
 
 def last_line(fd: int, size: int) -> tuple[bytes, int]:

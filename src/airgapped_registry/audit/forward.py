@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -35,19 +36,33 @@ APP_NAME = "airgapped-registry"
 WARNING, NOTICE, INFO = 4, 5, 6
 LONGEST_BACKOFF = 30.0
 BATCH = 512
+# Between two passes over the log: records sent in batches, not one wake-up per record.
+PASS_INTERVAL = 0.05
+_HEAD = re.compile(rb'\{"seq":([0-9]+),"time":"([0-9T:.Z-]+)","type":"([a-z_]+)",')
+
+
+def head_of(line: bytes) -> tuple[int, str, str]:
+    """``(seq, time, type)`` of a record's line. The writer puts them first, in this order:
+    read with a pattern, since the forwarder shares the writers' interpreter and a JSON
+    parse per record would slow them; any other line is parsed (and refused if need be)."""
+    match = _HEAD.match(line)
+    if match is not None:
+        return int(match[1]), match[2].decode("ascii"), match[3].decode("ascii")
+    fields = decode(line)
+    return fields["seq"], fields["time"], fields["type"]
 
 
 def message(line: bytes, facility: int, hostname: str, pid: int) -> bytes:
     """The RFC 5424 message for one record's line."""
-    fields = decode(line)
-    if fields.get("decision") == "deny":
+    _, moment, type_ = head_of(line)
+    if b'"decision":"deny"' in line:
         severity = WARNING
-    elif fields["type"] == "recovered":
+    elif type_ == "recovered":
         severity = NOTICE
     else:
         severity = INFO
-    header = f"<{facility * 8 + severity}>1 {fields['time']} {hostname} {APP_NAME} {pid} "
-    return f"{header}{fields['type']} - ".encode("ascii") + line
+    header = f"<{facility * 8 + severity}>1 {moment} {hostname} {APP_NAME} {pid} {type_} - "
+    return header.encode("ascii") + line
 
 
 class Connection:
@@ -100,11 +115,12 @@ class Connection:
         if not data:
             raise ConnectionResetError(errno.ECONNRESET, "closed by the syslog server")
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payloads: list[bytes]) -> None:
         if self.streams:
-            self.sock.sendall(f"{len(payload)} ".encode("ascii") + payload)
+            self.sock.sendall(b"".join(b"%d %s" % (len(payload), payload) for payload in payloads))
         else:
-            self.sock.send(payload)
+            for payload in payloads:
+                self.sock.send(payload)
 
     def close(self) -> None:
         self.sock.close()
@@ -113,7 +129,11 @@ class Connection:
 class SyslogForwarder:
     """Sends every record after the cursor, in order, from a daemon thread."""
 
-    def __init__(self, config: SyslogConfig, log_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self, config: SyslogConfig, log_dir: Path, state_dir: Path, last_seq: int | None = None
+    ) -> None:
+        """``last_seq``: the log's last record when the forwarder starts; a cursor past it
+        belongs to a log that was replaced (a new chain), and forwarding starts over."""
         self.config = config
         self.log_dir = log_dir
         self.cursor_path = state_dir / CURSOR
@@ -122,6 +142,15 @@ class SyslogForwarder:
         self.sent = 0  # messages sent by this forwarder (a figure for tests and the bench)
         self.error: str | None = None  # why the last try failed; None once sending works
         self._cursor = self._load()
+        if last_seq is not None and self._cursor > last_seq:
+            logger.warning(
+                "%s: seq %d is past the log's end (seq %d): a new chain; forwarding it from "
+                "its start",
+                self.cursor_path,
+                self._cursor,
+                last_seq,
+            )
+            self._cursor = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -139,6 +168,8 @@ class SyslogForwarder:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Send what is pending if the server is there (waiting at most ``timeout``), then
+        stop; the cursor says where the next start resumes."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -147,7 +178,9 @@ class SyslogForwarder:
     def _run(self) -> None:
         connection: Connection | None = None
         backoff = 0.5
-        while not self._stop.is_set():
+        while True:
+            # Once stopping, one last pass sends what the log holds (the closing checkpoint).
+            stopping = self._stop.is_set()
             try:
                 if connection is None:
                     connection = Connection(self.config)
@@ -155,17 +188,27 @@ class SyslogForwarder:
                 self._send_pending(connection)
                 self.error = None
                 backoff = 0.5
+                if stopping:
+                    break
                 self._wake.wait(1.0)
+                self._stop.wait(PASS_INTERVAL)
                 self._wake.clear()
-            except (OSError, AuditError) as exc:
+            except Exception as exc:
+                # Anything (a bug too) only delays forwarding: the thread must live on.
                 cause = f"syslog {self.config.address}: {exc}"
                 if cause != self.error:
-                    logger.warning("%s; records stay in the log and are sent later", cause)
+                    logger.warning(
+                        "%s; records stay in the log and are sent later",
+                        cause,
+                        exc_info=not isinstance(exc, OSError | AuditError),
+                    )
                 self.error = cause
                 if connection is not None:
                     connection.close()
                     connection = None
                 self._position = None  # re-read from the cursor: what was in flight is resent
+                if stopping:
+                    break
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, LONGEST_BACKOFF)
         if connection is not None:
@@ -175,15 +218,16 @@ class SyslogForwarder:
         last_saved = time.monotonic()
         sent_since_save = 0
         pid = os.getpid()
-        while not self._stop.is_set():
+        while True:
             batch = list(self._pending(BATCH))
             if not batch:
                 break
-            for seq, line, position in batch:
-                connection.send(message(line, self.facility, self.hostname, pid))
-                self._cursor, self._position = seq, position
-                self.sent += 1
-                sent_since_save += 1
+            connection.send(
+                [message(line, self.facility, self.hostname, pid) for _, line, _ in batch]
+            )
+            self._cursor, self._position = batch[-1][0], batch[-1][2]
+            self.sent += len(batch)
+            sent_since_save += len(batch)
             # A stream whose server went away after our last check took the batch into its
             # buffer and nowhere else: find out before the cursor moves past it on disk.
             connection.check()
@@ -197,28 +241,48 @@ class SyslogForwarder:
         """Up to ``limit`` ``(seq, line, (inode, offset after it))`` past the cursor."""
         count = 0
         for path, inode, offset in self._files_from_position():
-            for line in files.read_lines(path, offset):
-                if not line.complete:
+            try:
+                handle = path.open("rb")
+            except FileNotFoundError:
+                self._position = None  # rotated away since the listing: list again
+                return
+            except OSError as exc:
+                raise AuditError(f"audit log {path}: cannot read ({exc.strerror})") from None
+            with handle:
+                if os.fstat(handle.fileno()).st_ino != inode:
+                    # audit.log was rotated between the listing and the open: the offset is
+                    # the old file's. List again next pass.
+                    self._position = None
                     return
-                try:
-                    seq = decode(line.data)["seq"]
-                except ValueError as exc:
-                    raise AuditError(f"{path} line {line.number}: {exc}") from None
-                if seq <= self._cursor:
-                    continue
-                yield seq, line.data, (inode, line.end)
-                count += 1
-                if count >= limit:
-                    return
+                for line in files.lines_of(handle, offset):
+                    if not line.complete:
+                        return
+                    try:
+                        seq = head_of(line.data)[0]
+                    except ValueError as exc:
+                        raise AuditError(f"{path} after byte {offset}: {exc}") from None
+                    if seq <= self._cursor:
+                        continue
+                    yield seq, line.data, (inode, line.end)
+                    count += 1
+                    if count >= limit:
+                        return
 
     def _files_from_position(self) -> Iterator[tuple[Path, int, int]]:
+        # A rotation between the listing and the stats would give audit.log the new file's
+        # inode while the old one's rotated name is missing: list until two listings agree.
         paths = files.log_files(self.log_dir)
-        inodes = []
-        for path in paths:
-            try:
-                inodes.append(os.stat(path).st_ino)
-            except FileNotFoundError:
-                inodes.append(-1)
+        while True:
+            inodes = []
+            for path in paths:
+                try:
+                    inodes.append(os.stat(path).st_ino)
+                except FileNotFoundError:
+                    inodes.append(-1)
+            again = files.log_files(self.log_dir)
+            if again == paths:
+                break
+            paths = again
         start, offset = 0, 0
         if self._position is not None and self._position[0] in inodes:
             start, offset = inodes.index(self._position[0]), self._position[1]

@@ -18,7 +18,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from airgapped_registry.audit import files
 from airgapped_registry.audit.records import (
@@ -180,9 +180,21 @@ class GateDownImporter:
             return count
 
     def _import(self, path: Path, cursor: Cursor) -> int:
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise AuditError(f"{path}: cannot read ({exc.strerror})") from None
+        with handle:
+            if os.fstat(handle.fileno()).st_ino != cursor.inode:
+                return 0  # rotated between the stat and the open: the next run sees it
+            return self._import_lines(handle, cursor)
+
+    def _import_lines(self, handle: BinaryIO, cursor: Cursor) -> int:
         count = 0
         try:
-            for line in files.read_lines(path, cursor.offset):
+            for line in files.lines_of(handle, cursor.offset):
                 if not line.complete:
                     break  # nginx is still writing it
                 after = Cursor(cursor.inode, line.end)
@@ -190,7 +202,7 @@ class GateDownImporter:
                     self.log.append_fields(GATE_DOWN, gate_down_fields(line.data, after))
                     count += 1
                 self._cursor = after
-                if count % SAVE_EVERY == 0:
+                if count and count % SAVE_EVERY == 0:
                     self._save()
         finally:
             if count:

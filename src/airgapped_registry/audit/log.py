@@ -65,11 +65,16 @@ class AuditLog:
         self._rotate_at = config.rotate_bytes
         self._unsigned = 0
         self._last_checkpoint = time.monotonic()
-        self._dirty = False
+        self._synced = 0  # the last seq known to be on disk
+        self._sync_lock = threading.Lock()  # one fsync at a time; taken before self._lock
         self._last_fsync = time.monotonic()
+        self._head_lock = threading.Lock()  # taken after self._lock
+        self._head_seq = 0
+        self._head_pending: AuditRecord | None = None
         self._broken: str | None = None
         self._closed = False
         self._stop = threading.Event()
+        self._kick = threading.Event()
         self._timer: threading.Thread | None = None
         self._importer: GateDownImporter | None = None
         self._forwarder: SyslogForwarder | None = None
@@ -95,6 +100,11 @@ class AuditLog:
         """The last record's seq (0 for an empty log)."""
         return self._seq
 
+    @property
+    def forwarder(self) -> SyslogForwarder | None:
+        """The syslog forwarder (its ``cursor``, ``sent``, ``error``), when configured."""
+        return self._forwarder
+
     def append(self, event: AuditEvent) -> AuditRecord:
         """Write ``event`` as the next record; returns once the line is in the page cache.
         Thread-safe. Raises :class:`AuditError` when the record could not be written."""
@@ -109,6 +119,10 @@ class AuditLog:
             record = self._write(type_, fields)
             if self._unsigned >= self.config.checkpoint_every:
                 self._try_checkpoint()
+        if self.config.fsync == 0:
+            # Group commit: one fsync covers every record written before it started, so
+            # the threads waiting here share it.
+            self._sync_to(record.seq)
         if self._forwarder is not None:
             self._forwarder.wake()
         return record
@@ -118,12 +132,11 @@ class AuditLog:
         with self._lock:
             if self._unsigned == 0:
                 return None
-            return self._checkpoint()
+            return self._checkpoint(publish=True)
 
     def sync(self) -> None:
         """Make every record written so far durable (fsync)."""
-        with self._lock:
-            self._fsync()
+        self._sync_to(self._seq)
 
     def import_gate_down(self) -> int:
         """Import what nginx logged while the gate was down; the number of records added."""
@@ -134,13 +147,17 @@ class AuditLog:
     def close(self) -> None:
         """Stop the timers, sign and fsync what is unsigned, close the file."""
         self._stop.set()
+        self._kick.set()
         if self._timer is not None and self._timer is not threading.current_thread():
             self._timer.join()
         with self._lock:
             if not self._closed and self._fd >= 0 and self._broken is None:
-                if self._unsigned:
-                    self._try_checkpoint()
                 try:
+                    if self._unsigned:
+                        self._checkpoint(publish=True)
+                    elif self._head_pending is not None:
+                        self._fsync()
+                        self._write_head(self._head_pending)
                     self._fsync()
                 except AuditError as exc:
                     logger.error("%s", exc)
@@ -198,7 +215,9 @@ class AuditLog:
             )
             self._run_import()
         if self.config.syslog is not None:
-            self._forwarder = SyslogForwarder(self.config.syslog, directory, self.config.state_dir)
+            self._forwarder = SyslogForwarder(
+                self.config.syslog, directory, self.config.state_dir, last_seq=self._seq
+            )
             self._forwarder.start()
         self._timer = threading.Thread(target=self._tick, name="audit-timer", daemon=True)
         self._timer.start()
@@ -247,7 +266,7 @@ class AuditLog:
         except ValueError as exc:
             raise AuditError(
                 f"audit log {source}: last record unreadable ({exc}); check it with 'airgap "
-                "audit verify', then move the directory aside to start a new chain"
+                "audit verify', then move the log directory and head.json aside for a new chain"
             ) from None
         self._seq, self._prev = last["seq"], line_hash(line)
         self._unsigned = 0 if last["type"] == CHECKPOINT else 1
@@ -270,7 +289,7 @@ class AuditLog:
             raise AuditError(
                 f"audit log {self.config.directory}: ends at seq {self._seq}, but "
                 f"{self.config.head} records a checkpoint at seq {seq}: the log was cut; "
-                "'airgap audit verify' says where"
+                "'airgap audit verify' says where (docs/audit.md: starting a new chain)"
             )
 
     # Writing (callers hold self._lock).
@@ -296,8 +315,6 @@ class AuditLog:
         self._write_line(line + b"\n", seq)
         self._seq, self._prev = seq, line_hash(line)
         self._unsigned = 0 if type_ == CHECKPOINT else self._unsigned + 1
-        if self.config.fsync == 0:
-            self._fsync()
         return AuditRecord(seq, record["time"], type_, line, record)
 
     def _write_line(self, data: bytes, seq: int) -> None:
@@ -322,31 +339,87 @@ class AuditLog:
                 f"audit log {self.path}: cannot write record seq {seq} ({exc.strerror or exc})"
             ) from None
         self._size += len(data)
-        self._dirty = True
 
     def _fsync(self) -> None:
-        if not self._dirty or self._fd < 0:
+        """fsync under self._lock (rotation, close, a checkpoint published at once)."""
+        if self._synced >= self._seq or self._fd < 0:
             return
         try:
             os.fsync(self._fd)
         except OSError as exc:
-            # After a failed fsync the kernel may have dropped the pages: nothing written
-            # since the last good one can be trusted to be on disk.
             self._broken = f"fsync failed ({exc.strerror})"
             raise AuditError(f"audit log {self.path}: {self._broken}") from None
-        self._dirty = False
+        self._synced = self._seq
         self._last_fsync = time.monotonic()
 
-    def _checkpoint(self) -> AuditRecord:
+    def _sync_to(self, seq: int) -> None:
+        """Make records up to ``seq`` durable, without holding self._lock during the fsync:
+        on a duplicate of the descriptor, so appends go on meanwhile and a rotation closing
+        the original changes nothing (it fsyncs the old file itself first)."""
+        with self._sync_lock:
+            if self._synced >= seq:
+                return
+            with self._lock:
+                if self._broken is not None:
+                    raise AuditError(f"audit log {self.path}: unusable since {self._broken}")
+                if self._fd < 0 or self._closed:
+                    raise AuditError(f"audit log {self.path}: closed")
+                target = self._seq
+                try:
+                    fd = os.dup(self._fd)
+                except OSError as exc:
+                    raise AuditError(
+                        f"audit log {self.path}: cannot fsync ({exc.strerror})"
+                    ) from None
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                # After a failed fsync the kernel may have dropped the pages: nothing written
+                # since the last good one can be trusted to be on disk.
+                with self._lock:
+                    self._broken = f"fsync failed ({exc.strerror})"
+                raise AuditError(f"audit log {self.path}: {self._broken}") from None
+            finally:
+                os.close(fd)
+            self._synced = max(self._synced, target)
+            self._last_fsync = time.monotonic()
+
+    def _checkpoint(self, publish: bool = False) -> AuditRecord:
+        """Write a signed checkpoint. head.json follows once the line is on disk: at once
+        with ``publish``, else from the timer thread (woken now), so the request whose record
+        reached ``checkpoint_every`` does not wait for two fsyncs."""
         fields = {"head_seq": self._seq, "head": self._prev, "key": self._key_id}
         record = self._write(CHECKPOINT, fields, signed=True)
-        self._fsync()
         self._last_checkpoint = time.monotonic()
-        files.write_json_atomically(
-            self.config.head,
-            {"version": 1, "seq": record.seq, "hash": record.hash, "record": record.fields},
-        )
+        if publish:
+            self._fsync()
+            self._write_head(record)
+            self._head_pending = None
+        else:
+            self._head_pending = record
+            self._kick.set()
         return record
+
+    def _write_head(self, record: AuditRecord) -> None:
+        with self._head_lock:
+            if record.seq <= self._head_seq:
+                return
+            files.write_json_atomically(
+                self.config.head,
+                {"version": 1, "seq": record.seq, "hash": record.hash, "record": record.fields},
+            )
+            self._head_seq = record.seq
+
+    def _publish_head(self) -> None:
+        with self._lock:
+            record, self._head_pending = self._head_pending, None
+        if record is None:
+            return
+        try:
+            self._sync_to(record.seq)
+            self._write_head(record)
+        except AuditError as exc:
+            logger.error("audit checkpoint seq %d: head not written: %s", record.seq, exc)
 
     def _try_checkpoint(self) -> None:
         # The records are written; a checkpoint that fails now is tried again by the timer.
@@ -356,10 +429,14 @@ class AuditLog:
             logger.error("audit checkpoint: %s", exc)
 
     def _rotate(self) -> None:
+        # The old file ends with a checkpoint and is on disk before it is renamed.
         if self._unsigned:
-            self._checkpoint()
+            self._checkpoint(publish=True)
         else:
             self._fsync()
+            if self._head_pending is not None:
+                self._write_head(self._head_pending)
+                self._head_pending = None
         target = self.config.directory / files.rotated_name(self._first_seq)
         try:
             if target.exists():
@@ -394,36 +471,38 @@ class AuditLog:
             periods.append(self.config.import_interval)
         tick = min(1.0, max(0.01, min(periods) / 2))
         last_import = time.monotonic()
-        while not self._stop.wait(tick):
-            now = time.monotonic()
-            if self.config.fsync > 0 and now - self._last_fsync >= self.config.fsync:
-                self._background_fsync()
-            if now - self._last_checkpoint >= self.config.checkpoint_interval:
-                with self._lock:
-                    if self._unsigned and not self._closed and self._broken is None:
-                        self._try_checkpoint()
-                    self._last_checkpoint = now
-            if self._importer is not None and now - last_import >= self.config.import_interval:
-                last_import = now
-                self._run_import()
+        while not self._stop.is_set():
+            self._kick.wait(tick)
+            self._kick.clear()
+            if self._stop.is_set():
+                break
+            try:
+                last_import = self._timed_work(last_import)
+            except Exception:
+                # A bug must not end fsyncs and checkpoints for the rest of the gate's life.
+                logger.exception("audit timer")
 
-    def _background_fsync(self) -> None:
-        # fsync takes milliseconds: on a duplicate of the descriptor, outside the lock, so
-        # appends go on meanwhile (a rotation closing the original changes nothing).
-        with self._lock:
-            self._last_fsync = time.monotonic()
-            if not self._dirty or self._fd < 0 or self._closed:
-                return
-            fd = os.dup(self._fd)
-            self._dirty = False
-        try:
-            os.fsync(fd)
-        except OSError as exc:
+    def _timed_work(self, last_import: float) -> float:
+        self._publish_head()
+        now = time.monotonic()
+        if (
+            self.config.fsync > 0
+            and now - self._last_fsync >= self.config.fsync
+            and self._synced < self._seq
+        ):
+            try:
+                self._sync_to(self._seq)
+            except AuditError as exc:
+                logger.error("%s", exc)
+        if now - self._last_checkpoint >= self.config.checkpoint_interval:
             with self._lock:
-                self._broken = f"fsync failed ({exc.strerror})"
-            logger.error("audit log %s: %s", self.path, self._broken)
-        finally:
-            os.close(fd)
+                if self._unsigned and not self._closed and self._broken is None:
+                    self._try_checkpoint()
+                self._last_checkpoint = now
+        if self._importer is not None and now - last_import >= self.config.import_interval:
+            last_import = now
+            self._run_import()
+        return last_import
 
     def _run_import(self) -> None:
         if self._importer is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airgapped_registry.audit import files
 from airgapped_registry.audit.records import GATE_DOWN, REQUEST, decode, parse_time
@@ -54,8 +54,21 @@ def query(
     """The request and gate_down records matching every filter given (``since`` inclusive,
     ``until`` exclusive), in chain order. Lines that are not records are passed over (verify
     is the tool that names them)."""
-    for path in files.log_files(Path(directory)):
-        for line in files.read_lines(path):
+    with files.snapshot(Path(directory)) as opened:
+        yield from _matching(opened, digest, identity, since, until, action, decision)
+
+
+def _matching(
+    opened: list[tuple[Path, BinaryIO]],
+    digest: str | None,
+    identity: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    action: str | None,
+    decision: str | None,
+) -> Iterator[dict[str, Any]]:
+    for _, handle in opened:
+        for line in files.lines_of(handle):
             if not line.complete:
                 continue
             try:

@@ -17,9 +17,12 @@ the one change the chain cannot show; checkpoints every ``checkpoint_every`` rec
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from airgapped_registry.audit import files
 from airgapped_registry.audit.keys import load_public, signature_problem
@@ -89,12 +92,26 @@ def verify(
     only while the log has no checkpoint)."""
     directory = Path(directory)
     public = load_public(Path(public_key_path))
-    paths = files.log_files(directory)
+    # head.json before the log: the writer names a checkpoint there only once it is in the
+    # log, so a log read after it holds what it names, even while the gate writes.
+    head = files.read_json(Path(head_path)) if head_path is not None else None
+    with files.snapshot(directory) as opened:
+        return _verify(directory, opened, public, head_path, head)
+
+
+def _verify(
+    directory: Path,
+    opened: list[tuple[Path, BinaryIO]],
+    public: Ed25519PublicKey,
+    head_path: str | Path | None,
+    head: dict[str, Any] | None,
+) -> VerifyResult:
+    paths = [path for path, _ in opened]
     names = [path.name for path in paths]
+    live = files.writer_active(directory)
     counts = {"records": 0, "checkpoints": 0, "unsigned": 0}
     previous: _Previous | None = None
     hashes_at: dict[int, str] = {}
-    head = files.read_json(Path(head_path)) if head_path is not None else None
     head_seq = head.get("seq") if head else None
 
     def result(bad: BadRecord | None) -> VerifyResult:
@@ -111,11 +128,13 @@ def verify(
     if not paths:
         return result(BadRecord(str(directory), 0, None, "no audit log files here"))
     try:
-        for path in paths:
+        for index, (path, handle) in enumerate(opened):
             at_file_start = True
-            for line in files.read_lines(path):
+            for line in files.lines_of(handle):
                 where = (path.name, line.number)
                 if not line.complete:
+                    if live and index == len(opened) - 1:
+                        break  # the gate is writing this line now
                     raise _Bad(
                         BadRecord(
                             *where,
@@ -141,25 +160,42 @@ def verify(
                     counts["unsigned"] += 1
                 counts["records"] += 1
                 digest = line_hash(line.data)
-                if seq == head_seq:
+                if seq == head_seq or record["type"] == CHECKPOINT:
+                    # What head.json may name (read again later while the gate writes).
                     hashes_at[seq] = digest
                 previous = _Previous(path.name, line.number, seq, digest, record["prev"])
             if at_file_start and files.rotated_first_seq(path) is not None:
                 raise _Bad(BadRecord(path.name, 0, None, "rotated file is empty"))
         if head_path is not None and head is None and counts["checkpoints"]:
-            raise _Bad(
-                BadRecord(
-                    str(head_path),
-                    0,
-                    None,
-                    "missing, but the log has checkpoints: removed? (--no-head checks a copy)",
+            if live:
+                # The gate names a checkpoint in head.json just after writing it to the log:
+                # the first one may be in the log read here and not yet there.
+                head = _wait_for_head(Path(head_path), previous.seq if previous else 0)
+            if head is None:
+                raise _Bad(
+                    BadRecord(
+                        str(head_path),
+                        0,
+                        None,
+                        "missing, but the log has checkpoints: removed? (--no-head checks a copy)",
+                    )
                 )
-            )
+            if head.get("seq", 0) > (previous.seq if previous else 0):
+                head = None  # named after the log was read: the part read holds no more
         if head is not None:
             _check_head(Path(str(head_path)), head, public, previous, hashes_at, paths[-1].name)
     except _Bad as bad:
         return result(bad.bad)
     return result(None)
+
+
+def _wait_for_head(path: Path, last_seq: int, timeout: float = 2.0) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        head = files.read_json(path)
+        if head is not None or time.monotonic() > deadline:
+            return head
+        time.sleep(0.02)
 
 
 def _check_file_start(path: Path, number: int, seq: int, previous: _Previous | None) -> None:
@@ -243,7 +279,9 @@ def _check_link(name: str, number: int, record: dict[str, Any], previous: _Previ
         )
 
 
-def _check_checkpoint(public: Any, name: str, number: int, record: dict[str, Any]) -> None:
+def _check_checkpoint(
+    public: Ed25519PublicKey, name: str, number: int, record: dict[str, Any]
+) -> None:
     seq = record["seq"]
     if record.get("head_seq") != seq - 1 or record.get("head") != record["prev"]:
         raise _Bad(BadRecord(name, number, seq, "checkpoint's head is not the record before it"))
@@ -255,7 +293,7 @@ def _check_checkpoint(public: Any, name: str, number: int, record: dict[str, Any
 def _check_head(
     path: Path,
     head: dict[str, Any],
-    public: Any,
+    public: Ed25519PublicKey,
     previous: _Previous | None,
     hashes_at: dict[int, str],
     last_file: str,

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -92,11 +93,18 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="WHO",
         help="a subject (CN=node,OU=puller), one of its parts (CN=node), a serial or fingerprint",
     )
-    ask.add_argument("--since", type=parse_time, metavar="TIME", help="ISO 8601, inclusive")
-    ask.add_argument("--until", type=parse_time, metavar="TIME", help="ISO 8601, exclusive")
+    ask.add_argument("--since", type=time_option, metavar="TIME", help="ISO 8601, inclusive")
+    ask.add_argument("--until", type=time_option, metavar="TIME", help="ISO 8601, exclusive")
     ask.add_argument("--action", metavar="A", help="pull, push, tag, delete, blob_delete, head...")
     ask.add_argument("--decision", choices=("allow", "deny"))
     ask.set_defaults(run=run_query)
+
+
+def time_option(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_init(args: argparse.Namespace) -> dict[str, Any]:

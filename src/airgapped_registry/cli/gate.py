@@ -43,6 +43,11 @@ def add_gate_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="bind here unless systemd passes the socket (LISTEN_FDS)",
     )
     serve.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="group of the socket it binds (nginx's, e.g. www-data); mode 0660",
+    )
+    serve.add_argument(
         "--gate-down-log",
         default=str(defaults.GATE_UNAVAILABLE_LOG),
         metavar="PATH",
@@ -98,7 +103,9 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
     admission = Admission(settings(args.provenance))
     audit = open_audit(policy, Path(args.gate_down_log))
     try:
-        listener = server.systemd_socket() or server.bind(Path(args.socket))
+        listener = server.systemd_socket() or server.bind(
+            Path(args.socket), group=args.socket_group
+        )
         gate = Gate(policy, admission, audit, audit_event)
         log.info("gate serving on %s (mode %s)", listener.getsockname(), policy.mode)
         server.serve(listener, gate, lambda: load_policy(args.policy))

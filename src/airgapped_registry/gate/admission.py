@@ -8,12 +8,14 @@ attachment manifests (signatures, attestations: every layer of their types) are 
 metadata. Admitting a manifest records its blobs (:mod:`airgapped_registry.state.admitted`),
 and a blob GET is served only for those.
 
-What is cached is what cannot change: manifest and payload bodies by digest, and a
-signature check by (signature manifest digest, keys.json as it stands). Everything mutable
-is read for every decision: the tag's digest and the signature tag's digest (two HEADs on
-the backend), the verdict (one indexed SQLite read), the current DB (a readlink), keys.json's
-stat. So a moved tag, a deleted signature, a new verdict, a new DB or a key rotation count
-from the next request on, whoever made them and by whatever path.
+What is cached is what stays true. Manifest and payload bodies by digest, and a signature
+check by (signature manifest digest, keys.json as it stands), never change. A tag's digest
+(the signature tag's too) is kept until a push or delete of a manifest in its repository,
+which the gate sees as it allows it (:meth:`Admission.changed`; every write reaches the
+backend through the gate: the backend listens only to nginx and the appliance's services,
+whose writes go through the gateway too). The verdict (one indexed SQLite read), the
+current DB (a readlink) and keys.json's stat are read for every decision. So a moved tag,
+a deleted signature, a new verdict, a new DB or a key rotation count from the next request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +33,7 @@ from typing import Any
 from airgapped_registry.errors import AirgapError, RegistryError
 from airgapped_registry.gate.policy import GatePolicy
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES
+from airgapped_registry.oci.reference import DIGEST_PATTERN
 from airgapped_registry.scanning import db as scan_db
 from airgapped_registry.scanning.records import from_record, stands
 from airgapped_registry.scanning.verdict import DbInfo, stale_reason
@@ -49,6 +53,10 @@ from airgapped_registry.transport.registry import RegistryClient
 
 ATTACHMENT_LAYER_TYPES = frozenset({SIMPLE_SIGNING, DSSE_ENVELOPE})
 _CACHE_SIZE = 4096
+# After a manifest change the gate allowed in a repository, its tags are not kept for this
+# long: a pull answered from the backend while the change was still on its way could
+# otherwise keep the old answer.
+SETTLE_SECONDS = 30.0
 
 # Reasons (docs/gate.md): the X-Airgap-Reason of a denial.
 UNSIGNED, SIGNATURE_INVALID = "unsigned", "signature_invalid"
@@ -88,12 +96,11 @@ class _Bounded(OrderedDict[Any, Any]):
 
 
 class Admission:
-    """Decisions for one gate process; thread-safe (one state connection per thread, the
-    backend client's connections are per thread too)."""
+    """Decisions for one gate process; thread-safe: a backend client and a state database
+    connection per thread (:meth:`release` closes them), caches shared under a lock."""
 
-    def __init__(self, settings: Settings, client: RegistryClient | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = client or RegistryClient(settings.backend)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._bodies = _Bounded()  # digest -> manifest document
@@ -103,11 +110,21 @@ class Admission:
         self._keys_stamp: tuple[int, int, int] | bool | None = False
         self._keys: tuple[PublicKey, ...] = ()
         self._dbs: dict[str, DbInfo] = {}
+        self._tags = _Bounded()  # repository -> {tag -> digest or None}
+        self._unsettled: dict[str, float] = {}  # repository -> monotonic time
+        self._generation = 0
+        self.settle = SETTLE_SECONDS
 
-    def close(self) -> None:
-        self.client.close()
+    # -- per thread --------------------------------------------------------------------
 
-    # -- state, per thread -------------------------------------------------------------
+    @property
+    def client(self) -> RegistryClient:
+        """This thread's client of the backend (one kept-alive connection)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = RegistryClient(self.settings.backend)
+            self._local.client = client
+        return client
 
     def _stores(self) -> tuple[VerdictStore, AdmittedBlobs]:
         stores = getattr(self._local, "stores", None)
@@ -116,6 +133,21 @@ class Admission:
             stores = (VerdictStore(store), AdmittedBlobs(store))
             self._local.stores = stores
         return stores
+
+    def release(self) -> None:
+        """Close this thread's backend connection and state database: a server thread ends
+        with its nginx connection, and a long-running gate must not keep what it opened."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            del self._local.client
+        stores = getattr(self._local, "stores", None)
+        if stores is not None:
+            stores[0].store.close()
+            del self._local.stores
+
+    def close(self) -> None:
+        self.release()
 
     # -- keys and DB, as they stand now --------------------------------------------------
 
@@ -154,13 +186,48 @@ class Admission:
     # -- manifests ---------------------------------------------------------------------
 
     def resolve(self, repository: str, reference: str) -> str | None:
+        """The digest ``reference`` names (a digest names itself); None when the tag is not
+        there. A tag's answer is kept until a change in its repository (:meth:`changed`)."""
+        if DIGEST_PATTERN.fullmatch(reference):
+            return reference
+        with self._lock:
+            tags = self._tags.get(repository)
+            if tags is not None and reference in tags:
+                known: str | None = tags[reference]
+                return known
+            keep = time.monotonic() >= self._unsettled.get(repository, 0.0)
+            generation = self._generation
         head = self.client.head_manifest(repository, reference)
-        return None if head is None else head.digest
+        digest = None if head is None else head.digest
+        with self._lock:
+            # Not kept when a change came meanwhile: the answer may predate it.
+            if keep and generation == self._generation:
+                tags = self._tags.get(repository)
+                if tags is None:
+                    tags = _Bounded()
+                    self._tags.put(repository, tags)
+                tags.put(reference, digest)
+        return digest
 
-    def manifest(self, repository: str, digest: str) -> dict[str, Any]:
+    def changed(self, repository: str) -> None:
+        """A manifest of ``repository`` is being pushed or deleted (the gate allowed it): its
+        tags, signature tags included, are read from the backend again, and not kept until
+        the change has surely landed (:data:`SETTLE_SECONDS`)."""
+        with self._lock:
+            self._tags.pop(repository, None)
+            self._generation += 1
+            self._unsettled[repository] = time.monotonic() + self.settle
+
+    def manifest(self, repository: str, digest: str) -> dict[str, Any] | None:
+        """The manifest ``digest`` (None: not in the repository); bodies are kept by digest."""
         document = self._bodies.get(digest)
         if document is None:
-            body, _, _ = self.client.get_manifest(repository, digest)
+            try:
+                body, _, _ = self.client.get_manifest(repository, digest)
+            except RegistryError as exc:
+                if exc.status == 404:
+                    return None
+                raise
             document = json.loads(body)
             if not isinstance(document, dict):
                 raise AirgapError(f"{repository}@{digest}: the manifest is not a JSON object")
@@ -186,10 +253,10 @@ class Admission:
         """Whether ``repository:reference`` may be served (see the module docstring)."""
         digest = self.resolve(repository, reference)
         where = f"{repository}@{digest}"
-        if digest is None:
+        document = None if digest is None else self.manifest(repository, digest)
+        if digest is None or document is None:
             # Nothing to serve: the backend answers 404 itself.
-            return Admitted(True, "absent", f"{repository}:{reference}: no such manifest", None)
-        document = self.manifest(repository, digest)
+            return Admitted(True, "absent", f"{repository}:{reference}: no such manifest", digest)
         if self.is_attachment(document):
             self._record_blobs(repository, digest, document)
             return Admitted(True, "attachment", f"{where}: signature or attestation", digest)
@@ -231,7 +298,7 @@ class Admission:
         identity: str,
         public: tuple[PublicKey, ...],
     ) -> bool:
-        document = self.manifest(repository, signatures)
+        document = self.manifest(repository, signatures) or {}
         for layer in document.get("layers") or []:
             if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING:
                 continue
@@ -273,7 +340,7 @@ class Admission:
         verdict = from_record(record)
         why = stale_reason(verdict, current, self.settings.max_age, datetime.now(UTC))
         if why is None and not stands(record, verdicts, current):
-            why = "a platform manifest's verdict was made with another DB"
+            why = "a platform manifest has no verdict made with the DB in use"
         if why is not None:
             return STALE, f"stale verdict: {why}"
         if record.status == "fail":

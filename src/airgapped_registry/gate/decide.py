@@ -192,12 +192,13 @@ class Gate:
         guarded = policy.protected(request.repository) and not granted.exempt
         base = replace(base, digest=request.reference if request.by_digest else None)
         allowed = replace(base, allowed=True, reason="+".join(granted.roles))
+        if request.action in (PUSH, TAG, DELETE):
+            self.admission.changed(request.repository)
         if request.action in (PULL, HEAD):
             if not guarded:
-                digest = request.reference if request.by_digest else None
-                if digest is None:
-                    digest = self.admission.resolve(request.repository, request.reference)
-                return replace(allowed, digest=digest)
+                digest = self.admission.resolve(request.repository, request.reference)
+                why = "exempt" if policy.protected(request.repository) else "landing_zone"
+                return replace(allowed, digest=digest, reason=f"{why}: {allowed.reason}")
             admitted = self.admission.admit(policy, request.repository, request.reference)
             if admitted.allowed:
                 return replace(allowed, reason=admitted.reason, digest=admitted.digest)

@@ -36,6 +36,13 @@ _FACILITIES = (*tuple(f"local{n}" for n in range(8)), "auth", "authpriv", "daemo
 _PREFIX = re.compile(r"(?:[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/|$))*")
 
 
+def under(repository: str, prefix: str) -> bool:
+    """Whether ``repository`` is under ``prefix``, by whole path components: ``ci`` and
+    ``ci/`` hold ``ci/app`` (and ``ci``), never ``cia/app``; ``""`` holds everything."""
+    base = prefix.rstrip("/")
+    return not base or repository == base or repository.startswith(base + "/")
+
+
 def parse_duration(text: str) -> timedelta | None:
     match = _DURATION.fullmatch(text.strip())
     return timedelta(**{_UNITS[match[2]]: int(match[1])}) if match else None
@@ -60,6 +67,11 @@ def _check_name(value: str) -> str | None:
 # '' (every repository) is a valid grant prefix: the only string the schema's "must not be
 # empty" rule must let through (_PolicyChecker).
 _ANY_PREFIX = Field("str", "prefix", check=_check_prefix)
+
+# Durations are strings (1s, 500ms) or a number of seconds (fsync: 0 syncs every record),
+# which the schema's single type per field cannot say: _PolicyChecker lets numbers through.
+_INTERVAL = Field("str", "longest time between checkpoints", check=_check_duration)
+_FSYNC = Field("str", "records reach disk within", check=_check_duration)
 
 _IDENTITY = Field(
     "dict",
@@ -134,10 +146,12 @@ SCHEMA = Field(
                 "key": Field("str", "checkpoint private key (Ed25519 PEM)"),
                 "head": Field("str", "the last checkpoint, outside the log directory"),
                 "checkpoint_every": Field("int", "records between checkpoints", minimum=1),
-                "checkpoint_interval": Field("str", "longest time", check=_check_duration),
+                "checkpoint_interval": _INTERVAL,
                 "rotate_bytes": Field("int", "size of a file before rotation", minimum=4096),
-                "fsync": Field("str", "records reach disk within", check=_check_duration),
-                "syslog": Field("dict", "forwarding", options=_SYSLOG_FIELD.options),
+                "fsync": _FSYNC,
+                "syslog": Field(
+                    "dict", "forwarding (null: none)", options=_SYSLOG_FIELD.options, empty_ok=True
+                ),
             },
         ),
     },
@@ -155,7 +169,7 @@ class Grant:
     line: int = 0
 
     def covers(self, repository: str) -> bool:
-        return any(repository.startswith(prefix) for prefix in self.repositories)
+        return any(under(repository, prefix) for prefix in self.repositories)
 
 
 @dataclass(frozen=True)
@@ -169,7 +183,7 @@ class GatePolicy:
 
     def protected(self, repository: str) -> bool:
         """Every repository outside the landing zones: a forgotten prefix fails closed."""
-        return not any(repository.startswith(prefix) for prefix in self.landing_zones)
+        return not any(under(repository, prefix) for prefix in self.landing_zones)
 
     @property
     def observing(self) -> bool:
@@ -218,6 +232,9 @@ def loads_policy(text: str, filename: str = "gate.yaml") -> GatePolicy:
 class _PolicyChecker(Checker):
     def check(self, value: Any, schema: Field, line: int, entry: str, key: str) -> None:
         if schema is _ANY_PREFIX and value == "":
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if schema in (_INTERVAL, _FSYNC) and number and value >= 0:
             return
         super().check(value, schema, line, entry, key)
 

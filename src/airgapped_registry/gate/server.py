@@ -12,6 +12,7 @@ Anything but a clean answer from :class:`~airgapped_registry.gate.decide.Gate` i
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
 import signal
@@ -50,13 +51,22 @@ def systemd_socket() -> socket.socket | None:
     return listener
 
 
-def bind(path: Path, mode: int = 0o660) -> socket.socket:
-    """A unix socket listening at ``path`` (a stale socket file replaced)."""
+def bind(path: Path, mode: int = 0o660, group: str | None = None) -> socket.socket:
+    """A unix socket listening at ``path`` (a stale socket file replaced), ``mode`` and, when
+    named, ``group`` (nginx's) set before it listens: nobody else connects meanwhile."""
     if path.is_socket():
         path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     os.chmod(path, mode)
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            listener.close()
+            path.unlink()
+            raise AirgapError(f"gate socket {path}: no group {group!r} on this host") from None
+        os.chown(path, -1, gid)
     listener.listen(128)
     return listener
 
@@ -126,6 +136,7 @@ class GateServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             with self._guard:
                 self._connections.discard(request)
+            self.gate.admission.release()
 
     def finish(self) -> None:
         """After :meth:`shutdown`: idle keep-alive connections are told the stream ends, a
