@@ -64,6 +64,13 @@ def edit(lines: list[bytes]) -> list[bytes]:
     return lines
 
 
+def edit_prev(lines: list[bytes]) -> list[bytes]:
+    record = json.loads(lines[8])
+    record["prev"] = "sha256:" + "1" * 64
+    lines[8] = json.dumps(record, separators=(",", ":")).encode()
+    return lines
+
+
 def remove(lines: list[bytes]) -> list[bytes]:
     del lines[7]
     return lines
@@ -115,6 +122,7 @@ def edit_and_rechain(lines: list[bytes]) -> list[bytes]:
             "changed after it was written: its hash is not the prev of the next record "
             "(audit.log line 9, seq 9)",
         ),
+        (edit_prev, 9, 9, "its prev is not the hash of the record before it, and its hash"),
         (remove, 8, 9, "seq 8 missing before this record"),
         (reorder, 8, 9, "seq 8 missing before this record (removed, or lines reordered)"),
         (insert_copy, 8, 3, "seq 3 after seq 7"),
@@ -284,3 +292,24 @@ def test_verify_and_query_while_the_gate_writes_and_rotates(tmp_path: Path) -> N
         result.first_bad for result in results if not result.ok
     ][:1]
     assert max(len(result.files) for result in results) > 3
+
+
+@pytest.mark.parametrize("position", [0.1, 0.3, 0.5, 0.7, 0.95])
+def test_one_byte_changed_in_any_line_is_named_at_that_line(written: Path, position: float) -> None:
+    original = log_lines(current(written))
+    for index, line in enumerate(original):
+        at = int(len(line) * position)
+        while not line[at : at + 1].isalnum():
+            at += 1
+        byte = line[at : at + 1]
+        other = (
+            b"1" if byte == b"0" else (b"0" if byte.isdigit() else (b"b" if byte == b"a" else b"a"))
+        )
+        lines = list(original)
+        lines[index] = line[:at] + other + line[at + 1 :]
+        current(written).write_bytes(b"".join(item + b"\n" for item in lines))
+        result = check(written)
+        assert result.first_bad is not None, (index, at)
+        assert result.first_bad.line == index + 1, (index, at, result.first_bad)
+    current(written).write_bytes(b"".join(item + b"\n" for item in original))
+    assert check(written).ok

@@ -112,6 +112,7 @@ def _verify(
     counts = {"records": 0, "checkpoints": 0, "unsigned": 0}
     previous: _Previous | None = None
     hashes_at: dict[int, str] = {}
+    pending: tuple[_Previous, _Previous] | None = None  # a broken link, to be blamed
     head_seq = head.get("seq") if head else None
 
     def result(bad: BadRecord | None) -> VerifyResult:
@@ -148,10 +149,12 @@ def _verify(
                 except ValueError as exc:
                     raise _Bad(BadRecord(*where, None, f"not an audit record: {exc}")) from None
                 seq = record["seq"]
+                if pending is not None:
+                    raise _edited(*pending, next_prev=record["prev"])
                 if at_file_start:
                     _check_file_start(path, line.number, seq, previous)
                     at_file_start = False
-                _check_link(path.name, line.number, record, previous)
+                broken = _check_link(path.name, line.number, record, previous)
                 if record["type"] == CHECKPOINT:
                     _check_checkpoint(public, path.name, line.number, record)
                     counts["checkpoints"] += 1
@@ -163,9 +166,14 @@ def _verify(
                 if seq == head_seq or record["type"] == CHECKPOINT:
                     # What head.json may name (read again later while the gate writes).
                     hashes_at[seq] = digest
-                previous = _Previous(path.name, line.number, seq, digest, record["prev"])
+                current = _Previous(path.name, line.number, seq, digest, record["prev"])
+                if broken and previous is not None:
+                    pending = (previous, current)
+                previous = current
             if at_file_start and files.rotated_first_seq(path) is not None:
                 raise _Bad(BadRecord(path.name, 0, None, "rotated file is empty"))
+        if pending is not None:
+            raise _edited(*pending, next_prev=None)
         if head_path is not None and head is None and counts["checkpoints"]:
             if live:
                 # The gate names a checkpoint in head.json just after writing it to the log:
@@ -221,7 +229,9 @@ def _check_file_start(path: Path, number: int, seq: int, previous: _Previous | N
         )
 
 
-def _check_link(name: str, number: int, record: dict[str, Any], previous: _Previous | None) -> None:
+def _check_link(name: str, number: int, record: dict[str, Any], previous: _Previous | None) -> bool:
+    """Raise for a record out of sequence; True when its prev is not the previous line's
+    hash (which of the two lines changed is decided with the line after)."""
     seq, prev = record["seq"], record["prev"]
     if previous is None:
         if seq != 1:
@@ -236,7 +246,7 @@ def _check_link(name: str, number: int, record: dict[str, Any], previous: _Previ
             )
         if prev != ZERO_HASH:
             raise _Bad(BadRecord(name, number, seq, "first record's prev is not the zero hash"))
-        return
+        return False
     expected = previous.seq + 1
     if seq > expected:
         missing = str(expected) if seq == expected + 1 else f"{expected}..{seq - 1}"
@@ -267,16 +277,32 @@ def _check_link(name: str, number: int, record: dict[str, Any], previous: _Previ
                 f"seq {seq} after seq {previous.seq} (inserted, or lines reordered)",
             )
         )
-    if prev != previous.hash:
-        raise _Bad(
+    return bool(prev != previous.hash)
+
+
+def _edited(before: _Previous, suspect: _Previous, next_prev: str | None) -> _Bad:
+    """Which of two lines whose link broke was changed. If ``suspect`` (the later one) was,
+    the link after it breaks too; if ``before`` was, the link after ``suspect`` holds."""
+    if next_prev is not None and next_prev != suspect.hash:
+        return _Bad(
             BadRecord(
-                previous.file,
-                previous.line,
-                previous.seq,
-                f"changed after it was written: its hash is not the prev of the next record "
-                f"({name} line {number}, seq {seq})",
+                suspect.file,
+                suspect.line,
+                suspect.seq,
+                "changed after it was written: its prev is not the hash of the record before "
+                "it, and its hash is not the prev of the record after it",
             )
         )
+    unsure = "" if next_prev is not None else " (or the last line's prev was changed)"
+    return _Bad(
+        BadRecord(
+            before.file,
+            before.line,
+            before.seq,
+            f"changed after it was written: its hash is not the prev of the next record "
+            f"({suspect.file} line {suspect.line}, seq {suspect.seq}){unsure}",
+        )
+    )
 
 
 def _check_checkpoint(
