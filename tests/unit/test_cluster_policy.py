@@ -428,3 +428,24 @@ def test_render_names_the_key_file_it_cannot_use(
     assert f"public key {bad}: not a PEM public key" in capsys.readouterr().err
     assert main([*common, "--key", str(tmp_path / "missing.pub")]) == 1
     assert f"public key {tmp_path / 'missing.pub'}: cannot be read" in capsys.readouterr().err
+
+
+def test_render_takes_the_landing_zones_from_the_gate_policy(
+    key_files: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(
+        "version: 1\nlanding_zones: [ci/, dev/]\ngrants:\n"
+        "  - {identity: {ou: puller}, role: puller}\n"
+    )
+    output = tmp_path / "policy.yaml"
+    common = ["policy", "render", "--format", "kyverno", "--registry", REGISTRY]
+    assert (
+        main([*common, "--policy", str(gate), "--key", str(key_files[0]), "-o", str(output)]) == 0
+    )
+    written = yaml.safe_load(output.read_text())
+    assert written == clusterpolicy.kyverno(REGISTRY, ["ci/", "dev/"], KEYS[:1])
+    # A policy the gate refuses is refused here too, naming its line.
+    gate.write_text("version: 1\nlanding_zones: [CI/]\ngrants: []\n")
+    assert main([*common, "--policy", str(gate), "--key", str(key_files[0])]) == 1
+    assert f"{gate}:2" in capsys.readouterr().err

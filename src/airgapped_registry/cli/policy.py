@@ -19,6 +19,7 @@ import yaml
 from airgapped_registry.cli.run import finish
 from airgapped_registry.errors import AirgapError
 from airgapped_registry.gate import clusterpolicy
+from airgapped_registry.gate.policy import load_policy
 
 RENDERERS: dict[str, Callable[[str, Sequence[str], Sequence[str]], dict[str, Any]]] = {
     "kyverno": clusterpolicy.kyverno,
@@ -47,14 +48,20 @@ def add_policy_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         metavar="HOST[:PORT]",
         help="the registry as the cluster's image references name it, e.g. registry:443",
     )
-    render.add_argument(
+    zones = render.add_mutually_exclusive_group()
+    zones.add_argument(
+        "--policy",
+        metavar="GATE_YAML",
+        help="take the landing zones from the gate's policy (/etc/airgapped-registry/gate.yaml)",
+    )
+    zones.add_argument(
         "--landing-zone",
         action="append",
         default=[],
         metavar="PREFIX",
         dest="landing_zones",
         help="a repository prefix CI pushes into, not protected (e.g. ci/); repeat for more;"
-        " none: every repository is protected",
+        " neither this nor --policy: every repository is protected",
     )
     render.add_argument(
         "--key",
@@ -64,14 +71,15 @@ def add_policy_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         dest="keys",
         help="a published public key of the appliance (cosign-<id>.pub); repeat for more",
     )
-    render.add_argument("--output", metavar="FILE", help="write the YAML here, not to stdout")
+    render.add_argument("-o", "--output", metavar="FILE", help="write the YAML here, not to stdout")
     render.set_defaults(run=run_render)
 
 
 def run_render(args: argparse.Namespace) -> dict[str, Any]:
     keys = [read_key(path) for path in args.keys]
+    landing_zones = load_policy(args.policy).landing_zones if args.policy else args.landing_zones
     try:
-        document = RENDERERS[args.format](args.registry, args.landing_zones, keys)
+        document = RENDERERS[args.format](args.registry, landing_zones, keys)
     except ValueError as exc:
         # The key numbers the engine counts are the order of --key: name the file instead.
         raise PolicyRenderError(_name_key_files(str(exc), args.keys)) from None
