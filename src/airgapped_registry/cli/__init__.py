@@ -39,8 +39,8 @@ def parser() -> argparse.ArgumentParser:
     add_scan_commands(commands)
     add_sign_commands(commands)
     add_gate_commands(commands)
-    add_policy_commands(commands)
     add_audit_commands(commands)
+    add_policy_commands(commands)
     return root
 
 
