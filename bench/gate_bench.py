@@ -29,10 +29,13 @@ shared interpreter lock). Phases:
    the digest the gate named) and blob GET of the layer (the gate checks that the blob
    belongs to a manifest admitted in that repository). Then the same decisions asked of the
    gate's socket directly ("gate alone": the headers nginx sends, one kept-alive
-   connection), to tell the gate's own time from nginx's subrequest around it. The gate
-   keeps a tag's digest only once the repository has had no change it let through for
-   ``SETTLE_SECONDS`` (30 s); the image was just signed (a push into its repository), so
-   manifest GETs are first measured in that window ("< 30 s after a push": a backend HEAD
+   connection), to tell the gate's own time from nginx's subrequest around it. The gated
+   lab's gate.yaml names Distribution's storage (``backend_storage``, as roles/gate sets
+   it): the gate reads a tag's digest from Distribution's link files. With
+   ``--ask-backend`` it HEADs tags on Distribution instead, and keeps a tag's digest only
+   once the repository has had no change it let through for ``SETTLE_SECONDS`` (30 s).
+   The image was just signed (a push into its repository), so manifest GETs are first
+   measured in that window ("< 30 s after a push": with ``--ask-backend`` a backend HEAD
    per tag, the image's and its signature's), and everything else after it.
 2. ``throughput``: ``--concurrency`` connections for ``--duration`` seconds per gateway and
    kind, in the order without, with, with, without; requests per second, and the audit
@@ -72,7 +75,7 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT / "tests" / "integration"))
-from gatelab import ACCEPT, COSIGN, DB_DIGEST, NGINX, GateLab  # noqa: E402
+from gatelab import ACCEPT, COSIGN, DB_DIGEST, NGINX, POLICY, GateLab  # noqa: E402
 
 from airgapped_registry.audit import AuditEvent, AuditLog  # noqa: E402
 from airgapped_registry.audit.config import AuditConfig  # noqa: E402
@@ -215,8 +218,13 @@ class Site:
 
 
 @contextlib.contextmanager
-def site(work: Path, blob_bytes: int) -> Iterator[Site]:
-    with GateLab(work / "plain", gate=False) as plain, GateLab(work / "gated") as gated:
+def site(work: Path, blob_bytes: int, ask_backend: bool = False) -> Iterator[Site]:
+    # As roles/gate configures it: tags read from the backend's storage (backend_storage).
+    storage = "" if ask_backend else f"backend_storage: {work / 'gated' / 'storage'}\n"
+    with (
+        GateLab(work / "plain", gate=False) as plain,
+        GateLab(work / "gated", policy=POLICY + storage) as gated,
+    ):
         images = [push_image(lab, blob_bytes) for lab in (plain, gated)]
         admit(gated, images[1])
         signed_at = time.monotonic()
@@ -483,7 +491,8 @@ def report(args: argparse.Namespace, figures: dict[str, Any]) -> str:
         f"gate bench: {figures['cores']} cores; load1 {figures['load1_before']:.2f} before,"
         f" {figures['load1_after_latency']:.2f} after the latency runs,"
         f" {figures['load1_after_throughput']:.2f} after the throughput runs;"
-        f" {figures['minutes']} min; blob {figures['blob_bytes']} bytes",
+        f" {figures['minutes']} min; blob {figures['blob_bytes']} bytes; tags"
+        f" {figures['tags']}",
         f"{'':38} {'no gate':>10} {'gate':>10} {'added':>10} {'gate alone':>11}",
     ]
     for kind, label in (
@@ -530,6 +539,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
     parser.add_argument("--blob-bytes", type=int, default=65536, help="size of the image's layer")
     parser.add_argument("--quick", action="store_true", help="a smoke run (small numbers)")
+    parser.add_argument(
+        "--ask-backend",
+        action="store_true",
+        help="no backend_storage: the gate HEADs tags on Distribution (kept once settled)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args()
@@ -545,11 +559,12 @@ def main() -> int:
         "cores": os.cpu_count(),
         "load1_before": load1(),
         "blob_bytes": args.blob_bytes,
+        "tags": "asked of the backend" if args.ask_backend else "read from backend_storage",
     }
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="gate-bench-"))
     try:
-        with site(work, args.blob_bytes) as running:
+        with site(work, args.blob_bytes, args.ask_backend) as running:
             figures["setup_seconds"] = round(time.monotonic() - started, 1)
             measure(args, running, figures)
     finally:

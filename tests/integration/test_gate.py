@@ -351,6 +351,55 @@ def test_a_tag_is_kept_only_until_the_gate_allows_a_change_in_its_repository(
     gate.admission.close()
 
 
+def test_with_backend_storage_a_tag_is_read_from_distribution_s_links(
+    lab: GateLab, tmp_path: Path
+) -> None:
+    """In-process gate with ``backend_storage`` on the lab's Distribution: right after a push
+    into the repository (when a HEAD-asking gate HEADs the tag and the signature tag for
+    every decision) no tag is asked of the backend; a tag moved or a signature deleted
+    behind the gate's back counts at once; a storage where the links are not falls back
+    to asking the backend."""
+    from airgapped_registry.gate.setup import build
+
+    first = lab.admitted_image("prod/linked")
+    policy = tmp_path / "gate.yaml"
+    policy.write_text(f"{lab.policy_path.read_text()}backend_storage: {lab.root / 'storage'}\n")
+    gate = build(policy, lab.provenance, None)
+    pull = {
+        "X-Original-Method": "GET",
+        "X-Original-URI": "/v2/prod/linked/manifests/1.0",
+        "X-SSL-Client-Verify": "SUCCESS",
+        "X-SSL-Client-S-DN": "O=Airgap,OU=puller,CN=node",
+    }
+    gate.admission.changed("prod/linked")  # as after a push the gate let through
+    assert gate.decide(pull, record=False).reason == "signed+pass"
+    before = gate.admission.client.requests
+    for _ in range(3):
+        decision = gate.decide(pull, record=False)
+        assert (decision.reason, decision.digest) == ("signed+pass", first.digest)
+    assert gate.admission.client.requests == before  # neither tag asked of the backend
+    second = lab.push_image("prod/linked", "1.0", "second")
+    assert gate.decide(pull, record=False).digest == second.digest  # unsigned yet
+    assert gate.decide(pull, record=False).reason == "unsigned"
+    lab.sign(second)
+    lab.record_verdict(second, "pass")
+    assert gate.decide(pull, record=False).reason == "signed+pass"
+    with lab.backend_client() as backend:
+        signatures = backend.head_manifest("prod/linked", signature_tag(second.digest))
+        backend.delete_manifest("prod/linked", signatures.digest)
+    assert gate.decide(pull, record=False).reason == "unsigned"
+    gate.admission.close()
+
+    policy.write_text(f"{lab.policy_path.read_text()}backend_storage: {tmp_path / 'none'}\n")
+    asking = build(policy, lab.provenance, None)
+    asking.admission.changed("prod/linked")
+    before = asking.admission.client.requests
+    decision = asking.decide(pull, record=False)
+    assert (decision.reason, decision.digest) == ("unsigned", second.digest)
+    assert asking.admission.client.requests > before  # the backend was asked
+    asking.admission.close()
+
+
 def test_gate_decide_explains_without_recording(lab: GateLab, capsys) -> None:
     from airgapped_registry.cli import main
 

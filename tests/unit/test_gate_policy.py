@@ -132,6 +132,16 @@ def test_a_duration_may_be_seconds() -> None:
         loads_policy(VALID.replace("fsync: 1s", "fsync: -1"))
 
 
+def test_backend_storage_is_an_absolute_path_or_nothing() -> None:
+    assert loads_policy(VALID).backend_storage is None
+    for empty in ('""', "null"):
+        assert loads_policy(VALID + f"backend_storage: {empty}\n").backend_storage is None
+    policy = loads_policy(VALID + "backend_storage: /var/lib/docker-registry\n")
+    assert policy.backend_storage == Path("/var/lib/docker-registry")
+    with pytest.raises(SpecError, match=r"gate.yaml:16: backend_storage: 'var/lib' is not an"):
+        loads_policy(VALID + "backend_storage: var/lib\n")
+
+
 def test_grants_are_required() -> None:
     with pytest.raises(SpecError, match=r"gate.yaml:1: grants: required key missing"):
         loads_policy("version: 1\n")

@@ -76,6 +76,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
         "grants": len(policy.grants),
         "landing_zones": list(policy.landing_zones),
         "mode": policy.mode,
+        "backend_storage": str(policy.backend_storage) if policy.backend_storage else None,
     }
 
 
@@ -108,6 +109,10 @@ def run_serve(args: argparse.Namespace) -> dict[str, Any]:
         )
         gate = Gate(policy, admission, audit, audit_event)
         log.info("gate serving on %s (mode %s)", listener.getsockname(), policy.mode)
+        if policy.backend_storage is not None:
+            tags = policy.backend_storage / "docker" / "registry" / "v2" / "repositories"
+            if not tags.is_dir():
+                log.warning("backend_storage: no %s (yet): tags are asked of the backend", tags)
         server.serve(listener, gate, lambda: load_policy(args.policy))
     finally:
         audit.close()

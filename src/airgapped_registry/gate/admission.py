@@ -10,18 +10,23 @@ and a blob GET is served only for those.
 
 What is cached is what stays true. Manifest and payload bodies by digest, and a signature
 check by (signature manifest digest, keys.json as it stands), never change. A tag's digest
-(the signature tag's too) is kept until a push or delete of a manifest in its repository,
-which the gate sees as it allows it (:meth:`Admission.changed`; every write reaches the
-backend through the gate: the backend listens only to nginx and the appliance's services,
-whose writes go through the gateway too). The verdict (one indexed SQLite read), the
-current DB (a readlink) and keys.json's stat are read for every decision. So a moved tag,
-a deleted signature, a new verdict, a new DB or a key rotation count from the next request.
+(the signature tag's too) is read from Distribution's own link files when the policy names
+its filesystem storage (``backend_storage``, :func:`linked`): as fresh as asking it, for
+the cost of four small reads, nothing kept. Otherwise (or when a link cannot be read for
+sure) the backend is asked, and the answer kept until a push or delete of a manifest in its
+repository, which the gate sees as it allows it (:meth:`Admission.changed`; every write
+reaches the backend through the gate: the backend listens only to nginx and the
+appliance's services, whose writes go through the gateway too). The verdict (one indexed
+SQLite read), the current DB (a readlink) and keys.json's stat are read for every decision.
+So a moved tag, a deleted signature, a new verdict, a new DB or a key rotation count from
+the next request.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -33,7 +38,7 @@ from typing import Any
 from airgapped_registry.errors import AirgapError, RegistryError
 from airgapped_registry.gate.policy import GatePolicy
 from airgapped_registry.oci.mediatypes import INDEX_MEDIA_TYPES
-from airgapped_registry.oci.reference import DIGEST_PATTERN
+from airgapped_registry.oci.reference import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
 from airgapped_registry.scanning import db as scan_db
 from airgapped_registry.scanning.records import from_record, stands
 from airgapped_registry.scanning.verdict import DbInfo, stale_reason
@@ -88,6 +93,46 @@ class Admitted:
     digest: str | None
 
 
+_LINK = re.compile(rb"sha256:[a-f0-9]{64}")
+# A link is a small regular file Distribution wrote: never follow a symlink there, never
+# wait on a FIFO (a read that cannot be sure is a question for the backend instead).
+_LINK_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def read_link(path: str) -> str | None:
+    """The digest a link file of Distribution's storage holds: exactly one sha256 digest,
+    as Distribution writes it (``blobStore.link``); None for anything else, a missing,
+    empty (being rewritten: the driver truncates, then writes) or partial file included."""
+    try:
+        descriptor = os.open(path, _LINK_FLAGS)
+    except OSError:
+        return None
+    try:
+        content = os.read(descriptor, 128)
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    return content.decode("ascii") if _LINK.fullmatch(content) else None
+
+
+def linked(storage: Path, repository: str, tag: str) -> str | None:
+    """The digest ``repository:tag`` names in Distribution's filesystem storage under
+    ``storage``, read as Distribution 2.8 reads it for a manifest GET or HEAD by tag
+    (``tagStore.Get``: the tag's ``current/link``; then the manifest's revision link,
+    which a manifest delete removes before it untags). None when either cannot be read
+    for sure: the caller asks the backend."""
+    if not (REPOSITORY_PATTERN.fullmatch(repository) and TAG_PATTERN.fullmatch(tag)):
+        return None
+    manifests = f"{storage}/docker/registry/v2/repositories/{repository}/_manifests"
+    digest = read_link(f"{manifests}/tags/{tag}/current/link")
+    if digest is None:
+        return None
+    if read_link(f"{manifests}/revisions/sha256/{digest[7:]}/link") != digest:
+        return None
+    return digest
+
+
 class _Bounded(OrderedDict[Any, Any]):
     def put(self, key: Any, value: Any) -> None:
         self[key] = value
@@ -114,6 +159,10 @@ class Admission:
         self._unsettled: dict[str, float] = {}  # repository -> monotonic time
         self._generation = 0
         self.settle = SETTLE_SECONDS
+        # Read on every decision: the paths made once.
+        self._keys_record = str(settings.keys_dir / keys.RECORD)
+        self._db_link = scan_db.current_link(settings.cache_dir)
+        self._db_link_text = str(self._db_link)
 
     # -- per thread --------------------------------------------------------------------
 
@@ -154,9 +203,8 @@ class Admission:
     def public_keys(self) -> tuple[PublicKey, ...]:
         """The published keys; keys.json read again when its stat changed (a rotation or a
         retirement replaces it by a rename)."""
-        record = self.settings.keys_dir / keys.RECORD
         try:
-            info = record.stat()
+            info = os.stat(self._keys_record)
             stamp: tuple[int, int, int] | None = (info.st_ino, info.st_mtime_ns, info.st_size)
         except FileNotFoundError:
             stamp = None
@@ -169,9 +217,9 @@ class Admission:
             return self._keys
 
     def current_db(self) -> DbInfo | None:
-        link = scan_db.current_link(self.settings.cache_dir)
+        link = self._db_link
         try:
-            target = os.readlink(link)
+            target = os.readlink(self._db_link_text)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -185,11 +233,18 @@ class Admission:
 
     # -- manifests ---------------------------------------------------------------------
 
-    def resolve(self, repository: str, reference: str) -> str | None:
+    def resolve(self, repository: str, reference: str, storage: Path | None = None) -> str | None:
         """The digest ``reference`` names (a digest names itself); None when the tag is not
-        there. A tag's answer is kept until a change in its repository (:meth:`changed`)."""
+        there. With ``storage`` (``backend_storage``), read from Distribution's own link
+        files: as fresh as the backend's answer, without asking it. Otherwise, or when the
+        links cannot be read, the backend is asked, and a tag's answer kept until a change
+        in its repository (:meth:`changed`)."""
         if DIGEST_PATTERN.fullmatch(reference):
             return reference
+        if storage is not None:
+            digest = linked(storage, repository, reference)
+            if digest is not None:
+                return digest
         with self._lock:
             tags = self._tags.get(repository)
             if tags is not None and reference in tags:
@@ -251,7 +306,8 @@ class Admission:
 
     def admit(self, policy: GatePolicy, repository: str, reference: str) -> Admitted:
         """Whether ``repository:reference`` may be served (see the module docstring)."""
-        digest = self.resolve(repository, reference)
+        storage = policy.backend_storage
+        digest = self.resolve(repository, reference, storage)
         where = f"{repository}@{digest}"
         document = None if digest is None else self.manifest(repository, digest)
         if digest is None or document is None:
@@ -260,7 +316,7 @@ class Admission:
         if self.is_attachment(document):
             self._record_blobs(repository, digest, document)
             return Admitted(True, "attachment", f"{where}: signature or attestation", digest)
-        signed = self.signature(repository, digest)
+        signed = self.signature(repository, digest, storage)
         if signed is not None:
             reason, message = signed
             return Admitted(False, reason, f"{where}: {message}", digest)
@@ -271,10 +327,12 @@ class Admission:
         self._record_blobs(repository, digest, document)
         return Admitted(True, "signed+pass", f"{where}: signed and passed", digest)
 
-    def signature(self, repository: str, digest: str) -> tuple[str, str] | None:
+    def signature(
+        self, repository: str, digest: str, storage: Path | None = None
+    ) -> tuple[str, str] | None:
         """None when a published key signed ``digest`` for ``repository``; else why not."""
         public = self.public_keys()
-        signatures = self.resolve(repository, signature_tag(digest))
+        signatures = self.resolve(repository, signature_tag(digest), storage)
         if signatures is None:
             return UNSIGNED, "not signed by the appliance"
         if not public:

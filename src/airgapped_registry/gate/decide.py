@@ -196,7 +196,9 @@ class Gate:
             self.admission.changed(request.repository)
         if request.action in (PULL, HEAD):
             if not guarded:
-                digest = self.admission.resolve(request.repository, request.reference)
+                digest = self.admission.resolve(
+                    request.repository, request.reference, policy.backend_storage
+                )
                 why = "exempt" if policy.protected(request.repository) else "landing_zone"
                 return replace(allowed, digest=digest, reason=f"{why}: {allowed.reason}")
             admitted = self.admission.admit(policy, request.repository, request.reference)

@@ -73,6 +73,19 @@ _ANY_PREFIX = Field("str", "prefix", check=_check_prefix)
 _INTERVAL = Field("str", "longest time between checkpoints", check=_check_duration)
 _FSYNC = Field("str", "records reach disk within", check=_check_duration)
 
+
+def _check_storage(value: str) -> str | None:
+    return None if value.startswith("/") else f"'{value}' is not an absolute path"
+
+
+# Distribution's filesystem storage (its rootdirectory); '' or null: ask the backend.
+_STORAGE = Field(
+    "str",
+    "the backend's filesystem storage root, read for tags ('': ask the backend)",
+    check=_check_storage,
+    empty_ok=True,
+)
+
 _IDENTITY = Field(
     "dict",
     "the client certificate's subject: exactly one of cn / ou",
@@ -123,6 +136,7 @@ SCHEMA = Field(
             elements=Field("str", "prefix", check=_check_prefix),
         ),
         "grants": Field("list", "identity -> role on prefixes", required=True, elements=_GRANT),
+        "backend_storage": _STORAGE,
         "admission": Field(
             "dict",
             "what a protected pull needs",
@@ -180,6 +194,8 @@ class GatePolicy:
     mode: str = "enforce"
     unscanned_config_types: frozenset[str] = frozenset(DEFAULT_UNSCANNED_CONFIG_TYPES)
     audit: Mapping[str, Any] = field(default_factory=dict)
+    # Where the gate reads a tag's digest from Distribution's own link files; None: HEAD.
+    backend_storage: Path | None = None
 
     def protected(self, repository: str) -> bool:
         """Every repository outside the landing zones: a forgotten prefix fails closed."""
@@ -226,12 +242,13 @@ def loads_policy(text: str, filename: str = "gate.yaml") -> GatePolicy:
             DEFAULT_UNSCANNED_CONFIG_TYPES if unscanned is None else unscanned
         ),
         audit=_plain(document.get("audit") or {}),
+        backend_storage=Path(storage) if (storage := document.get("backend_storage")) else None,
     )
 
 
 class _PolicyChecker(Checker):
     def check(self, value: Any, schema: Field, line: int, entry: str, key: str) -> None:
-        if schema is _ANY_PREFIX and value == "":
+        if schema in (_ANY_PREFIX, _STORAGE) and value == "":
             return
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if schema in (_INTERVAL, _FSYNC) and number and value >= 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl
 
 from airgapped_registry.oci.reference import DIGEST_PATTERN, REPOSITORY_PATTERN, TAG_PATTERN
@@ -185,12 +186,24 @@ def identity(headers: Mapping[str, str]) -> Identity | None:
     subject = headers.get("X-SSL-Client-S-DN", "")
     if not subject:
         return None
+    return _identity(
+        subject,
+        headers.get("X-SSL-Client-I-DN", ""),
+        headers.get("X-SSL-Client-Serial", ""),
+        headers.get("X-SSL-Client-Fingerprint", ""),
+    )
+
+
+# The same few certificates ask again and again: their subject is read once (an Identity is
+# immutable, so sharing it is safe).
+@lru_cache(maxsize=1024)
+def _identity(subject: str, issuer: str, serial: str, fingerprint: str) -> Identity:
     attributes = distinguished_name(subject)
     return Identity(
         subject=subject,
-        issuer=headers.get("X-SSL-Client-I-DN", ""),
-        serial=headers.get("X-SSL-Client-Serial", ""),
-        fingerprint=headers.get("X-SSL-Client-Fingerprint", ""),
+        issuer=issuer,
+        serial=serial,
+        fingerprint=fingerprint,
         cn=tuple(value for name, value in attributes if name == "CN"),
         ou=tuple(value for name, value in attributes if name == "OU"),
     )

@@ -4,6 +4,7 @@ stored verdict stands: used by the scan service and by the gate."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from airgapped_registry.scanning.verdict import DbInfo, Finding, Verdict
 from airgapped_registry.state.verdicts import VerdictRecord, VerdictStore
@@ -15,6 +16,8 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(_FORMAT)
 
 
+# The gate reads a verdict's two times on every pull; strptime is most of that read.
+@lru_cache(maxsize=4096)
 def parse_time(text: str) -> datetime:
     return datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)
 
