@@ -38,8 +38,9 @@ STATE_PATH = Path("/var/lib/airgapped-registry/state.db")
 # Where the relay publishes its lock in its own registry.
 LOCK_REPOSITORY = "airgapped-registry/mirror-lock"
 LOCK_TAG = "current"
-# The registry host's Distribution on loopback: what the scanner (and signing) read from.
-BACKEND_URL = "http://127.0.0.1:5000"
+# The registry host's Distribution, on a unix socket only nginx and root reach: what the
+# scanner (and signing) read from.
+BACKEND_URL = "unix:///run/docker-registry/registry.sock"
 # The scanner (provenance.yaml's ``scanning`` section; docs/scanning.md).
 TRIVY_PATH = Path("/usr/local/libexec/airgapped-registry/trivy")
 SCAN_CACHE_DIR = Path("/var/lib/airgapped-registry/trivy")

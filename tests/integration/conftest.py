@@ -1,9 +1,10 @@
 """A real CNCF Distribution (Debian ``docker-registry``) on loopback, for integration tests.
 
 ``distribution_factory`` starts as many registries as a test needs (plain HTTP or TLS with
-client certificates, optionally asking for Basic credentials from an htpasswd file) and stops
-them at the end of the session; ``distribution`` is a fresh
-empty registry per test, ``session_distribution`` one shared by a whole session, and
+client certificates, optionally asking for Basic credentials from an htpasswd file, or plain
+HTTP on a unix socket as the registry host runs it) and stops them at the end of the session;
+``distribution`` is a fresh empty registry per test, ``socket_distribution`` one on a unix
+socket, ``session_distribution`` one shared by a whole session, and
 ``registry_url`` the base URL of the fresh one.
 """
 
@@ -62,7 +63,8 @@ class Distribution:
     """One registry process; its storage and log live under ``root``.
 
     ``htpasswd``: a file of ``user:bcrypt`` lines; the registry then answers every request
-    without those Basic credentials with 401.
+    without those Basic credentials with 401. ``socket``: listen there (``http.net: unix``)
+    instead of on ``port``.
     """
 
     root: Path
@@ -70,9 +72,12 @@ class Distribution:
     pki: Pki | None = None
     htpasswd: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    socket: Path | None = None
 
     @property
     def url(self) -> str:
+        if self.socket is not None:
+            return f"unix://{self.socket}"
         scheme = "https" if self.pki else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
@@ -95,6 +100,8 @@ class Distribution:
 
     def write_config(self) -> None:
         http_config: dict[str, object] = {"addr": self.address, "secret": "airgap-tests"}
+        if self.socket is not None:
+            http_config.update(net="unix", addr=str(self.socket))
         if self.pki:
             http_config["tls"] = {
                 "certificate": str(self.pki.server_cert),
@@ -171,7 +178,9 @@ class Distribution:
 
     def _answers_v2(self) -> bool:
         connection: http.client.HTTPConnection
-        if self.pki:
+        if self.socket is not None:
+            connection = _UnixHTTPConnection(str(self.socket))
+        elif self.pki:
             context = ssl.create_default_context(cafile=str(self.pki.ca_file))
             context.load_cert_chain(str(self.pki.client_cert), str(self.pki.client_key))
             connection = http.client.HTTPSConnection(
@@ -187,13 +196,27 @@ class Distribution:
             connection.close()
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """Readiness probe over a unix socket (the standard library only; not the engine's
+    client, which the tests check)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=2)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(2)
+        self.sock.connect(self.socket_path)
+
+
 DistributionFactory = Callable[..., Distribution]
 
 
 @pytest.fixture(scope="session")
 def distribution_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionFactory]:
-    """``start(tls=pki, htpasswd=file)`` → a running registry with empty storage; all stopped
-    at the end."""
+    """``start(tls=pki, htpasswd=file, unix=False)`` → a running registry with empty
+    storage (``unix``: on ``<its root>/registry.sock``); all stopped at the end."""
     if not (os.path.isfile(DISTRIBUTION_BINARY) and os.access(DISTRIBUTION_BINARY, os.X_OK)):
         found = shutil.which("docker-registry")
         pytest.fail(
@@ -203,9 +226,13 @@ def distribution_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         )
     started: list[Distribution] = []
 
-    def start(tls: Pki | None = None, htpasswd: Path | None = None) -> Distribution:
+    def start(
+        tls: Pki | None = None, htpasswd: Path | None = None, unix: bool = False
+    ) -> Distribution:
         root = tmp_path_factory.mktemp("distribution")
         registry = Distribution(root, _free_port(), tls, htpasswd)
+        if unix:
+            registry.socket = root / "registry.sock"
         started.append(registry)
         registry.start()
         return registry
@@ -227,6 +254,14 @@ def distribution(distribution_factory: DistributionFactory) -> Iterator[Distribu
 def session_distribution(distribution_factory: DistributionFactory) -> Distribution:
     """One registry shared by the session: tests using it must not assume it is empty."""
     return distribution_factory()
+
+
+@pytest.fixture
+def socket_distribution(distribution_factory: DistributionFactory) -> Iterator[Distribution]:
+    """A fresh, empty registry on a unix socket, as the registry host runs its backend."""
+    registry = distribution_factory(unix=True)
+    yield registry
+    registry.stop()
 
 
 @pytest.fixture

@@ -74,6 +74,9 @@ def test_refused_connection_is_a_registry_error_without_status() -> None:
         ("http://registry/v2/", {}, "must not carry a path"),
         ("http://registry", {"ca_file": "/ca.pem"}, "TLS files given for a plain http URL"),
         ("https://registry", {"key_file": "/client.key"}, "key was given without"),
+        ("unix://run/registry.sock", {}, "expected unix:///absolute/path"),
+        ("unix:///run/registry.sock?x=1", {}, "expected unix:///absolute/path"),
+        ("unix:///run/registry.sock", {"ca_file": "/ca.pem"}, "TLS files given for a unix"),
     ],
 )
 def test_client_rejects_unusable_endpoints(url: str, options: dict, message: str) -> None:

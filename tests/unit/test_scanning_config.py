@@ -57,6 +57,14 @@ def test_contract_example(tmp_path: Path) -> None:
     assert config.policy["repositories"] == [{"prefix": "prod/", "fail_on": "HIGH"}]
 
 
+def test_the_backend_on_a_unix_socket(tmp_path: Path) -> None:
+    text = CONTRACT_EXAMPLE.replace(
+        "http://127.0.0.1:5000", "unix:///run/docker-registry/registry.sock"
+    )
+    assert load(write(tmp_path, text)).backend == "unix:///run/docker-registry/registry.sock"
+    assert defaults.BACKEND_URL == "unix:///run/docker-registry/registry.sock"
+
+
 def test_defaults_for_what_is_left_out(tmp_path: Path) -> None:
     config = load(write(tmp_path, "version: 1\nscanning:\n  db: {tag: 2}\n"))
     assert config.db.tag == "2"  # an unquoted number is the tag "2"
@@ -78,6 +86,7 @@ def test_defaults_for_what_is_left_out(tmp_path: Path) -> None:
         ("version: 1\nscanning: {db: {repository: Trivy/DB}}\n", "not a repository name"),
         ("version: 1\nscanning: {attest: yes please}\n", "scanning.attest"),
         ("version: 1\nbackend: 127.0.0.1:5000\n", "backend: '127.0.0.1:5000' is not http(s)"),
+        ("version: 1\nbackend: unix://run/r.sock\n", "or unix:///path/to/socket"),
     ],
 )
 def test_errors_name_file_key_and_cause(tmp_path: Path, text: str, message: str) -> None:

@@ -168,7 +168,9 @@ def ansible_vars():
             " 'internal_ca_clients': internal_ca_clients,"
             " 'internal_ca_rotation_cron': internal_ca_rotation_cron | default(false),"
             " 'internal_ca_rotation_cron_file': internal_ca_rotation_cron_file"
-            " | default('/etc/cron.d/airgapped-registry-rotate-certs')} | to_json }}",
+            " | default('/etc/cron.d/airgapped-registry-rotate-certs'),"
+            " 'signing_public_keys_dir': signing_public_keys_dir"
+            " | default('/var/lib/airgapped-registry/signing')} | to_json }}",
         ],
         cwd=PROJECT,
         capture_output=True,
@@ -182,3 +184,27 @@ def ansible_vars():
     ).stdout
     msg = json.loads(out)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
     return json.loads(msg) if isinstance(msg, str) else msg
+
+
+@pytest.fixture(scope="session")
+def identities(lab, hosts, ansible_vars):
+    """Client identities of the lab's CA besides the node's own, installed on `node` as
+    skopeo cert dirs (/root/identities/<name>/{ca.crt,client.cert,client.key}; no ':' in
+    the path, so curl takes them too): `reader` (OU puller) and `admin` (OU admin)."""
+    node, container = hosts["node"], lab["hosts"]["node"]["container"]
+    ca_dir = Path(ansible_vars["internal_ca_dir"])
+    dirs = {}
+    for name in ("reader", "admin"):
+        target = f"/root/identities/{name}"
+        node.check_output(f"rm -rf {target} && mkdir -p {target}")
+        for source, dest in (
+            (ca_dir / "ca-bundle.crt", "ca.crt"),
+            (ca_dir / "clients" / f"{name}.crt", "client.cert"),
+            (ca_dir / "clients" / f"{name}.key", "client.key"),
+        ):
+            subprocess.run(
+                ["docker", "cp", "-q", str(source), f"{container}:{target}/{dest}"], check=True
+            )
+        node.check_output(f"chmod 600 {target}/client.key")
+        dirs[name] = target
+    return dirs

@@ -19,7 +19,7 @@ CERTS = f"/etc/containers/certs.d/{REGISTRY}"
 # ':' in --cert as the start of a password.
 CURL_CERTS = "/etc/containers/certs.d/registry"
 CA = f"{CERTS}/ca.crt"
-MANIFEST_URL = f"https://{REGISTRY}/v2/test/hello/manifests/v1"
+MANIFEST_URL = f"https://{REGISTRY}/v2/ci/hello/manifests/v1"
 ACCEPT = "application/vnd.oci.image.manifest.v1+json"
 
 
@@ -52,7 +52,8 @@ def node_container(lab):
 @pytest.fixture(scope="module")
 def pushed(node):
     """A small image built on node (which reaches no upstream) and pushed
-    through the gateway with the node's own client certificate."""
+    through the gateway with the node's own client certificate (a pusher: into
+    the landing zone ci/, the only place the gate lets it push)."""
     build = node.run(
         "set -e; rm -rf /root/layout /root/bh; "
         "B='buildah --storage-driver vfs --root /root/bh/root --runroot /root/bh/run'; "
@@ -63,7 +64,7 @@ def pushed(node):
     assert build.rc == 0, build.stderr
     push = node.run(
         "skopeo copy -q --preserve-digests --digestfile /root/pushed.digest "
-        f"oci:/root/layout:v1 docker://{REGISTRY}/test/hello:v1"
+        f"oci:/root/layout:v1 docker://{REGISTRY}/ci/hello:v1"
     )
     assert push.rc == 0, push.stderr
     return {
@@ -74,7 +75,7 @@ def pushed(node):
 
 def test_push_and_read_back_with_the_client_certificate(node, pushed):
     back = node.check_output(
-        f"skopeo inspect --format '{{{{.Digest}}}}' docker://{REGISTRY}/test/hello:v1"
+        f"skopeo inspect --format '{{{{.Digest}}}}' docker://{REGISTRY}/ci/hello:v1"
     )
     assert pushed["pushed"] == pushed["layout"]
     assert back == pushed["pushed"]
@@ -86,7 +87,7 @@ def test_without_a_client_certificate_nothing_is_served(node, pushed):
     node.run("rm -rf /root/probe/ca-only && mkdir -p /root/probe/ca-only")
     node.run(f"cp {CA} /root/probe/ca-only/")
     result = node.run(
-        f"skopeo inspect --cert-dir /root/probe/ca-only docker://{REGISTRY}/test/hello:v1"
+        f"skopeo inspect --cert-dir /root/probe/ca-only docker://{REGISTRY}/ci/hello:v1"
     )
     assert result.rc != 0
 
@@ -157,7 +158,7 @@ def test_a_certificate_from_a_foreign_ca_is_refused(node, node_container, pushed
     node.run(f"cp {CA} /root/probe/foreign/ca.crt")
     assert http_status(node, MANIFEST_URL, "/root/probe/foreign") == "400"
     result = node.run(
-        f"skopeo inspect --cert-dir /root/probe/foreign docker://{REGISTRY}/test/hello:v1"
+        f"skopeo inspect --cert-dir /root/probe/foreign docker://{REGISTRY}/ci/hello:v1"
     )
     assert result.rc != 0
 
@@ -184,6 +185,88 @@ def test_only_the_gateway_is_reachable_from_node(node, port):
     # for the VLAN (Distribution and its debug listener are bound to loopback).
     assert node.run(f"curl -s -m 5 -o /dev/null http://registry:{port}/").rc == 7
     assert node.run(f"curl -s -m 5 -o /dev/null --cacert {CA} https://registry:443/").rc != 7
+
+
+SOCKET = "/run/docker-registry/registry.sock"
+
+
+def socket_get(host, user, path="/v2/"):
+    """curl over the backend's socket as ``user``: (exit status, HTTP status)."""
+    ran = host.run(
+        f"runuser -u {user} -- curl -s -m 5 -o /dev/null -w '%{{http_code}}' "
+        f"--unix-socket {SOCKET} http://localhost{path}"
+    )
+    return ran.rc, ran.stdout.strip()
+
+
+def test_distribution_listens_on_its_socket_and_on_no_tcp_port(hosts):
+    registry = hosts["registry"]
+    # No TCP listener for the API, the standby's or the old layout's ports;
+    # only the debug listener (health, metrics) stays on loopback TCP.
+    listening = registry.check_output("ss -Hltn")
+    ports = {line.split()[3].rsplit(":", 1)[1] for line in listening.splitlines()}
+    assert not ports & {"5000", "5002"}, listening
+    assert "5001" in ports
+    directory = registry.file("/run/docker-registry")
+    assert (directory.user, directory.group, directory.mode) == (
+        "docker-registry",
+        "airgap-backend",
+        0o750,
+    )
+    sock = registry.file(SOCKET)
+    assert sock.is_socket and sock.mode == 0o770 and sock.group == "airgap-backend"
+    assert "airgap-backend" in registry.user("www-data").groups
+    config = registry.check_output("nginx -T 2>/dev/null")
+    assert f"server unix:{SOCKET} max_fails=0;" in config
+    assert "127.0.0.1:5000" not in config
+
+
+def test_only_root_and_nginx_reach_the_backend(hosts, pushed):
+    """Another local user cannot get around the gateway: the socket's
+    permissions refuse it (curl 7: could not connect), while root and
+    nginx's user are answered."""
+    registry = hosts["registry"]
+    assert socket_get(registry, "root") == (0, "200")
+    assert socket_get(registry, "www-data") == (0, "200")
+    assert socket_get(registry, "root", "/v2/ci/hello/tags/list") == (0, "200")
+    refused = registry.run(
+        f"runuser -u nobody -- curl -sS -m 5 --unix-socket {SOCKET} -X DELETE "
+        "http://localhost/v2/ci/hello/manifests/v1"
+    )
+    assert refused.rc == 7, refused.stderr
+    assert socket_get(registry, "nobody")[0] == 7
+    # The cause: the file system refuses the connection itself.
+    connect = registry.run(
+        "runuser -u nobody -- python3 -c 'import socket; "
+        f'socket.socket(socket.AF_UNIX).connect("{SOCKET}")\''
+    )
+    assert connect.rc != 0 and "PermissionError" in connect.stderr, connect.stderr
+
+
+def test_the_standby_socket_is_as_closed(hosts):
+    standby = "/run/docker-registry-standby/registry.sock"
+    registry = hosts["registry"]
+    registry.check_output("systemctl start docker-registry-standby")
+    try:
+        probe = f"curl -s -m 5 -o /dev/null -w '%{{http_code}}' --unix-socket {standby} "
+        waited = registry.run(
+            f"for i in $(seq 30); do [ $({probe} http://localhost/v2/) = 200 ] && exit 0; "
+            "sleep 1; done; exit 1"
+        )
+        assert waited.rc == 0, f"{standby} did not answer"
+        assert registry.run(f"runuser -u www-data -- {probe} http://localhost/v2/").stdout == "200"
+        assert registry.run(f"runuser -u nobody -- {probe} http://localhost/v2/").rc == 7
+        assert registry.file("/run/docker-registry-standby").mode == 0o750
+    finally:
+        registry.run("systemctl stop docker-registry-standby")
+
+
+def test_nginx_serves_the_registry_through_the_socket(hosts, node, pushed):
+    """A pull through the gateway works with nothing on TCP 5000: nginx
+    reached Distribution over the socket."""
+    registry = hosts["registry"]
+    assert registry.socket("tcp://127.0.0.1:5000").is_listening is False
+    assert http_status(node, MANIFEST_URL, CURL_CERTS) == "200"
 
 
 def served_serial(node):

@@ -214,14 +214,27 @@ def test_a_db_older_than_max_age_makes_verdicts_stale(registry, scratch):
 # layer is pushed under the digest of its flipped bytes, as anyone able to push can: what
 # must refuse it is the install's check of the layer's contents.
 TAMPER = r"""
-import hashlib, json, sys, urllib.request
+import hashlib, http.client, json, socket, sys, urllib.parse
 backend, source, tag, target = sys.argv[1:5]
 OCI = "application/vnd.oci.image.manifest.v1+json"
+UNIX = backend.startswith("unix://")
+class Backend(http.client.HTTPConnection):
+    # The backend as provenance.yaml names it: unix:///path (the registry host's) or http://.
+    def connect(self):
+        if not UNIX:
+            return super().connect()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(backend[len("unix://"):])
 def call(method, path, data=None, headers=None):
-    url = path if path.startswith("http") else backend + path
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(request) as response:
-        return response.read(), response.headers
+    parts = urllib.parse.urlsplit(path)
+    target_path = parts.path + (f"?{parts.query}" if parts.query else "")
+    connection = Backend("localhost" if UNIX else urllib.parse.urlsplit(backend).netloc)
+    connection.request(method, target_path, body=data, headers=headers or {})
+    response = connection.getresponse()
+    body = response.read()
+    if response.status >= 400:
+        sys.exit(f"{method} {target_path}: {response.status} {body[:300]!r}")
+    return body, response.headers
 body, _ = call("GET", f"/v2/{source}/manifests/{tag}", headers={"Accept": OCI})
 manifest = json.loads(body)
 (layer,) = manifest["layers"]
@@ -290,5 +303,12 @@ def test_a_db_artifact_with_a_flipped_byte_is_refused(registry, scratch):
         # tests after this one (this one has failed already).
         registry.run(f"test $(readlink {link}) = {in_use} || ln -sfn {in_use} {link}")
         # The scratch repository goes (Distribution deletes by digest; GC frees the blobs).
-        registry.run(f"curl -s -X DELETE {backend}/v2/{target}/manifests/{digest}")
-    assert registry.run(f"curl -sf {backend}/v2/{target}/manifests/{db['tag']}").rc != 0
+        registry.run(f"{backend_curl(backend, target)}/manifests/{digest} -X DELETE")
+    assert registry.run(f"{backend_curl(backend, target)}/manifests/{db['tag']} -f").rc != 0
+
+
+def backend_curl(backend, repository):
+    """curl's start for a repository's URL on the backend as provenance.yaml names it."""
+    if backend.startswith("unix://"):
+        return f"curl -s --unix-socket {backend[len('unix://') :]} http://localhost/v2/{repository}"
+    return f"curl -s {backend}/v2/{repository}"

@@ -31,11 +31,15 @@ def key_ids(registry, *states):
 
 
 @pytest.fixture(scope="module")
-def rotation(hosts, playbook):
+def rotation(hosts, playbook, identities):
     """An image signed with the key in use, then a rotation with an overlap."""
     registry, node = hosts["registry"], hosts["node"]
     (old,) = key_ids(registry, "active")
-    digest = push_unsigned(node, "test/signed-before", "signed before the rotation\n")
+    # A protected repository (outside the landing zones, where the node's policy and
+    # the gate require signatures): the admin pushes there.
+    digest = push_unsigned(
+        node, "test/signed-before", "signed before the rotation\n", identities["admin"]
+    )
     signed = registry.run(f"airgap sign --config {CONFIG} test/signed-before@{digest}")
     assert signed.rc == 0, signed.stderr
     playbook("playbooks/rotate-signing-key.yml", "-e", "signing_rotation_overlap=1d")

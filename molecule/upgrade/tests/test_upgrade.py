@@ -136,11 +136,13 @@ def pull(node, ref):
     )
 
 
-def wait_for(host, url):
+def wait_for(host, socket):
+    """Until GET /v2/ answers 200 on a unix socket (the registry host's backend)."""
+    url = f"--unix-socket {socket} http://localhost/v2/"
     ran = host.run(
         f"for i in $(seq 30); do curl -sf -o /dev/null {url} && exit 0; sleep 1; done; exit 1"
     )
-    assert ran.rc == 0, f"{url} did not answer on {host}"
+    assert ran.rc == 0, f"{socket} did not answer on {host}"
 
 
 def test_the_gateway_falls_back_to_the_standby_while_distribution_is_down(hosts, loops):
@@ -153,14 +155,23 @@ def test_the_gateway_falls_back_to_the_standby_while_distribution_is_down(hosts,
         registry.check_output("systemctl stop docker-registry")
         assert pull(node, ref).rc != 0, "pulled with no registry behind the gateway"
         registry.check_output("systemctl start docker-registry-standby")
-        wait_for(registry, "http://127.0.0.1:5002/v2/")
+        wait_for(registry, "/run/docker-registry-standby/registry.sock")
         fallback = pull(node, ref)
         assert fallback.rc == 0, fallback.stderr
     finally:
         registry.run("systemctl start docker-registry")
-        wait_for(registry, "http://127.0.0.1:5000/v2/")
+        wait_for(registry, "/run/docker-registry/registry.sock")
         registry.run("systemctl stop docker-registry-standby")
     assert pull(node, ref).rc == 0
+
+
+def test_the_backend_moved_off_tcp(hosts):
+    """The previous release's Distribution listened on 127.0.0.1:5000; after
+    the upgrade it answers on its socket only, and its standby is stopped."""
+    registry = hosts["registry"]
+    wait_for(registry, "/run/docker-registry/registry.sock")
+    assert registry.socket("tcp://127.0.0.1:5000").is_listening is False
+    assert registry.run("systemctl is-active docker-registry-standby").stdout.strip() != "active"
 
 
 def test_mirrored_content_still_verifies(hosts):

@@ -3,7 +3,7 @@ from the top level (``backend``, ``state``).
 
 ```yaml
 version: 1
-backend: http://127.0.0.1:5000
+backend: unix:///run/docker-registry/registry.sock   # or http://127.0.0.1:5000
 state: /var/lib/airgapped-registry/state.db
 scanning:
   trivy: /usr/local/libexec/airgapped-registry/trivy
@@ -154,8 +154,10 @@ def parse(document: object, path: Path) -> ScanningConfig:
     if not isinstance(policy, dict):
         raise ConfigError(f"{where}.policy: expected a mapping")
     backend = _text(document, "backend", name, defaults.BACKEND_URL)
-    if not re.fullmatch(r"https?://[^/\s]+", backend):
-        raise ConfigError(f"{name}: backend: {backend!r} is not http(s)://host[:port]")
+    if not re.fullmatch(r"https?://[^/\s]+|unix:///\S+", backend):
+        raise ConfigError(
+            f"{name}: backend: {backend!r} is not http(s)://host[:port] or unix:///path/to/socket"
+        )
     return ScanningConfig(
         path=path,
         backend=backend,

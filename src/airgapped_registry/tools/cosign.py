@@ -134,6 +134,7 @@ def registry_flags(access: RegistryAccess, directory: Path) -> tuple[list[str], 
     The environment is this process's without ``COSIGN_REPOSITORY``, with ``DOCKER_CONFIG``
     naming a directory holding the registry's credentials, or none at all.
     """
+    access.require_tcp("cosign")
     options: list[str] = []
     if access.insecure:
         options.append("--allow-http-registry")

@@ -102,6 +102,7 @@ def source_flags(access: RegistryAccess, directory: Path) -> list[str]:
     skopeo reads CAs from a directory only: with CA files beside a cert dir, it gets a
     directory of links to both. Credentials go to ``directory/auth.json`` (0600).
     """
+    access.require_tcp("skopeo")
     options: list[str] = []
     if access.insecure:
         options.append("--src-tls-verify=false")
@@ -130,6 +131,7 @@ def source_flags(access: RegistryAccess, directory: Path) -> list[str]:
 def destination_flags(access: RegistryAccess, directory: Path) -> list[str]:
     """``--dest-*`` flags for reaching ``access`` (a CA file and a client pair, credentials
     file); the cert dir skopeo wants is made of links in ``directory/destination-certs``."""
+    access.require_tcp("skopeo")
     options: list[str] = []
     if access.insecure:
         options.append("--dest-tls-verify=false")

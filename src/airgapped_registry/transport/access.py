@@ -80,12 +80,22 @@ class RegistryAccess:
 
     @property
     def address(self) -> str:
-        """``host[:port]`` of the URL, as skopeo, cosign and the state name the registry."""
-        return urlsplit(self.url).netloc
+        """``host[:port]`` of the URL, as skopeo, cosign and the state name the registry; a
+        unix socket's URL as it is (only the engine's own client reaches one)."""
+        parts = urlsplit(self.url)
+        return self.url if parts.scheme == "unix" else parts.netloc
 
     @property
     def insecure(self) -> bool:
-        return urlsplit(self.url).scheme == "http"
+        return urlsplit(self.url).scheme in ("http", "unix")
+
+    def require_tcp(self, tool: str) -> None:
+        """Refuse a registry on a unix socket for ``tool`` (skopeo and cosign speak TCP only)."""
+        if urlsplit(self.url).scheme == "unix":
+            raise AirgapError(
+                f"{self.name} {self.url}: {tool} cannot reach a registry on a unix socket; "
+                "give its gateway's https:// URL instead"
+            )
 
     @property
     def has_credentials(self) -> bool:

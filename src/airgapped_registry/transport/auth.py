@@ -123,8 +123,6 @@ class AuthenticatingClient(RegistryClient):
         **options: Any,
     ) -> None:
         super().__init__(base_url, **options)
-        parts = urlsplit(self.base_url)
-        self._auth_origin = (parts.scheme, parts.netloc)
         self._basic = (
             "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
             if username is not None
@@ -145,10 +143,10 @@ class AuthenticatingClient(RegistryClient):
         body: bytes | None,
         sink: BinaryIO | None = None,
     ) -> Response:
-        parts = urlsplit(url)
-        if (parts.scheme, parts.netloc) != self._auth_origin:
+        target = self._own_target(url)
+        if target is None:
             return super()._send(method, url, headers, body, sink)
-        scope_key = _scope_key(parts.path)
+        scope_key = _scope_key(urlsplit(target).path)
         authorization = self._authorization(scope_key)
         first = super()._send(method, url, _with(headers, authorization), body, sink)
         if first.status != 401:

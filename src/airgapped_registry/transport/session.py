@@ -4,8 +4,10 @@
 the OCI API: it keeps one keep-alive connection per thread to the registry's origin, builds
 TLS from the files the caller names (never from ``SSL_CERT_FILE`` and friends), follows a
 storage redirect for reads, retries reads by its :class:`RetryPolicy`, counts requests, and
-turns every failure into a :class:`RegistryError` naming the request. Every request goes
-through :meth:`RegistrySession._send`, which ``transport.auth`` overrides to answer
+turns every failure into a :class:`RegistryError` naming the request. The origin may be a
+unix socket (``unix:///run/docker-registry/registry.sock``: plain HTTP over it), as the
+registry host's Distribution listens; its URLs then read ``unix://<socket><path>``. Every
+request goes through :meth:`RegistrySession._send`, which ``transport.auth`` overrides to answer
 authentication challenges. :class:`~airgapped_registry.transport.registry.RegistryClient`
 adds the API on top.
 """
@@ -42,6 +44,27 @@ _DROPPED_CONNECTION = (
     ConnectionAbortedError,
     BrokenPipeError,
 )
+# The Host header of requests over a unix socket. Distribution builds upload Location URLs
+# from it (``http://localhost/v2/...``); the session reads those back as the socket's.
+_UNIX_HOST = "localhost"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix stream socket; keep-alive as over TCP."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__(_UNIX_HOST, timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 @dataclass(frozen=True)
@@ -80,17 +103,23 @@ class RegistrySession:
         timeout: float = defaults.REQUEST_TIMEOUT,
     ) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"registry URL {base_url!r}: expected http(s)://host[:port]")
-        if parts.path.strip("/") or parts.query or parts.fragment:
-            raise ValueError(f"registry URL {base_url!r}: must not carry a path or query")
-        if parts.scheme == "http" and (ca_file or cert_file or key_file):
-            raise ValueError(f"registry URL {base_url!r}: TLS files given for a plain http URL")
-        if key_file and not cert_file:
-            raise ValueError("a client key was given without its client certificate")
-        self.base_url = f"{parts.scheme}://{parts.netloc}"
+        # The socket's path when the registry listens on a unix socket, else None.
+        self.socket_path: str | None = None
+        if parts.scheme == "unix":
+            if parts.netloc or not parts.path.startswith("/") or parts.query or parts.fragment:
+                raise ValueError(
+                    f"registry URL {base_url!r}: expected unix:///absolute/path/to/socket"
+                )
+            if ca_file or cert_file or key_file:
+                raise ValueError(f"registry URL {base_url!r}: TLS files given for a unix socket")
+            self.socket_path = parts.path.rstrip("/")
+            self.base_url = f"unix://{self.socket_path}"
+            self._origin = ("http", _UNIX_HOST)
+        else:
+            _check_http_url(base_url, ca_file, cert_file, key_file)
+            self.base_url = f"{parts.scheme}://{parts.netloc}"
+            self._origin = (parts.scheme, parts.netloc)
         self.timeout = timeout
-        self._origin = (parts.scheme, parts.netloc)
         self._tls = tls_context(ca_file, cert_file, key_file) if parts.scheme == "https" else None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -134,8 +163,33 @@ class RegistrySession:
                 ) from exc
             items.extend(document.get(key) or [])
             match = _LINK_NEXT.search(response.header("Link") or "")
-            target = urljoin(response.url, match.group(1)) if match else ""
+            target = self._resolve(response.url, match.group(1)) if match else ""
         return items
+
+    def _resolve(self, url: str, reference: str) -> str:
+        """``reference`` (a ``Location``, a ``Link``) read against ``url``, both as this
+        session names URLs: over a unix socket, ``unix://<socket><path>``."""
+        if self.socket_path is None:
+            return urljoin(url, reference)
+        wire = urljoin(self._wire_url(url), reference)
+        parts = urlsplit(wire)
+        if (parts.scheme, parts.netloc) != self._origin:
+            return wire
+        return self.base_url + urlunsplit(("", "", parts.path or "/", parts.query, ""))
+
+    def _wire_url(self, url: str) -> str:
+        """``url`` as HTTP names it: the socket's URLs on the origin its server sees."""
+        if self.socket_path is not None and url.startswith(self.base_url + "/"):
+            return f"http://{_UNIX_HOST}{url[len(self.base_url) :]}"
+        return url
+
+    def _own_target(self, url: str) -> str | None:
+        """The request target (path and query) of ``url`` when it is on this session's
+        origin, else None."""
+        parts = urlsplit(self._wire_url(url))
+        if (parts.scheme, parts.netloc) != self._origin:
+            return None
+        return urlunsplit(("", "", parts.path or "/", parts.query, ""))
 
     def _call(
         self,
@@ -164,7 +218,7 @@ class RegistrySession:
         body: bytes | None,
         sink: BinaryIO | None = None,
     ) -> Response:
-        url = urljoin(self.base_url + "/", target)
+        url = self._resolve(self.base_url + "/", target)
         response = self._send(method, url, headers or {}, body, sink)
         redirects = 0
         while (
@@ -176,7 +230,7 @@ class RegistrySession:
         ):
             # Registries on object storage answer blob GETs with a redirect to the storage.
             redirects += 1
-            url = urljoin(response.url, response.header("Location") or "")
+            url = self._resolve(response.url, response.header("Location") or "")
             response = self._send(method, url, headers or {}, None, sink)
         if response.status not in expect:
             wait = parse_retry_after(response.header("Retry-After"))
@@ -194,9 +248,10 @@ class RegistrySession:
         sink: BinaryIO | None = None,
     ) -> Response:
         parts = urlsplit(url)
-        path = urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        own_target = self._own_target(url)
+        own_origin = own_target is not None
+        path = own_target or urlunsplit(("", "", parts.path or "/", parts.query, ""))
         headers = {"User-Agent": f"airgapped-registry/{__version__}", **headers}
-        own_origin = (parts.scheme, parts.netloc) == self._origin
         for attempt in (1, 2):
             if own_origin:
                 connection = self._thread_connection()
@@ -233,7 +288,10 @@ class RegistrySession:
     def _thread_connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._new_connection(*self._origin)
+            if self.socket_path is not None:
+                connection = _UnixConnection(self.socket_path, self.timeout)
+            else:
+                connection = self._new_connection(*self._origin)
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
@@ -245,6 +303,25 @@ class RegistrySession:
             context = self._tls or tls_context(None, None, None)
             return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
         return http.client.HTTPConnection(netloc, timeout=self.timeout)
+
+
+def _check_http_url(
+    base_url: str,
+    ca_file: str | os.PathLike[str] | None,
+    cert_file: str | os.PathLike[str] | None,
+    key_file: str | os.PathLike[str] | None,
+) -> None:
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"registry URL {base_url!r}: expected http(s)://host[:port] or unix:///path/to/socket"
+        )
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"registry URL {base_url!r}: must not carry a path or query")
+    if parts.scheme == "http" and (ca_file or cert_file or key_file):
+        raise ValueError(f"registry URL {base_url!r}: TLS files given for a plain http URL")
+    if key_file and not cert_file:
+        raise ValueError("a client key was given without its client certificate")
 
 
 def _describe(exc: BaseException, timeout: float) -> str:

@@ -8,7 +8,7 @@ opened here is completed or closed (``DELETE``), whatever happens to the request
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
 from airgapped_registry.errors import AirgapError, DigestMismatchError, RegistryError
 from airgapped_registry.oci.reference import check_digest, check_repository
@@ -34,7 +34,7 @@ class BlobUploads(RegistrySession):
             return True
         location = response.header("Location")
         if location:
-            self._call("DELETE", urljoin(response.url, location), expect=(204, 404))
+            self._call("DELETE", self._resolve(response.url, location), expect=(204, 404))
         return False
 
     def _post_mount(self, repository: str, digest: str, mount_from: str) -> Response | None:
@@ -106,7 +106,7 @@ class BlobUploads(RegistrySession):
             raise RegistryError(
                 "POST", response.url, response.status, cause="upload session without Location"
             )
-        session = urljoin(response.url, location)
+        session = self._resolve(response.url, location)
         try:
             payload = data() if callable(data) else data
             response = self._call(
@@ -136,7 +136,7 @@ class BlobUploads(RegistrySession):
         location = response.header("Location")
         if not location:
             return
-        session = urljoin(response.url, location)
+        session = self._resolve(response.url, location)
         try:
             response = self._call(
                 "PATCH",
@@ -145,7 +145,7 @@ class BlobUploads(RegistrySession):
                 body=bytes(size),
                 expect=(202,),
             )
-            session = urljoin(response.url, response.header("Location") or session)
+            session = self._resolve(response.url, response.header("Location") or session)
         finally:
             self.cancel_upload(session)
 
@@ -153,8 +153,8 @@ class BlobUploads(RegistrySession):
         """Close an upload session (``DELETE`` its URL, as ``Location`` gave it); True when
         the registry closed it. Best effort: a failure here must not hide the failure that
         made the caller give up the upload, so none is raised."""
-        parts = urlsplit(session)
-        if (parts.scheme, parts.netloc) != self._origin or "/blobs/uploads/" not in parts.path:
+        target = self._own_target(session)
+        if target is None or "/blobs/uploads/" not in urlsplit(target).path:
             return False
         try:
             self._call("DELETE", session, expect=(204, 404))
@@ -164,10 +164,10 @@ class BlobUploads(RegistrySession):
 
 
 def _with_query(url: str, **params: str) -> str:
+    # Appended as text: urlunsplit would drop the empty host of a unix:/// URL.
     parts = urlsplit(url)
-    extra = urlencode(params)
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit(parts._replace(query=query))
+    separator = "&" if parts.query else ("" if url.endswith("?") else "?")
+    return f"{url}{separator}{urlencode(params)}"
 
 
 def blob_path(repository: str, digest: str) -> str:
