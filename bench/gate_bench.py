@@ -349,7 +349,9 @@ def worker(who: Endpoint, request: Request, start: float, end: float) -> int:
 def throughput(who: Endpoint, request: Request, concurrency: int, duration: float) -> float:
     context = multiprocessing.get_context("fork")
     start = time.monotonic() + 1.0  # every worker connected before the clock starts
-    with context.Pool(concurrency) as pool:
+    # The workers must not inherit main()'s SIGTERM handler: the pool ends them with
+    # SIGTERM, and a worker unwinding through sys.exit there could hang the run.
+    with context.Pool(concurrency, signal.signal, (signal.SIGTERM, signal.SIG_DFL)) as pool:
         counts = pool.starmap(worker, [(who, request, start, start + duration)] * concurrency)
     return sum(counts) / duration
 
