@@ -214,14 +214,28 @@ def test_a_db_older_than_max_age_makes_verdicts_stale(registry, scratch):
 # layer is pushed under the digest of its flipped bytes, as anyone able to push can: what
 # must refuse it is the install's check of the layer's contents.
 TAMPER = r"""
-import hashlib, json, sys, urllib.request
+import hashlib, http.client, json, socket, sys, urllib.parse
 backend, source, tag, target = sys.argv[1:5]
 OCI = "application/vnd.oci.image.manifest.v1+json"
+where = urllib.parse.urlsplit(backend)
+class Backend(http.client.HTTPConnection):
+    # The backend's unix socket (unix:///path), or http://host:port.
+    def connect(self):
+        if where.scheme != "unix":
+            return super().connect()
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(where.path)
 def call(method, path, data=None, headers=None):
-    url = path if path.startswith("http") else backend + path
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(request) as response:
-        return response.read(), response.headers
+    if path.startswith("http"):  # a Location Distribution built
+        parts = urllib.parse.urlsplit(path)
+        path = parts.path + ("?" + parts.query if parts.query else "")
+    connection = Backend("localhost" if where.scheme == "unix" else where.netloc)
+    connection.request(method, path, body=data, headers=headers or {})
+    response = connection.getresponse()
+    body = response.read()
+    if response.status >= 400:
+        sys.exit(f"{method} {path}: {response.status} {body[:200]!r}")
+    return body, response.headers
 body, _ = call("GET", f"/v2/{source}/manifests/{tag}", headers={"Accept": OCI})
 manifest = json.loads(body)
 (layer,) = manifest["layers"]
@@ -247,6 +261,12 @@ print(headers["Docker-Content-Digest"])
 def test_a_db_artifact_with_a_flipped_byte_is_refused(registry, scratch):
     config = yaml.safe_load(registry.file(CONFIG).content_string)
     backend, db = config["backend"], config["scanning"]["db"]
+    # curl's way to the backend: its unix socket (the registry host's), or its URL.
+    curl_backend = (
+        f"--unix-socket {backend.removeprefix('unix://')} http://localhost"
+        if backend.startswith("unix://")
+        else backend
+    )
     link = f"{config['scanning']['cache_dir']}/databases/current"
     in_use = registry.check_output(f"readlink {link}")
     before = status(registry)["db"]
@@ -290,5 +310,5 @@ def test_a_db_artifact_with_a_flipped_byte_is_refused(registry, scratch):
         # tests after this one (this one has failed already).
         registry.run(f"test $(readlink {link}) = {in_use} || ln -sfn {in_use} {link}")
         # The scratch repository goes (Distribution deletes by digest; GC frees the blobs).
-        registry.run(f"curl -s -X DELETE {backend}/v2/{target}/manifests/{digest}")
-    assert registry.run(f"curl -sf {backend}/v2/{target}/manifests/{db['tag']}").rc != 0
+        registry.run(f"curl -s -X DELETE {curl_backend}/v2/{target}/manifests/{digest}")
+    assert registry.run(f"curl -sf {curl_backend}/v2/{target}/manifests/{db['tag']}").rc != 0
