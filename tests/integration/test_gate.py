@@ -111,6 +111,25 @@ def test_a_signed_and_passed_image_is_served_to_skopeo(lab: GateLab, tmp_path: P
     assert (status, headers["Content-Type"]) == (200, OCI_MANIFEST)
 
 
+def test_a_blob_goes_with_the_signature_or_the_verdict_that_let_it_out(lab: GateLab) -> None:
+    image = lab.admitted_image("prod/revoked")
+    assert lab.request("puller", "GET", "/v2/prod/revoked/manifests/1.0")[0] == 200
+    layer = f"/v2/prod/revoked/blobs/{image.layer}"
+    assert lab.request("puller", "GET", layer)[0] == 200
+    # A new scan fails the image: its manifest and its blobs are refused from then on.
+    lab.record_verdict(image, "fail", [])
+    assert reason(lab.request("puller", "GET", "/v2/prod/revoked/manifests/1.0"))[1] == "failed"
+    assert reason(lab.request("puller", "GET", layer)) == (403, "blob_not_admitted")
+    lab.record_verdict(image, "pass")
+    assert lab.request("puller", "GET", layer)[0] == 200
+    # So does a deleted signature.
+    signatures = lab.request(
+        "admin", "HEAD", f"/v2/prod/revoked/manifests/{signature_tag(image.digest)}"
+    )[1]["Docker-Content-Digest"]
+    assert lab.request("admin", "DELETE", f"/v2/prod/revoked/manifests/{signatures}")[0] == 202
+    assert reason(lab.request("puller", "GET", layer)) == (403, "blob_not_admitted")
+
+
 def test_a_failed_image_is_denied_naming_the_finding(lab: GateLab) -> None:
     image = lab.push_image("prod/vulnerable", "1.0", "vulnerable")
     lab.sign(image)

@@ -10,6 +10,7 @@ from airgapped_registry.state.store import MIGRATIONS, StateStore
 
 BLOB = "sha256:" + "1" * 64
 MANIFEST = "sha256:" + "2" * 64
+LATER = "sha256:" + "3" * 64
 
 
 def test_a_version_2_database_gets_the_admitted_blobs(tmp_path: Path) -> None:
@@ -30,9 +31,15 @@ def test_a_version_2_database_gets_the_admitted_blobs(tmp_path: Path) -> None:
         assert store.schema_version == 3
         assert store.connection.execute("SELECT count(*) FROM scan_queue").fetchone()[0] == 1
         blobs = AdmittedBlobs(store)
-        assert not blobs.admitted("prod/app", BLOB)
+        assert blobs.manifests("prod/app", BLOB) == []
         blobs.admit("prod/app", MANIFEST, [BLOB, BLOB])
-        assert blobs.admitted("prod/app", BLOB)
-        assert not blobs.admitted("prod/other", BLOB)  # per repository
+        assert blobs.manifests("prod/app", BLOB) == [MANIFEST]
+        assert blobs.manifests("prod/other", BLOB) == []  # per repository
+        # Every manifest that lists the blob is kept: the gate asks each again.
+        store.connection.execute(
+            "UPDATE gate_admitted_blobs SET admitted_at = '2026-01-01T00:00:00Z'"
+        )
+        blobs.admit("prod/app", LATER, [BLOB])
+        assert blobs.manifests("prod/app", BLOB) == [LATER, MANIFEST]
     with StateStore(path) as store:  # kept across restarts
-        assert AdmittedBlobs(store).admitted("prod/app", BLOB)
+        assert AdmittedBlobs(store).manifests("prod/app", BLOB) == [LATER, MANIFEST]

@@ -428,6 +428,20 @@ class Admission:
         with self._lock:
             self._recorded.put((repository, digest), True)
 
-    def blob_admitted(self, repository: str, blob: str) -> bool:
+    def blob_admitted(self, policy: GatePolicy, repository: str, blob: str) -> bool:
+        """Whether a manifest admitted in ``repository`` lists ``blob`` and still would be
+        admitted: its signature and verdict are asked again (cached as for a manifest GET),
+        so blobs go with the signature or the verdict that let them out."""
         _, admitted = self._stores()
-        return admitted.admitted(repository, blob)
+        storage = policy.backend_storage
+        for digest in admitted.manifests(repository, blob):
+            document = self.manifest(repository, digest)
+            if document is None:
+                continue
+            if self.is_attachment(document):
+                return True
+            if self.signature(repository, digest, storage) is None and (
+                self.verdict(policy, repository, digest, document) is None
+            ):
+                return True
+        return False

@@ -211,7 +211,7 @@ class Gate:
         if (
             request.action == BLOB_PULL
             and guarded
-            and not self.admission.blob_admitted(request.repository, request.reference)
+            and not self.admission.blob_admitted(policy, request.repository, request.reference)
         ):
             denial = replace(
                 base,
@@ -228,7 +228,7 @@ class Gate:
                 ).exempt
             )
             if source_guarded and not self.admission.blob_admitted(
-                request.mount_from, request.reference
+                policy, request.mount_from, request.reference
             ):
                 denial = replace(
                     base,

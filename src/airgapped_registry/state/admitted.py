@@ -1,10 +1,11 @@
 """The gate's record of the blobs it may serve (migration 3's ``gate_admitted_blobs``).
 
 A blob of a protected repository is served only when a manifest listing it was admitted in
-that repository. The record is kept in the state database, not in the gate's memory, so a
-pull that started before a gate restart continues after it. One row per ``(repository,
-blob)``, naming the manifest that admitted it first. One :class:`AdmittedBlobs` per thread,
-as for :class:`StateStore`.
+that repository and that manifest still is (the gate asks again: a signature deleted or a
+verdict failed since takes its blobs with it). The record is kept in the state database, not
+in the gate's memory, so a pull that started before a gate restart continues after it. One
+row per ``(repository, blob, manifest)``: every admitted manifest that lists the blob. One
+:class:`AdmittedBlobs` per thread, as for :class:`StateStore`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class AdmittedBlobs:
         except sqlite3.Error as exc:
             raise AirgapError(f"state database {self.store.path}: {exc}") from exc
 
-    def admitted(self, repository: str, blob: str) -> bool:
+    def manifests(self, repository: str, blob: str) -> list[str]:
+        """The manifests admitted in ``repository`` that list ``blob``, most recent first."""
         try:
-            row = self._db.execute(
-                "SELECT 1 FROM gate_admitted_blobs WHERE repository = ? AND digest = ?",
+            rows = self._db.execute(
+                "SELECT manifest FROM gate_admitted_blobs WHERE repository = ? AND digest = ? "
+                "ORDER BY admitted_at DESC",
                 (repository, blob),
-            ).fetchone()
+            ).fetchall()
         except sqlite3.Error as exc:
             raise AirgapError(f"state database {self.store.path}: {exc}") from exc
-        return row is not None
+        return [row[0] for row in rows]

@@ -135,7 +135,7 @@ CREATE TABLE gate_admitted_blobs (
     digest TEXT NOT NULL,
     manifest TEXT NOT NULL,
     admitted_at TEXT NOT NULL,
-    PRIMARY KEY (repository, digest)
+    PRIMARY KEY (repository, digest, manifest)
 )
 """,
     ),
