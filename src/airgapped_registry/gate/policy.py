@@ -16,9 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airgapped_registry.errors import AirgapError
-from airgapped_registry.mirror.document import LineList, LineMap, parse
-from airgapped_registry.mirror.problems import Problem, Problems, SpecError
+from airgapped_registry.mirror.document import LineList, LineMap, parse, read_text
+from airgapped_registry.mirror.problems import Problems
 from airgapped_registry.mirror.schema import Checker, Field, Rules
 
 POLICY_VERSION = 1
@@ -208,13 +207,7 @@ class GatePolicy:
 
 def load_policy(path: str | os.PathLike[str]) -> GatePolicy:
     """Read and check ``gate.yaml``; :class:`SpecError` names every problem with its line."""
-    name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AirgapError(f"{name}: cannot read ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError([Problem(name, 1, "", f"not UTF-8 text ({exc.reason})")]) from exc
+    name, text = read_text(path)
     return loads_policy(text, name)
 
 

@@ -8,11 +8,26 @@ are refused.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror.problems import Problem, SpecError
+
+
+def read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(name, text)`` of a YAML file to :func:`parse`: a file that cannot be read raises
+    :class:`AirgapError` naming it and the cause; one that is not UTF-8, :class:`SpecError`."""
+    name = os.fspath(path)
+    try:
+        return name, Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AirgapError(f"{name}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(name, 1, "", f"not UTF-8 text ({exc.reason})")]) from exc
 
 
 def parse(text: str, filename: str) -> Any:

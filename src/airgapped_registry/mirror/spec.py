@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from airgapped_registry.errors import AirgapError
-from airgapped_registry.mirror.document import LineList, LineMap, parse
+from airgapped_registry.mirror.document import LineList, LineMap, parse, read_text
 from airgapped_registry.mirror.problems import Problem, Problems, SpecError
 from airgapped_registry.mirror.schema import Checker, Field
 from airgapped_registry.mirror.semver import Version, VersionRange, tag_order_key
@@ -295,13 +294,7 @@ class MirrorSpec:
 
 def load(path: str | os.PathLike[str]) -> MirrorSpec:
     """Read and validate a mirror list file; raises :class:`SpecError` naming every problem."""
-    name = os.fspath(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AirgapError(f"{name}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError([Problem(name, 1, "", f"not UTF-8 text ({exc.reason})")]) from exc
+    name, text = read_text(path)
     return loads(text, name)
 
 
