@@ -184,14 +184,16 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o640) -> None:
-    """Replace ``path`` with ``document``: a temporary file beside it, fsync, rename, fsync
-    of the directory. Readers see the old file or the new one, never a part."""
+def write_atomically(path: Path, data: bytes, mode: int, what: str | None = None) -> None:
+    """Replace ``path`` with ``data``: a temporary file beside it, made with its final mode
+    from the start (a stale one of the same name is removed first, so the mode applies: never
+    a moment where a private key is readable by others), fsync, rename, fsync of the
+    directory. Readers see the old file or the new one, never a part. Failures name ``what``
+    (default: the path)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(document, indent=2, sort_keys=True).encode("ascii") + b"\n"
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        temporary.unlink(missing_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -201,7 +203,18 @@ def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o64
         fsync_directory(path.parent)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
+        raise AuditError(f"{what or path}: cannot write ({exc.strerror or exc})") from None
+
+
+def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o640) -> None:
+    """Replace ``path`` with ``document`` (:func:`write_atomically`), its directory made
+    first if missing."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
         raise AuditError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    data = json.dumps(document, indent=2, sort_keys=True).encode("ascii") + b"\n"
+    write_atomically(path, data, mode)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

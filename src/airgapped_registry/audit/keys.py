@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from airgapped_registry.audit.files import write_atomically
 from airgapped_registry.audit.records import AuditError, canonical
 
 
@@ -40,7 +40,7 @@ def init_key(key: Path) -> dict[str, Any]:
         private = load_private(key)
         changed = False
         if not pub.exists():
-            _write(pub, _public_pem(private.public_key()), 0o644)
+            write_atomically(pub, _public_pem(private.public_key()), 0o644, f"checkpoint key {pub}")
             changed = True
         return {
             "changed": changed,
@@ -60,8 +60,8 @@ def init_key(key: Path) -> dict[str, Any]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write(key, pem, 0o600)
-    _write(pub, _public_pem(private.public_key()), 0o644)
+    write_atomically(key, pem, 0o600, f"checkpoint key {key}")
+    write_atomically(pub, _public_pem(private.public_key()), 0o644, f"checkpoint key {pub}")
     return {
         "changed": True,
         "key": str(key),
@@ -74,23 +74,6 @@ def _public_pem(public: Ed25519PublicKey) -> bytes:
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    # Made with its final mode from the start and renamed into place: never a moment where
-    # the private key is readable by others, nor a half-written key file.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise AuditError(f"checkpoint key {path}: cannot write ({exc.strerror})") from None
 
 
 def load_private(key: Path) -> Ed25519PrivateKey:
