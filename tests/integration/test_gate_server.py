@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
 import subprocess
@@ -152,7 +153,10 @@ def test_the_socket_it_binds_is_nginx_s_group_only() -> None:
     )
 
     def nobody_connects() -> int:
-        argv = ["runuser", "-u", "nobody", "--", sys.executable, "-c", probe]
+        # The interpreter itself, not the venv's link to it: nobody may not traverse a
+        # clone made under a 0700 directory (mktemp -d).
+        python = os.path.realpath(sys.executable)
+        argv = ["runuser", "-u", "nobody", "--", python, "-c", probe]
         return subprocess.run(argv, check=False).returncode
 
     listener = bind(path, group="www-data")
