@@ -174,7 +174,8 @@ def upstream_keys(lock: Lock, spec: MirrorSpec) -> tuple[dict[str, bytes], dict[
 
 
 def _json_bytes(document: Any) -> bytes:
-    return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
+    """Compact: these files count against the delta's size, which should be its content's."""
+    return (json.dumps(document, separators=(",", ":"), sort_keys=True) + "\n").encode()
 
 
 def _prepare_output(output: Path) -> Path:
