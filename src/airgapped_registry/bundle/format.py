@@ -579,7 +579,7 @@ def _require_directory(path: Path) -> None:
         raise BundleError(f"{path}: not a directory")
 
 
-def _open_regular(path: Path, display: str) -> BinaryIO:
+def _open_regular(path: Path, display: str) -> io.BufferedReader:
     """Open a file that must be a regular file with one link, never following a link."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -801,7 +801,8 @@ def _check_contents(checked: Checked) -> None:
 def _hash_group(checked: Checked, of: str, entries: list[FileEntry]) -> tuple[str | None, int, int]:
     """(problem, bytes read, files) for a whole file, or the parts of ``of`` found here."""
     whole = hashlib.sha256()
-    complete = bool(entries[0].part) and len(entries) == entries[0].part.count  # type: ignore[union-attr]
+    first = entries[0].part
+    complete = first is not None and len(entries) == first.count
     read = 0
     for entry in entries:
         display = f"{checked.volumes[entry.volume] / entry.path}"
@@ -912,7 +913,7 @@ class _Chain(io.RawIOBase):
         self._files = files
         self._size = sum(size for _, size in files)
         self._position = 0
-        self._current: tuple[int, BinaryIO] | None = None
+        self._current: tuple[int, io.BufferedReader] | None = None
 
     def readable(self) -> bool:
         return True
@@ -938,7 +939,7 @@ class _Chain(io.RawIOBase):
                     self._current = (number, _open_regular(path, str(path)))
                 handle = self._current[1]
                 handle.seek(self._position - start)
-                count = handle.readinto(view[: min(len(view), start + size - self._position)])  # type: ignore[attr-defined]
+                count = handle.readinto(view[: min(len(view), start + size - self._position)])
                 self._position += count
                 return int(count)
             start += size
