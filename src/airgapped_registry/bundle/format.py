@@ -533,7 +533,7 @@ class Volume:
     number: int
     volumes: int
     manifest: bytes
-    signature: bytes
+    signature: bytes | None
 
 
 def find_volumes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -549,6 +549,8 @@ def find_volumes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         entries = sorted(os.scandir(path), key=lambda entry: entry.name)
         if not entries:
             raise BundleError(f"{path}: empty directory, not a bundle")
+        if not any(_VOLUME_DIR.fullmatch(entry.name) for entry in entries):
+            raise BundleError(f"{path / MANIFEST}: missing (not a bundle or volume directory)")
         for entry in entries:
             if not _VOLUME_DIR.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
                 raise BundleError(
@@ -650,7 +652,9 @@ def read_volume(path: Path) -> Volume:
     ):
         raise BundleError(f"{path / VOLUME}: volume {number!r} of {volumes!r} is not a volume")
     manifest = _read_small(path / MANIFEST, f"{path / MANIFEST}", _MANIFEST_LIMIT)
-    signature = _read_small(path / SIGNATURE, f"{path / SIGNATURE}", _SMALL_LIMIT)
+    signature: bytes | None = None
+    if os.path.lexists(path / SIGNATURE):  # without one, the check says "not signed"
+        signature = _read_small(path / SIGNATURE, f"{path / SIGNATURE}", _SMALL_LIMIT)
     return Volume(path, number, volumes, manifest, signature)
 
 
