@@ -33,6 +33,7 @@ LAYERS = {
     f"{ENGINE}.audit": 4,
     f"{ENGINE}.service": 5,
     f"{ENGINE}.gate": 5,
+    f"{ENGINE}.bundle": 5,
     f"{ENGINE}.cli": 6,
 }
 # Never imported by the engine: the lab's content, and Ansible (modules wrap the engine).
