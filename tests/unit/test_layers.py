@@ -27,6 +27,7 @@ LAYERS = {
     f"{ENGINE}.transport": 2,
     f"{ENGINE}.tools": 3,
     f"{ENGINE}.state": 3,
+    f"{ENGINE}.transfer": 3,
     f"{ENGINE}.mirror": 4,
     f"{ENGINE}.signing": 4,
     f"{ENGINE}.scanning": 4,

@@ -21,6 +21,7 @@ from airgapped_registry.cli.run import run
 from airgapped_registry.cli.scan import add_scan_commands
 from airgapped_registry.cli.sign import add_sign_commands
 from airgapped_registry.cli.sync import add_sync_commands
+from airgapped_registry.cli.transfer import add_transfer_commands
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     add_gate_commands(commands)
     add_audit_commands(commands)
     add_policy_commands(commands)
+    add_transfer_commands(commands)
     return root
 
 
