@@ -361,8 +361,10 @@ def test_a_delta_brings_the_registry_to_the_new_lock(
         load_key(relay.key_path),
     )
     upstream = distribution_factory()
-    push(build(SampleSpec(**{**vars(SPEC), "base_generation": MOVED.base_generation})),
-         RegistryClient(upstream.url))
+    push(
+        build(SampleSpec(**{**vars(SPEC), "base_generation": MOVED.base_generation})),
+        RegistryClient(upstream.url),
+    )
     spec_path = lab_list(tmp_path, upstream.address)
     lock_path = tmp_path / "mirror.lock"
     lock(load(spec_path), lock_path)

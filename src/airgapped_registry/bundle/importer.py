@@ -268,7 +268,8 @@ class Importer:
 
     def _tag_carries(self, repository: str, needed: Needed) -> bool:
         """A signature tag holding the needed manifest's layers, the appliance's added."""
-        assert needed.tag is not None
+        if needed.tag is None:
+            return False
         head = self.client.head_manifest(repository, needed.tag)
         if head is None:
             return False

@@ -179,7 +179,9 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
                 report["after"] = after_import(args.sign_config, signer, lock, args.scan_wait)
             if args.lock_output:
                 output = Path(args.lock_output)
-                write_atomically(output, relay_lock(lock, args.source, args.source_registry).to_json())
+                write_atomically(
+                    output, relay_lock(lock, args.source, args.source_registry).to_json()
+                )
                 report["lock_output"] = os.fspath(output)
     except RunLockedError as exc:
         print(f"airgap: {exc}")
