@@ -61,8 +61,8 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 _BLOB = re.compile(r"blobs/sha256/(?P<hex>[0-9a-f]{64})(?:\.part-(?P<index>[0-9]{4,}))?")
 _VOLUME_DIR = re.compile(r"vol-(?P<number>[0-9]{3,})")
 _CHUNK = 1024 * 1024
-# A blob is split only when at least this much room is left in a volume; a smaller rest of
-# a volume stays empty rather than holding a sliver of a part.
+# A blob is split only when at least this much room (or a 64th of a volume, if less) is left
+# in a volume; a smaller rest of a volume stays empty rather than holding a sliver of a part.
 MIN_PART = 64 * 1024
 # Room kept in every volume for the signature document and volume.json (both ~0.3 KiB).
 _SIGNATURE_ROOM = 1024
@@ -366,12 +366,13 @@ def _place(
         )
     placements = [Placement(path, path, 0, size, 1) for path, size in front]
     volume, left = 1, room - front_bytes
+    smallest = min(MIN_PART, volume_size // 64)
     for path, size in blobs:
         if size <= left:
             placements.append(Placement(path, path, 0, size, volume))
             left -= size
             continue
-        if left < min(MIN_PART, size):
+        if left < min(smallest, size):
             volume, left = volume + 1, room
             if size <= left:
                 placements.append(Placement(path, path, 0, size, volume))
