@@ -348,10 +348,6 @@ class Importer:
                     )
                 self._count("resumed_bytes", offset)
                 return self._send(repository, digest, size, location, offset)
-            with self._lock:
-                self.restarted.append(
-                    {"repository": repository, "digest": digest, "lost": saved.offset}
-                )
             self.ledger.drop_session(self.registry, repository, digest)
         # Mount from the repository itself: one request that finds the blob there (201) or
         # opens the upload (202).
@@ -359,6 +355,13 @@ class Importer:
         if session is None:
             self._count("blobs_present")
             return "present", 0
+        if saved is not None:
+            # The registry dropped the session (Distribution 2.8 does when its last chunk
+            # was cut midway): those bytes are sent again.
+            with self._lock:
+                self.restarted.append(
+                    {"repository": repository, "digest": digest, "offset": saved.offset}
+                )
         return self._send(repository, digest, size, session)
 
     def _send(

@@ -24,13 +24,13 @@ from typing import Any
 from airgapped_registry import defaults
 from airgapped_registry.bundle.export import export
 from airgapped_registry.bundle.format import check_volumes, open_bundle, parse_size
-from airgapped_registry.bundle.inventory import read_inventory, write_inventory
 from airgapped_registry.bundle.importer import (
     DEFAULT_CHUNK_SIZE,
     BundleImportError,
     ImportOptions,
     import_bundle,
 )
+from airgapped_registry.bundle.inventory import read_inventory, write_inventory
 from airgapped_registry.cli.options import registry_client, registry_files, registry_options
 from airgapped_registry.cli.sign import lock_targets
 from airgapped_registry.cli.sync import SignBeforeTag

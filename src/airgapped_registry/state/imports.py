@@ -77,7 +77,7 @@ class ImportLedger:
         self.path = Path(path)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._stores: list[StateStore] = []
+        self._stores: list[tuple[int, StateStore]] = []
         self._store()  # opened (and migrated) now, so a bad database fails before any push
 
     def _store(self) -> StateStore:
@@ -86,14 +86,17 @@ class ImportLedger:
             store = StateStore(self.path)
             self._local.store = store
             with self._lock:
-                self._stores.append(store)
+                self._stores.append((threading.get_ident(), store))
         return store
 
     def close(self) -> None:
+        """Close this thread's connection; those of worker threads (SQLite refuses to close
+        them from here) are dropped, and closed when collected."""
         with self._lock:
             stores, self._stores = self._stores, []
-        for store in stores:
-            store.close()
+        for owner, store in stores:
+            if owner == threading.get_ident():
+                store.close()
         self._local = threading.local()
 
     def __enter__(self) -> ImportLedger:
