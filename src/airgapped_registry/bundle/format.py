@@ -18,6 +18,7 @@ SHA-256, every volume present, parts reassembling) before it returns a :class:`B
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -667,8 +668,10 @@ class Checked:
     files_checked: int = 0
     problems: list[str] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        # Computed once: the importer names the bundle in every ledger row (thousands of
+        # them), and MANIFEST.json is hundreds of KiB at 200 images.
         return f"sha256:{hashlib.sha256(self.manifest_bytes).hexdigest()}"
 
     @property
