@@ -398,6 +398,23 @@ def _place(
 # -- writing ---------------------------------------------------------------------------------
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``path`` and wait until it is on the medium (a drive may be pulled next)."""
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def sync_directory(path: Path) -> None:
+    """Wait until the names in directory ``path`` are on the medium."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class BundleWriter:
     """Writes a planned bundle under ``root`` (the export's ``DIR.partial``).
 
@@ -438,7 +455,7 @@ class BundleWriter:
             staged.write_bytes(data)
             self.place_split(path, staged)
             return
-        self.target(path).write_bytes(data)
+        write_durably(self.target(path), data)
         self.record(path, hashlib.sha256(data).hexdigest())
 
     def record(self, path: str, sha256: str) -> None:
@@ -462,6 +479,8 @@ class BundleWriter:
                         hasher.update(chunk)
                         out.write(chunk)
                         left -= len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
                 self._sums[placement.path] = hasher.hexdigest()
         source.unlink()
 
@@ -494,10 +513,13 @@ class BundleWriter:
         shutil.rmtree(self._staging, ignore_errors=True)
         for number in range(1, self.layout.volumes + 1):
             directory = self.volume_dir(number)
-            (directory / MANIFEST).write_bytes(data)
-            (directory / SIGNATURE).write_bytes(signature)
+            write_durably(directory / MANIFEST, data)
+            write_durably(directory / SIGNATURE, signature)
             volume = {"volume": number, "volumes": self.layout.volumes}
-            (directory / VOLUME).write_text(json.dumps(volume, sort_keys=True) + "\n")
+            write_durably(directory / VOLUME, (json.dumps(volume, sort_keys=True) + "\n").encode())
+        # Files were synced as they were written; their names are in the directories.
+        for walked, _, _ in os.walk(self.root):
+            sync_directory(Path(walked))
         return data
 
 
@@ -512,7 +534,7 @@ class Volume:
     number: int
     volumes: int
     manifest: bytes
-    signature: bytes
+    signature: bytes | None
 
 
 def find_volumes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -528,6 +550,8 @@ def find_volumes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         entries = sorted(os.scandir(path), key=lambda entry: entry.name)
         if not entries:
             raise BundleError(f"{path}: empty directory, not a bundle")
+        if not any(_VOLUME_DIR.fullmatch(entry.name) for entry in entries):
+            raise BundleError(f"{path / MANIFEST}: missing (not a bundle or volume directory)")
         for entry in entries:
             if not _VOLUME_DIR.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
                 raise BundleError(
@@ -558,7 +582,7 @@ def _require_directory(path: Path) -> None:
         raise BundleError(f"{path}: not a directory")
 
 
-def _open_regular(path: Path, display: str) -> BinaryIO:
+def _open_regular(path: Path, display: str) -> io.BufferedReader:
     """Open a file that must be a regular file with one link, never following a link."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -629,7 +653,9 @@ def read_volume(path: Path) -> Volume:
     ):
         raise BundleError(f"{path / VOLUME}: volume {number!r} of {volumes!r} is not a volume")
     manifest = _read_small(path / MANIFEST, f"{path / MANIFEST}", _MANIFEST_LIMIT)
-    signature = _read_small(path / SIGNATURE, f"{path / SIGNATURE}", _SMALL_LIMIT)
+    signature: bytes | None = None
+    if os.path.lexists(path / SIGNATURE):  # without one, the check says "not signed"
+        signature = _read_small(path / SIGNATURE, f"{path / SIGNATURE}", _SMALL_LIMIT)
     return Volume(path, number, volumes, manifest, signature)
 
 
@@ -782,7 +808,8 @@ def _check_contents(checked: Checked) -> None:
 def _hash_group(checked: Checked, of: str, entries: list[FileEntry]) -> tuple[str | None, int, int]:
     """(problem, bytes read, files) for a whole file, or the parts of ``of`` found here."""
     whole = hashlib.sha256()
-    complete = bool(entries[0].part) and len(entries) == entries[0].part.count  # type: ignore[union-attr]
+    first = entries[0].part
+    complete = first is not None and len(entries) == first.count
     read = 0
     for entry in entries:
         display = f"{checked.volumes[entry.volume] / entry.path}"
@@ -893,7 +920,7 @@ class _Chain(io.RawIOBase):
         self._files = files
         self._size = sum(size for _, size in files)
         self._position = 0
-        self._current: tuple[int, BinaryIO] | None = None
+        self._current: tuple[int, io.BufferedReader] | None = None
 
     def readable(self) -> bool:
         return True
@@ -919,7 +946,7 @@ class _Chain(io.RawIOBase):
                     self._current = (number, _open_regular(path, str(path)))
                 handle = self._current[1]
                 handle.seek(self._position - start)
-                count = handle.readinto(view[: min(len(view), start + size - self._position)])  # type: ignore[attr-defined]
+                count = handle.readinto(view[: min(len(view), start + size - self._position)])
                 self._position += count
                 return int(count)
             start += size
