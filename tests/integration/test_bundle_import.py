@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from faultproxy import DROP, FaultProxy, Rule, upload_bytes
+from gatelab import COSIGN, GateLab
 from mirror_lists import MOVED, SMALL, lab_list
 
 from airgap_lab.sample import SampleSpec, build, push
@@ -29,11 +31,13 @@ from airgapped_registry.bundle.export import export
 from airgapped_registry.bundle.format import MANIFEST, SIGNATURE, open_bundle
 from airgapped_registry.bundle.inventory import read_inventory, write_inventory
 from airgapped_registry.cli import main
+from airgapped_registry.cli.sign import lock_targets
 from airgapped_registry.mirror.lock import read_lock
 from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
+from airgapped_registry.signing import keys
 from airgapped_registry.transfer import TrustedKeys, init_key, load_key
 from airgapped_registry.transport.registry import RegistryClient
 
@@ -456,3 +460,62 @@ def test_an_upload_cut_between_chunks_goes_on_at_the_registry_offset(
 def _status(state: Path, capsys) -> str:
     assert main(["bundle", "status", "--state", str(state)]) == 0
     return capsys.readouterr().out
+
+
+def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_steps(
+    relay, tmp_path, capsys
+) -> None:
+    """The registry host's import: through nginx with the real gateway template and the
+    gate, as the sync identity; ``--sign-config`` signs each entry's digest before its tag,
+    then installs the bundle's vulnerability DB, signs every digest of the lock and queues
+    what the scanner has not judged (the nightly job's steps after a sync)."""
+    with GateLab(tmp_path / "lab") as lab:
+        relay_lock_path = tmp_path / "relay.lock"
+        config = yaml.safe_load(lab.provenance.read_text())
+        config["scanning"]["db"]["lock"] = str(relay_lock_path)
+        lab.provenance.write_text(yaml.safe_dump(config))
+        sync_identity = lab.clients["sync"]
+        argv = [
+            "bundle", "import", str(relay.bundle),
+            "--registry", f"https://{lab.address}",
+            "--ca-file", str(lab.pki / "ca.pem"),
+            "--cert-file", str(sync_identity.cert),
+            "--key-file", str(sync_identity.key),
+            "--trusted-keys", str(relay.trusted),
+            "--state", str(lab.state),
+            "--sign-config", str(lab.provenance),
+            "--cosign", str(COSIGN),
+            "--scan-wait", "0",
+            "--lock-output", str(relay_lock_path),
+            "--source-registry", "relay:5000",
+        ]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err
+        report = json.loads(capsys.readouterr().out)
+        locked = read_lock(relay.lock_path)
+        assert report["verify"] == {
+            "entries": len(locked.entries), "ok": len(locked.entries), "failed": 0, "problems": []
+        }  # fmt: skip
+        after = report["after"]
+        db_entry = next(e for e in locked.entries if e.destination == "aquasecurity/trivy-db")
+        assert after["scan_db"]["digest"] == db_entry.digest
+        # Each entry's digest was signed before its tag moved; sign --lock signed the rest.
+        targets = lock_targets(locked)
+        assert after["sign"]["failed"] == 0
+        assert after["sign"]["signed"] + after["sign"]["skipped"] == len(targets)
+        assert after["sign"]["skipped"] >= len(locked.entries)
+        public = keys.load(lab.keys_dir).active.public_key(lab.keys_dir)
+        for repository, digest in targets[:3]:
+            checked = subprocess.run(
+                [
+                    str(COSIGN), "verify", "--key", str(public), "--insecure-ignore-tlog",
+                    "--registry-cacert", str(lab.pki / "ca.pem"),
+                    "--registry-client-cert", str(lab.clients["admin"].cert),
+                    "--registry-client-key", str(lab.clients["admin"].key),
+                    f"{lab.address}/{repository}@{digest}",
+                ],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert checked.returncode == 0, checked.stderr
+        # Every served digest without a verdict is queued for the scan service.
+        assert after["scan"]["reconcile"]["queued"] >= len(locked.entries)
+        assert after["scan"]["queue"] == after["scan"]["reconcile"]["queued"]
