@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 from faultproxy import DROP, FaultProxy, Rule, upload_bytes
-from gatelab import COSIGN, GateLab
-from mirror_lists import MOVED, SMALL, lab_list
+from gatelab import COSIGN, GateLab, free_port
+from mirror_lists import MOVED, SMALL, TRIVY, lab_list
 
 from airgap_lab.sample import SampleSpec, build, push
 from airgapped_registry.bundle.export import export
@@ -37,6 +37,7 @@ from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
+from airgapped_registry.service import operations
 from airgapped_registry.signing import keys
 from airgapped_registry.transfer import TrustedKeys, init_key, load_key
 from airgapped_registry.transport.registry import RegistryClient
@@ -472,8 +473,23 @@ def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_st
     with GateLab(tmp_path / "lab") as lab:
         relay_lock_path = tmp_path / "relay.lock"
         config = yaml.safe_load(lab.provenance.read_text())
+        port = free_port()
+        config["scanning"].update(
+            trivy=str(TRIVY),
+            listen=f"127.0.0.1:{port}",
+            workers=2,
+            reconcile_interval="1h",
+            attest=False,
+            policy={"default": {"fail_on": "HIGH"}},
+        )
         config["scanning"]["db"]["lock"] = str(relay_lock_path)
         lab.provenance.write_text(yaml.safe_dump(config))
+        service = subprocess.Popen(
+            [*CLI, "scan", "serve", "--config", str(lab.provenance), "--cosign", str(COSIGN)],
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / "serve.log").open("w"),
+            text=True,
+        )
         sync_identity = lab.clients["sync"]
         argv = [
             "bundle", "import", str(relay.bundle),
@@ -485,11 +501,15 @@ def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_st
             "--state", str(lab.state),
             "--sign-config", str(lab.provenance),
             "--cosign", str(COSIGN),
-            "--scan-wait", "0",
+            "--scan-wait", "300",
             "--lock-output", str(relay_lock_path),
             "--source-registry", "relay:5000",
         ]  # fmt: skip
-        assert main(argv) == 0, capsys.readouterr().err
+        try:
+            assert main(argv) == 0, capsys.readouterr().err
+        finally:
+            service.send_signal(signal.SIGTERM)
+            service.communicate(timeout=60)
         report = json.loads(capsys.readouterr().out)
         locked = read_lock(relay.lock_path)
         assert report["verify"] == {
@@ -516,6 +536,12 @@ def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_st
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
             assert checked.returncode == 0, checked.stderr
-        # Every served digest without a verdict is queued for the scan service.
+        # Every served digest was queued, and judged by the scan service before the end.
         assert after["scan"]["reconcile"]["queued"] >= len(locked.entries)
-        assert after["scan"]["queue"] == after["scan"]["reconcile"]["queued"]
+        assert after["scan"]["queue"] == 0
+        status = operations.status(lab.provenance)
+        judged = {(v["repository"], v["digest"]): v["status"] for v in status["verdicts"]}
+        for entry in locked.entries:
+            assert (entry.destination, entry.digest) in judged, entry.reference
+        vulnerable = next(e for e in locked.entries if e.destination == "sample/vulnerable")
+        assert judged[(vulnerable.destination, vulnerable.digest)] == "fail"
