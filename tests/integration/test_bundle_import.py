@@ -146,10 +146,17 @@ def test_a_full_bundle_seeds_an_empty_registry_and_verify_passes(
     relay, distribution, tmp_path, capsys
 ) -> None:
     state = tmp_path / "state.db"
+    needed = relay.needed_blobs()
+    status, captured = run_import(relay, relay.bundle, distribution, state, capsys, "--check")
+    assert status == 0, captured.err
+    planned = json.loads(captured.out)
+    assert planned["check_mode"] is True
+    assert planned["bytes_to_send"] >= sum(needed.values())  # manifests are blobs there too
+    assert pushes(distribution) == []
+
     status, captured = run_import(relay, relay.bundle, distribution, state, capsys)
     assert status == 0, captured.err
     report = json.loads(captured.out)
-    needed = relay.needed_blobs()
     assert report["status"] == "ok"
     assert report["verify"]["failed"] == 0
     # Each blob's bytes sent once, whatever the number of repositories needing it.
@@ -304,11 +311,11 @@ def test_a_killed_import_resumes_and_sends_only_what_was_missing(
     process = subprocess.Popen([*CLI, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     needed = relay.needed_blobs()
     total = sum(needed.values())
-    # Killed once a few blobs arrived and one upload is midway (a session recorded).
+    # Killed once a few blobs arrived and a base layer's upload is midway (chunks recorded).
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         arrived = stored_blobs(distribution) & set(needed)
-        if len(arrived) >= 3 and _open_sessions(state):
+        if len(arrived) >= 3 and _open_sessions(state) >= 3 * CHUNK:
             break
         time.sleep(0.005)
     assert process.poll() is None, "the import ended before it could be killed"
@@ -351,11 +358,13 @@ def _sha256(path: Path) -> str:
 
 
 def _open_sessions(state: Path) -> int:
+    """The furthest offset an open upload session of the ledger reached."""
     if not state.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT count(*) FROM bundle_upload_sessions").fetchone()[0]
+            found = db.execute("SELECT max(offset) FROM bundle_upload_sessions").fetchone()[0]
+            return int(found or 0)
     except sqlite3.Error:
         return 0
 
