@@ -39,6 +39,7 @@ from airgapped_registry.bundle.format import (
     BundleWriter,
     blob_file,
     plan_layout,
+    sync_directory,
 )
 from airgapped_registry.bundle.inventory import Inventory, now
 from airgapped_registry.errors import AirgapError
@@ -248,10 +249,12 @@ def export(
             writer.put_bytes(path, data)
         downloaded = _download(client, writer, items, workers)
         manifest = writer.finish(key, kind=kind, created=now(), lock_digest=lock_digest, base=base)
-        os.sync()  # the bundle is on the medium before it has its final name
+        # Every file and directory was synced as written: the bundle is on the medium
+        # before it has its final name, and the name is, before the export reports success.
         if destination.is_dir():
             destination.rmdir()
         os.replace(partial, destination)
+        sync_directory(destination.parent)
     except BaseException:
         # Half a bundle helps nobody, and on a drive it takes the room the next try needs.
         shutil.rmtree(partial, ignore_errors=True)
@@ -319,6 +322,7 @@ def _fetch(client: RegistryClient, writer: BundleWriter, item: Item) -> int:
         target = writer.staging(path) if split else writer.target(path)
         with target.open("w+b") as sink:
             size = client.download_blob(item.repository, item.digest, sink)
+            os.fsync(sink.fileno())
         if size != item.size:
             raise BundleError(f"{where}: {size} bytes, the lock says {item.size}")
         if split:

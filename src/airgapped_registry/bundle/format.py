@@ -397,6 +397,23 @@ def _place(
 # -- writing ---------------------------------------------------------------------------------
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``path`` and wait until it is on the medium (a drive may be pulled next)."""
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def sync_directory(path: Path) -> None:
+    """Wait until the names in directory ``path`` are on the medium."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class BundleWriter:
     """Writes a planned bundle under ``root`` (the export's ``DIR.partial``).
 
@@ -437,7 +454,7 @@ class BundleWriter:
             staged.write_bytes(data)
             self.place_split(path, staged)
             return
-        self.target(path).write_bytes(data)
+        write_durably(self.target(path), data)
         self.record(path, hashlib.sha256(data).hexdigest())
 
     def record(self, path: str, sha256: str) -> None:
@@ -461,6 +478,8 @@ class BundleWriter:
                         hasher.update(chunk)
                         out.write(chunk)
                         left -= len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
                 self._sums[placement.path] = hasher.hexdigest()
         source.unlink()
 
@@ -493,10 +512,13 @@ class BundleWriter:
         shutil.rmtree(self._staging, ignore_errors=True)
         for number in range(1, self.layout.volumes + 1):
             directory = self.volume_dir(number)
-            (directory / MANIFEST).write_bytes(data)
-            (directory / SIGNATURE).write_bytes(signature)
+            write_durably(directory / MANIFEST, data)
+            write_durably(directory / SIGNATURE, signature)
             volume = {"volume": number, "volumes": self.layout.volumes}
-            (directory / VOLUME).write_text(json.dumps(volume, sort_keys=True) + "\n")
+            write_durably(directory / VOLUME, (json.dumps(volume, sort_keys=True) + "\n").encode())
+        # Files were synced as they were written; their names are in the directories.
+        for walked, _, _ in os.walk(self.root):
+            sync_directory(Path(walked))
         return data
 
 
