@@ -21,19 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from faultproxy import DROP, FaultProxy, Rule, upload_bytes
-from mirror_lists import MOVED, SMALL, lab_list
+from gatelab import COSIGN, GateLab, free_port
+from mirror_lists import MOVED, SMALL, TRIVY, lab_list
 
 from airgap_lab.sample import SampleSpec, build, push
 from airgapped_registry.bundle.export import export
 from airgapped_registry.bundle.format import MANIFEST, SIGNATURE, open_bundle
 from airgapped_registry.bundle.inventory import read_inventory, write_inventory
 from airgapped_registry.cli import main
+from airgapped_registry.cli.sign import lock_targets
 from airgapped_registry.mirror.lock import read_lock
 from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
 from airgapped_registry.mirror.sync import Destination, SyncOptions, sync
 from airgapped_registry.mirror.verify import verify
+from airgapped_registry.service import operations
+from airgapped_registry.signing import keys
 from airgapped_registry.transfer import TrustedKeys, init_key, load_key
 from airgapped_registry.transport.registry import RegistryClient
 
@@ -141,10 +146,17 @@ def test_a_full_bundle_seeds_an_empty_registry_and_verify_passes(
     relay, distribution, tmp_path, capsys
 ) -> None:
     state = tmp_path / "state.db"
+    needed = relay.needed_blobs()
+    status, captured = run_import(relay, relay.bundle, distribution, state, capsys, "--check")
+    assert status == 0, captured.err
+    planned = json.loads(captured.out)
+    assert planned["check_mode"] is True
+    assert planned["bytes_to_send"] >= sum(needed.values())  # manifests are blobs there too
+    assert pushes(distribution) == []
+
     status, captured = run_import(relay, relay.bundle, distribution, state, capsys)
     assert status == 0, captured.err
     report = json.loads(captured.out)
-    needed = relay.needed_blobs()
     assert report["status"] == "ok"
     assert report["verify"]["failed"] == 0
     # Each blob's bytes sent once, whatever the number of repositories needing it.
@@ -299,11 +311,11 @@ def test_a_killed_import_resumes_and_sends_only_what_was_missing(
     process = subprocess.Popen([*CLI, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     needed = relay.needed_blobs()
     total = sum(needed.values())
-    # Killed once a few blobs arrived and one upload is midway (a session recorded).
+    # Killed once a few blobs arrived and a base layer's upload is midway (chunks recorded).
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         arrived = stored_blobs(distribution) & set(needed)
-        if len(arrived) >= 3 and _open_sessions(state):
+        if len(arrived) >= 3 and _open_sessions(state) >= 3 * CHUNK:
             break
         time.sleep(0.005)
     assert process.poll() is None, "the import ended before it could be killed"
@@ -346,11 +358,13 @@ def _sha256(path: Path) -> str:
 
 
 def _open_sessions(state: Path) -> int:
+    """The furthest offset an open upload session of the ledger reached."""
     if not state.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT count(*) FROM bundle_upload_sessions").fetchone()[0]
+            found = db.execute("SELECT max(offset) FROM bundle_upload_sessions").fetchone()[0]
+            return int(found or 0)
     except sqlite3.Error:
         return 0
 
@@ -456,3 +470,87 @@ def test_an_upload_cut_between_chunks_goes_on_at_the_registry_offset(
 def _status(state: Path, capsys) -> str:
     assert main(["bundle", "status", "--state", str(state)]) == 0
     return capsys.readouterr().out
+
+
+def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_steps(
+    relay, tmp_path, capsys
+) -> None:
+    """The registry host's import: through nginx with the real gateway template and the
+    gate, as the sync identity; ``--sign-config`` signs each entry's digest before its tag,
+    then installs the bundle's vulnerability DB, signs every digest of the lock and queues
+    what the scanner has not judged (the nightly job's steps after a sync)."""
+    with GateLab(tmp_path / "lab") as lab:
+        relay_lock_path = tmp_path / "relay.lock"
+        config = yaml.safe_load(lab.provenance.read_text())
+        port = free_port()
+        config["scanning"].update(
+            trivy=str(TRIVY),
+            listen=f"127.0.0.1:{port}",
+            workers=2,
+            reconcile_interval="1h",
+            attest=False,
+            policy={"default": {"fail_on": "HIGH"}},
+        )
+        config["scanning"]["db"]["lock"] = str(relay_lock_path)
+        lab.provenance.write_text(yaml.safe_dump(config))
+        service = subprocess.Popen(
+            [*CLI, "scan", "serve", "--config", str(lab.provenance), "--cosign", str(COSIGN)],
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / "serve.log").open("w"),
+            text=True,
+        )
+        sync_identity = lab.clients["sync"]
+        argv = [
+            "bundle", "import", str(relay.bundle),
+            "--registry", f"https://{lab.address}",
+            "--ca-file", str(lab.pki / "ca.pem"),
+            "--cert-file", str(sync_identity.cert),
+            "--key-file", str(sync_identity.key),
+            "--trusted-keys", str(relay.trusted),
+            "--state", str(lab.state),
+            "--sign-config", str(lab.provenance),
+            "--cosign", str(COSIGN),
+            "--scan-wait", "300",
+            "--lock-output", str(relay_lock_path),
+            "--source-registry", "relay:5000",
+        ]  # fmt: skip
+        try:
+            assert main(argv) == 0, capsys.readouterr().err
+        finally:
+            service.send_signal(signal.SIGTERM)
+            service.communicate(timeout=60)
+        report = json.loads(capsys.readouterr().out)
+        locked = read_lock(relay.lock_path)
+        assert report["verify"] == {
+            "entries": len(locked.entries), "ok": len(locked.entries), "failed": 0, "problems": []
+        }  # fmt: skip
+        after = report["after"]
+        db_entry = next(e for e in locked.entries if e.destination == "aquasecurity/trivy-db")
+        assert after["scan_db"]["digest"] == db_entry.digest
+        # Each entry's digest was signed before its tag moved; sign --lock signed the rest.
+        targets = lock_targets(locked)
+        assert after["sign"]["failed"] == 0
+        assert after["sign"]["signed"] + after["sign"]["skipped"] == len(targets)
+        assert after["sign"]["skipped"] >= len(locked.entries)
+        public = keys.load(lab.keys_dir).active.public_key(lab.keys_dir)
+        for repository, digest in targets[:3]:
+            checked = subprocess.run(
+                [
+                    str(COSIGN), "verify", "--key", str(public), "--insecure-ignore-tlog",
+                    "--registry-cacert", str(lab.pki / "ca.pem"),
+                    "--registry-client-cert", str(lab.clients["admin"].cert),
+                    "--registry-client-key", str(lab.clients["admin"].key),
+                    f"{lab.address}/{repository}@{digest}",
+                ],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert checked.returncode == 0, checked.stderr
+        # Every served digest was queued, and judged by the scan service before the end.
+        assert after["scan"]["reconcile"]["queued"] >= len(locked.entries)
+        assert after["scan"]["queue"] == 0
+        status = operations.status(lab.provenance)
+        judged = {(v["repository"], v["digest"]): v["status"] for v in status["verdicts"]}
+        for entry in locked.entries:
+            assert (entry.destination, entry.digest) in judged, entry.reference
+        vulnerable = next(e for e in locked.entries if e.destination == "sample/vulnerable")
+        assert judged[(vulnerable.destination, vulnerable.digest)] == "fail"

@@ -461,6 +461,13 @@ class Importer:
         if current is not None and current.digest == needed.digest:
             self._mark(repository, "manifest", needed.digest, "present")
             return
+        if (
+            current is not None
+            and not self.bundle.has(needed.digest)
+            and self._tag_carries(repository, needed)
+        ):
+            self._mark(repository, "manifest", needed.digest, "present")
+            return
         body = self._body(repository, needed)
         if current is not None:
             held, _, _ = self.client.get_manifest(repository, needed.tag)

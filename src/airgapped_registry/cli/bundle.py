@@ -303,14 +303,15 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
             if args.check:
                 return report
             lock = Lock.from_json(bundle.lock_text, "airgap/lock.json")
-            if signer is not None:
-                report["after"] = after_import(args.sign_config, signer, lock, args.scan_wait)
             if args.lock_output:
+                # Before the DB update: it installs the DB the lock at scanning.db.lock names.
                 output = Path(args.lock_output)
                 write_atomically(
                     output, relay_lock(lock, args.source, args.source_registry).to_json()
                 )
                 report["lock_output"] = os.fspath(output)
+            if signer is not None:
+                report["after"] = after_import(args.sign_config, signer, lock, args.scan_wait)
     except RunLockedError as exc:
         print(f"airgap: {exc}")
         raise SystemExit(EXIT_LOCKED) from exc
