@@ -318,6 +318,15 @@ class Ours:
             completed = run(self.command(step.replace(" ", "-"), *argv), self.log)
         self.report(figures, completed)
         figures.files, figures.output_bytes = tree_size(output)
+        metadata = {
+            str(path.relative_to(output)): path.stat().st_size
+            for path in sorted(output.rglob("*"))
+            if path.is_file() and "blobs" not in path.relative_to(output).parts
+        }
+        figures.notes.append(
+            f"outside blobs/: {sum(metadata.values()):,} bytes: "
+            + ", ".join(f"{name} {size:,}" for name, size in metadata.items())
+        )
         return figures
 
     def import_(self, step: str, site: Registry, bundle: Path) -> Figures:
@@ -343,11 +352,16 @@ class Ours:
 
     def verify(self, site: Registry, lock: Path) -> str:
         """``airgap verify`` of the site against the lock (not timed): the import is complete."""
-        argv = [self.airgap, "verify", "--registry", site.url, "--lock", str(lock)]
+        argv = [self.airgap, "verify", "--registry", site.url, "--lock", str(lock), "--deep"]
         completed = run(argv, self.log, check=False)
         try:
-            return str(json.loads(completed.stdout).get("summary", completed.stdout[-200:]))
-        except json.JSONDecodeError:
+            report = json.loads(completed.stdout)
+            return (
+                f"exit {completed.returncode}: {report['ok']} of {report['entries']} entries "
+                f"ok, {report['manifests_checked']} manifests and {report['blobs_checked']} "
+                f"blobs checked, {len(report['problems'])} problems"
+            )
+        except (json.JSONDecodeError, KeyError, TypeError):
             return f"exit {completed.returncode}: {completed.stderr.strip()[-300:]}"
 
 
@@ -365,6 +379,10 @@ class Skopeo:
         argv += ["--all", "--preserve-digests", str(self.file), str(output)]
         with Measure(figures, relay):
             run(argv, self.log)
+        # skopeo leaves its dir in the page cache; our export fsyncs every file it writes.
+        started = time.monotonic()
+        os.sync()
+        figures.notes.append(f"a sync(1) after it took {time.monotonic() - started:.2f} s more")
         figures.files, figures.output_bytes = tree_size(output)
         return figures
 
