@@ -269,10 +269,15 @@ def _check_parts(files: dict[str, FileEntry], where: str) -> None:
             raise BundleError(f"{where}: {of}: parts listed do not make 1..{count}")
 
 
-def parts_of(files: dict[str, FileEntry], of: str) -> list[FileEntry]:
-    """The parts of ``of`` in order (empty when it is not split)."""
-    parts = [entry for entry in files.values() if entry.part and entry.part.of == of]
-    return sorted(parts, key=lambda entry: entry.part.index if entry.part else 0)
+def split_blobs(files: dict[str, FileEntry]) -> dict[str, list[FileEntry]]:
+    """Every split blob's parts, in order, by the blob's path."""
+    parts: dict[str, list[FileEntry]] = {}
+    for entry in files.values():
+        if entry.part:
+            parts.setdefault(entry.part.of, []).append(entry)
+    for pieces in parts.values():
+        pieces.sort(key=lambda entry: entry.part.index if entry.part else 0)
+    return parts
 
 
 # -- planning the volumes --------------------------------------------------------------------
@@ -299,11 +304,19 @@ class Layout:
     volumes: int
     volume_size: int | None  # None: one directory, no vol-NNN
 
+    @functools.cached_property
+    def _by_file(self) -> dict[str, list[Placement]]:
+        found: dict[str, list[Placement]] = {}
+        for placement in self.placements:
+            found.setdefault(placement.of, []).append(placement)
+        return found
+
     def of(self, path: str) -> list[Placement]:
-        return [placement for placement in self.placements if placement.of == path]
+        """Where the file ``path`` goes: one placement, or its parts in order."""
+        return self._by_file.get(path, [])
 
     def split(self, path: str) -> bool:
-        return any(p.part is not None for p in self.placements if p.of == path)
+        return any(placement.part is not None for placement in self.of(path))
 
     def volume_bytes(self) -> dict[int, int]:
         used = dict.fromkeys(range(1, self.volumes + 1), 0)
@@ -693,6 +706,10 @@ class Checked:
     bytes_read: int = 0
     files_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    parts: dict[str, list[FileEntry]] = field(init=False)  # split blobs by path
+
+    def __post_init__(self) -> None:
+        self.parts = split_blobs(self.files)
 
     @functools.cached_property
     def id(self) -> str:
@@ -788,7 +805,7 @@ def _check_contents(checked: Checked) -> None:
         if entry.part.of in seen:
             continue
         seen.add(entry.part.of)
-        parts = [p for p in parts_of(checked.files, entry.part.of) if p.volume in checked.volumes]
+        parts = [p for p in checked.parts[entry.part.of] if p.volume in checked.volumes]
         if parts:
             groups.append((entry.part.of, parts))
     workers = min(4, os.cpu_count() or 1, max(1, len(groups)))
@@ -878,7 +895,7 @@ class Bundle:
         except BundleError:
             return []
         entry = self.checked.files.get(path)
-        return [entry] if entry else parts_of(self.checked.files, path)
+        return [entry] if entry else self.checked.parts.get(path, [])
 
     def has(self, digest: str) -> bool:
         return bool(self._pieces(digest))
