@@ -554,3 +554,41 @@ def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_st
             assert (entry.destination, entry.digest) in judged, entry.reference
         vulnerable = next(e for e in locked.entries if e.destination == "sample/vulnerable")
         assert judged[(vulnerable.destination, vulnerable.digest)] == "fail"
+
+
+def test_sigterm_stops_the_import_after_the_current_chunk_and_the_rerun_goes_on(
+    relay, distribution, tmp_path, capsys
+) -> None:
+    state = tmp_path / "state.db"
+    argv = import_argv(relay, relay.bundle, distribution, state, "--workers", "2")
+    process = subprocess.Popen([*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if _open_sessions(state) >= 2 * CHUNK:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the import ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.decode().endswith("airgap: interrupted\n")
+    shown = json.loads(_status(state, capsys))
+    assert [r["status"] for r in shown["imports"]] == ["interrupted"]
+    assert shown["imports"][0]["finished_at"] is not None
+    # A blob midway keeps its session (unless its last chunks went before the workers saw
+    # the stop: then it is complete and none is left).
+    sessions = shown["open_uploads"]
+    arrived = stored_blobs(distribution) & set(relay.needed_blobs())
+    assert arrived
+    status, captured = run_import(relay, relay.bundle, distribution, state, capsys)
+    assert status == 0, captured.err
+    report = json.loads(captured.out)
+    # The interrupt fell between chunks: every recorded session goes on where it stopped.
+    assert {(r["digest"], r["offset"]) for r in report["resumed"]} == {
+        (s["digest"], s["offset"]) for s in sessions
+    }
+    assert report["restarted"] == []
+    needed = relay.needed_blobs()
+    resumed = sum(s["offset"] for s in sessions)
+    assert report["bytes_sent"] == sum(needed.values()) - sum(needed[d] for d in arrived) - resumed
+    assert report["verify"]["failed"] == 0
