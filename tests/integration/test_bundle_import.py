@@ -301,6 +301,9 @@ def test_an_incomplete_delta_is_refused_naming_entry_and_digest(
     )
     assert captured.err.endswith("; nothing was pushed\n")
     assert pushes(distribution) == []
+    [record] = json.loads(_status(tmp_path / "state.db", capsys))["imports"]
+    assert (record["status"], record["kind"], record["bytes_sent"]) == ("refused", "delta", 0)
+    assert record["error"] == captured.err.removeprefix("airgap: ").rstrip("\n")
 
 
 def test_a_killed_import_resumes_and_sends_only_what_was_missing(
