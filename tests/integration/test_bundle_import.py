@@ -105,11 +105,14 @@ def relay(distribution_factory, tmp_path_factory) -> Relay:
     )
 
 
-def import_argv(relay: Relay, bundle: Path, target, state: Path, *extra: str) -> list[str]:
+def import_argv(
+    relay: Relay, bundle: Path | list[Path], target, state: Path, *extra: str
+) -> list[str]:
+    paths = bundle if isinstance(bundle, list) else [bundle]
     return [
         "bundle",
         "import",
-        str(bundle),
+        *map(str, paths),
         "--registry",
         target.url,
         "--trusted-keys",
@@ -595,3 +598,34 @@ def test_sigterm_stops_the_import_after_the_current_chunk_and_the_rerun_goes_on(
     resumed = sum(s["offset"] for s in sessions)
     assert report["bytes_sent"] == sum(needed.values()) - sum(needed[d] for d in arrived) - resumed
     assert report["verify"]["failed"] == 0
+
+
+def test_a_bundle_in_volumes_imports_from_every_volume_and_not_from_some(
+    relay, distribution, tmp_path, capsys
+) -> None:
+    drive = tmp_path / "drive"
+    exported = export(
+        relay.lock_path,
+        RegistryClient(relay.registry.url),
+        drive,
+        load_key(relay.key_path),
+        spec=load(relay.spec_path),
+        volume_size=256 * 1024,
+    )
+    volumes = sorted(drive.iterdir())
+    assert len(volumes) == exported["volumes"] >= 3
+    assert list(drive.rglob("*.part-0001")), "a blob split across volumes"
+    state = tmp_path / "state.db"
+    status, captured = run_import(relay, [volumes[0], *volumes[2:]], distribution, state, capsys)
+    assert status == 1
+    assert f": volume 2 of {len(volumes)} missing (give every vol-001.." in captured.err
+    assert pushes(distribution) == []
+
+    status, captured = run_import(relay, volumes, distribution, state, capsys)
+    assert status == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["bytes_sent"] == sum(relay.needed_blobs().values())
+    assert (
+        verify(read_lock(relay.lock_path), RegistryClient(distribution.url), deep=True)["failed"]
+        == 0
+    )
