@@ -246,6 +246,10 @@ class Importer:
             return True
         if digest in self._source:
             return True
+        held = next((r for r, d in self._held if d == digest), None)
+        if held is not None:
+            self._source[digest] = held
+            return True
         for other in self._candidates(repository):
             if self._holds(other, digest, blob):
                 self._source[digest] = other
