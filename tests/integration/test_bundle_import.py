@@ -105,11 +105,14 @@ def relay(distribution_factory, tmp_path_factory) -> Relay:
     )
 
 
-def import_argv(relay: Relay, bundle: Path, target, state: Path, *extra: str) -> list[str]:
+def import_argv(
+    relay: Relay, bundle: Path | list[Path], target, state: Path, *extra: str
+) -> list[str]:
+    paths = bundle if isinstance(bundle, list) else [bundle]
     return [
         "bundle",
         "import",
-        str(bundle),
+        *map(str, paths),
         "--registry",
         target.url,
         "--trusted-keys",
@@ -301,6 +304,9 @@ def test_an_incomplete_delta_is_refused_naming_entry_and_digest(
     )
     assert captured.err.endswith("; nothing was pushed\n")
     assert pushes(distribution) == []
+    [record] = json.loads(_status(tmp_path / "state.db", capsys))["imports"]
+    assert (record["status"], record["kind"], record["bytes_sent"]) == ("refused", "delta", 0)
+    assert record["error"] == captured.err.removeprefix("airgap: ").rstrip("\n")
 
 
 def test_a_killed_import_resumes_and_sends_only_what_was_missing(
@@ -554,3 +560,72 @@ def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_st
             assert (entry.destination, entry.digest) in judged, entry.reference
         vulnerable = next(e for e in locked.entries if e.destination == "sample/vulnerable")
         assert judged[(vulnerable.destination, vulnerable.digest)] == "fail"
+
+
+def test_sigterm_stops_the_import_after_the_current_chunk_and_the_rerun_goes_on(
+    relay, distribution, tmp_path, capsys
+) -> None:
+    state = tmp_path / "state.db"
+    argv = import_argv(relay, relay.bundle, distribution, state, "--workers", "2")
+    process = subprocess.Popen([*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if _open_sessions(state) >= 2 * CHUNK:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the import ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.decode().endswith("airgap: interrupted\n")
+    shown = json.loads(_status(state, capsys))
+    assert [r["status"] for r in shown["imports"]] == ["interrupted"]
+    assert shown["imports"][0]["finished_at"] is not None
+    # A blob midway keeps its session (unless its last chunks went before the workers saw
+    # the stop: then it is complete and none is left).
+    sessions = shown["open_uploads"]
+    arrived = stored_blobs(distribution) & set(relay.needed_blobs())
+    assert arrived
+    status, captured = run_import(relay, relay.bundle, distribution, state, capsys)
+    assert status == 0, captured.err
+    report = json.loads(captured.out)
+    # The interrupt fell between chunks: every recorded session goes on where it stopped.
+    assert {(r["digest"], r["offset"]) for r in report["resumed"]} == {
+        (s["digest"], s["offset"]) for s in sessions
+    }
+    assert report["restarted"] == []
+    needed = relay.needed_blobs()
+    resumed = sum(s["offset"] for s in sessions)
+    assert report["bytes_sent"] == sum(needed.values()) - sum(needed[d] for d in arrived) - resumed
+    assert report["verify"]["failed"] == 0
+
+
+def test_a_bundle_in_volumes_imports_from_every_volume_and_not_from_some(
+    relay, distribution, tmp_path, capsys
+) -> None:
+    drive = tmp_path / "drive"
+    exported = export(
+        relay.lock_path,
+        RegistryClient(relay.registry.url),
+        drive,
+        load_key(relay.key_path),
+        spec=load(relay.spec_path),
+        volume_size=256 * 1024,
+    )
+    volumes = sorted(drive.iterdir())
+    assert len(volumes) == exported["volumes"] >= 3
+    assert list(drive.rglob("*.part-0001")), "a blob split across volumes"
+    state = tmp_path / "state.db"
+    status, captured = run_import(relay, [volumes[0], *volumes[2:]], distribution, state, capsys)
+    assert status == 1
+    assert f": volume 2 of {len(volumes)} missing (give every vol-001.." in captured.err
+    assert pushes(distribution) == []
+
+    status, captured = run_import(relay, volumes, distribution, state, capsys)
+    assert status == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["bytes_sent"] == sum(relay.needed_blobs().values())
+    assert (
+        verify(read_lock(relay.lock_path), RegistryClient(distribution.url), deep=True)["failed"]
+        == 0
+    )

@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
+import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from airgapped_registry import defaults
@@ -295,7 +300,11 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
             check=args.check,
             before_tag=SignBeforeTag(signer) if signer else None,
         )
-        with RunLock.beside(args.state), ImportLedger(args.state) as ledger:
+        with (
+            RunLock.beside(args.state),
+            ImportLedger(args.state) as ledger,
+            _terminate_interrupts(),
+        ):
             with target.client() as client:
                 client.retry = RetryPolicy.standard()
                 report = import_bundle(bundle, client, ledger, target.address, options)
@@ -313,7 +322,7 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
             if signer is not None:
                 report["after"] = after_import(args.sign_config, signer, lock, args.scan_wait)
     except RunLockedError as exc:
-        print(f"airgap: {exc}")
+        print(f"airgap: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOCKED) from exc
     except BundleImportError as exc:
         if exc.report:
@@ -322,6 +331,24 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         signing.close()
     return report
+
+
+@contextmanager
+def _terminate_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts the import as SIGINT does: the workers stop after their current
+    chunk, the record says ``interrupted``, the open uploads stay recorded for the rerun."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def after_import(config_path: str, signer: Signer, lock: Lock, wait: float) -> dict[str, Any]:
