@@ -54,6 +54,7 @@ import yaml
 import airgap_lab
 import airgapped_registry
 from airgap_lab.sample import (
+    APP_REPOSITORY_PREFIX,
     BASE_REPOSITORY,
     BASE_TAGS,
     CHART_REPOSITORY,
@@ -356,8 +357,8 @@ def run(argv: list[str], log: Path, check: bool = True) -> subprocess.CompletedP
 
 
 def app_repositories(sample: Sample) -> list[str]:
-    showcase = {BASE_REPOSITORY, VULNERABLE_REPOSITORY, CHART_REPOSITORY}
-    return [repository for repository in sample.repositories if repository not in showcase]
+    # Only the generated ones: the showcase (base, vulnerable, chart, Trivy DB) has its own tags.
+    return [r for r in sample.repositories if r.startswith(APP_REPOSITORY_PREFIX)]
 
 
 def write_mirror_yaml(path: Path, source: Registry, sample: Sample, tags: list[str]) -> None:

@@ -711,8 +711,10 @@ class Checked:
     def __post_init__(self) -> None:
         self.parts = split_blobs(self.files)
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        # Computed once: the importer names the bundle in every ledger row (thousands of
+        # them), and MANIFEST.json is hundreds of KiB at 200 images.
         return f"sha256:{hashlib.sha256(self.manifest_bytes).hexdigest()}"
 
     @property
