@@ -629,3 +629,58 @@ def test_a_bundle_in_volumes_imports_from_every_volume_and_not_from_some(
         verify(read_lock(relay.lock_path), RegistryClient(distribution.url), deep=True)["failed"]
         == 0
     )
+
+
+def test_a_delta_for_a_new_repository_mounts_and_copies_what_the_site_holds_elsewhere(
+    relay, distribution_factory, distribution, tmp_path, capsys
+) -> None:
+    """The lock gains a second destination for sample/app-001's tags: the site holds every
+    digest already (under sample/app-001), so the delta carries none of them and the import
+    mounts the blobs and copies the manifests across repositories."""
+    state = tmp_path / "state.db"
+    status, captured = run_import(relay, relay.bundle, distribution, state, capsys)
+    assert status == 0, captured.err
+    inventory = tmp_path / "inventory.json"
+    write_inventory(RegistryClient(distribution.url), inventory, load_key(relay.key_path))
+    copy = (
+        "  - source: upstream\n    repository: sample/app-001\n    destination: copies/app-001\n"
+        "    regex: '^[0-9]+\\.[0-9]+\\.[0-9]+$'\n    max_tags: 2\ncharts:\n"
+    )
+    spec_path = lab_list(tmp_path, relay.upstream.address, **{"charts:\n": copy})
+    lock_path = tmp_path / "mirror.lock"
+    lock(load(spec_path), lock_path)
+    locked = read_lock(lock_path)
+    relay_registry = distribution_factory()
+    assert sync(locked, Destination(relay_registry.url), load(spec_path))["failed"] == 0
+    delta = tmp_path / "delta"
+    export(
+        lock_path,
+        RegistryClient(relay_registry.url),
+        delta,
+        load_key(relay.key_path),
+        inventory=read_inventory(inventory, TrustedKeys.load([relay.trusted])),
+    )
+    opened = open_bundle([delta], TrustedKeys.load([relay.trusted]))
+    copies = [e for e in opened.contents["entries"] if e["destination"] == "copies/app-001"]
+    assert len(copies) == 2
+    assert not any(opened.has(b["digest"]) for e in copies for b in e["blobs"])
+    assert not any(opened.has(m["digest"]) for e in copies for m in e["manifests"])
+
+    log_before = len(distribution.log().splitlines())
+    status, captured = run_import(relay, delta, distribution, state, capsys)
+    assert status == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["bytes_sent"] == 0
+    assert report["blobs_uploaded"] == 0
+    assert report["blobs_mounted"] == len({b["digest"] for e in copies for b in e["blobs"]})
+    assert report["tags"] == 2
+    # Read from sample/app-001, put into copies/app-001 (a manifest cannot be mounted).
+    assert report["manifests"] == len({m["digest"] for e in copies for m in e["manifests"]})
+    mounts = [
+        line
+        for line in distribution.log().splitlines()[log_before:]
+        if '"POST /v2/copies/app-001/blobs/uploads/?mount=' in line
+        and '&from=sample%2Fapp-001 HTTP/1.1" 201 ' in line
+    ]
+    assert len(mounts) == report["blobs_mounted"]
+    assert verify(locked, RegistryClient(distribution.url), deep=True)["failed"] == 0
