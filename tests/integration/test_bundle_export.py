@@ -289,11 +289,27 @@ def test_delta_after_an_upstream_change_holds_only_the_new_digests(
     new_bytes = sum(sizes.get(d, 0) for d in new)
     assert report["content_bytes"] >= new_bytes
 
+    # Against an inventory of everything the lock names, the delta is the lock alone.
+    everything = tmp_path / "drive" / "relay-inventory.json"
+    command_inventory = ["bundle", "inventory", "--registry", registry.url, "--output", everything]
+    assert airgap(capsys, *command_inventory, "--transfer-key", site_key)[0] == 0
+    empty = tmp_path / "drive" / "empty"
+    status, nothing = airgap(
+        capsys,
+        *command[:-6],
+        *("--output", empty, "--transfer-key", relay_key, "--inventory", everything),
+        *("--trusted-keys", site_key.with_suffix(".pub")),
+    )
+    assert status == 0, nothing
+    assert (nothing["manifests"], nothing["blobs"], bundle_digests(empty)) == (0, 0, [])
+    assert json.loads((empty / "index.json").read_text())["manifests"] == []
+    assert open_bundle([empty], TrustedKeys.load([relay_key.with_suffix(".pub")])).kind == "delta"
+
     # An inventory the relay does not trust is refused, and no bundle is made.
     refused = tmp_path / "drive" / "refused"
     status, failed = airgap(
         capsys,
-        *command[:-4],
+        *command[:-6],
         "--output",
         refused,
         "--transfer-key",

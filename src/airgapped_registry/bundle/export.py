@@ -300,8 +300,9 @@ def _download(client: RegistryClient, writer: BundleWriter, items: list[Item], w
         futures = [pool.submit(_fetch, client, writer, item) for item in ordered]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
-            if future in done and future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+            error = future.exception() if future in done else None
+            if error is not None:
+                raise error
         return sum(future.result() for future in futures)
     finally:
         # On a failure or an interrupt, downloads not started are dropped, not waited for.
