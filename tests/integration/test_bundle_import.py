@@ -295,7 +295,8 @@ def test_an_incomplete_delta_is_refused_naming_entry_and_digest(
     )
     status, captured = run_import(relay, delta, distribution, tmp_path / "state.db", capsys)
     assert status == 1
-    first = open_bundle([delta], TrustedKeys.load([relay.trusted])).contents["entries"][0]
+    opened = open_bundle([delta], TrustedKeys.load([relay.trusted]))
+    first = opened.contents["entries"][0]
     assert captured.err.startswith(
         f"airgap: bundle sha256:{_sha256(delta / MANIFEST)} is incomplete for "
         f"{distribution.address}: neither the bundle nor the registry holds "
@@ -304,6 +305,10 @@ def test_an_incomplete_delta_is_refused_naming_entry_and_digest(
     )
     assert captured.err.endswith("; nothing was pushed\n")
     assert pushes(distribution) == []
+    refused = json.loads(captured.out)  # the report, every missing digest listed
+    assert (refused["status"], refused["bytes_sent"]) == ("refused", 0)
+    entries = opened.contents["entries"]
+    assert len(refused["missing"]) == sum(len(e["blobs"]) + len(e["manifests"]) for e in entries)
     [record] = json.loads(_status(tmp_path / "state.db", capsys))["imports"]
     assert (record["status"], record["kind"], record["bytes_sent"]) == ("refused", "delta", 0)
     assert record["error"] == captured.err.removeprefix("airgap: ").rstrip("\n")
@@ -456,6 +461,7 @@ def test_an_upload_cut_between_chunks_goes_on_at_the_registry_offset(
         status, captured = run_import(relay, relay.bundle, proxy, state, capsys, "--workers", "1")
         assert status == 1
         assert "PATCH" in captured.err
+        assert json.loads(captured.out)["blobs_uploaded"] > 0  # what it did, then the error
         assert pushes(distribution)  # some blobs went before the cut
         [session] = json.loads(_status(state, capsys))["open_uploads"]
         assert session["offset"] == 3 * CHUNK
