@@ -477,6 +477,12 @@ def test_an_upload_cut_between_chunks_goes_on_at_the_registry_offset(
     assert report["bytes_sent"] == total - sum(needed[d] for d in arrived) - 3 * CHUNK
     assert report["verify"]["failed"] == 0
     assert json.loads(_status(state, capsys))["open_uploads"] == []
+    with capsys.disabled():
+        print(
+            f"\ncut: total {total} bytes in {len(needed)} blobs; before the cut {len(arrived)} "
+            f"blobs complete, one session at {3 * CHUNK}; rerun sent {report['bytes_sent']} "
+            f"bytes, requests {report['requests']}"
+        )
 
 
 def _status(state: Path, capsys) -> str:
