@@ -54,3 +54,21 @@ def bundle_files(bundle: Path) -> dict[str, str]:
     """path -> sha256 of every file a bundle's signed manifest lists."""
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
     return {f["path"]: f["sha256"] for f in manifest["files"]}
+
+
+@pytest.fixture(scope="session")
+def reader(hosts):
+    """The CA's `reader` identity (a puller) as a skopeo cert dir on the registry host."""
+    ca_dir = Path("/var/lib/airgapped-registry") / os.environ["AIRGAP_LAB_PREFIX"] / "ca"
+    container = hosts["registry"].backend.name
+    target = "/root/reader"
+    hosts["registry"].check_output(f"rm -rf {target} && mkdir -p {target}")
+    for source, dest in (
+        (ca_dir / "ca-bundle.crt", "ca.crt"),
+        (ca_dir / "clients" / "reader.crt", "client.cert"),
+        (ca_dir / "clients" / "reader.key", "client.key"),
+    ):
+        subprocess.run(
+            ["docker", "cp", "-q", str(source), f"{container}:{target}/{dest}"], check=True
+        )
+    return target
