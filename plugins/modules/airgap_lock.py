@@ -10,13 +10,15 @@ description:
   - O(mode=resolve) (the relay) resolves the mirror list against the upstream
     registries and writes the lock (C(airgap lock)).
   - O(mode=publish) (the relay) pushes the lock as an OCI artifact into a
-    registry, normally the relay's own; nothing is pushed when the tag already
-    names the same artifact (C(airgap lock publish)).
-  - O(mode=fetch) (the registry host) fetches the published lock and rewrites
-    it so that every entry is read from O(source), the relay, at its
-    destination path; digests are unchanged (C(airgap lock fetch)). A garbled
-    or tampered artifact fails the task and leaves O(lock) as it was.
-  - Format and rules in C(docs/mirror.md).
+    registry, normally the relay's own, signed with O(transfer_key); nothing is
+    pushed when the tag already names the same artifact (C(airgap lock publish)).
+  - O(mode=fetch) (the registry host) fetches the published lock, verifies its
+    transfer signature with O(trusted_keys), and rewrites it so that every
+    entry is read from O(source), the relay, at its destination path; digests
+    are unchanged (C(airgap lock fetch)). An unsigned or wrongly signed lock, a
+    garbled or a tampered artifact fails the task and leaves O(lock) as it was.
+  - Format and rules in C(docs/mirror.md), the transfer signature in
+    C(docs/transfer.md).
 version_added: "0.1.0"
 author: Airgapped Registry
 requirements:
@@ -58,6 +60,25 @@ options:
       - With O(mode=fetch), that source's C(registry) as the list writes it
         (C(host[:port])); default the host and port of O(registry).
     type: str
+  transfer_key:
+    description:
+      - With O(mode=publish), the relay's transfer key (C(airgap transfer-key
+        init)); the lock is published with its signature. Unset, the lock is
+        published unsigned, and a fetch that requires a signature refuses it.
+    type: path
+  trusted_keys:
+    description:
+      - With O(mode=fetch), the transfer public keys the lock must be signed
+        by, each a directory of C(*.pub) files or one C(.pub) file. Unset, the
+        engine's default (C(/etc/airgapped-registry/transfer/trusted)).
+    type: list
+    elements: path
+  allow_unsigned:
+    description:
+      - With O(mode=fetch), do not check the lock's transfer signature. Only
+        for a site that has not deployed transfer keys yet; the task warns.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - airgap_registry_access
 attributes:
@@ -78,11 +99,12 @@ EXAMPLES = r"""
     spec: /etc/airgapped-registry/mirror.yaml
     lock: /var/lib/airgapped-registry/mirror.lock
 
-- name: Publish the lock in the relay's registry
+- name: Publish the lock in the relay's registry, signed with its transfer key
   airgap_lock:
     mode: publish
     lock: /var/lib/airgapped-registry/mirror.lock
     registry: http://127.0.0.1:5000
+    transfer_key: /var/lib/airgapped-registry/transfer/transfer.key
 
 - name: Fetch the relay's lock, rewritten to read from the relay (registry host)
   airgap_lock:
@@ -93,6 +115,7 @@ EXAMPLES = r"""
     cert_file: /etc/airgapped-registry/sync/client.cert
     key_file: /etc/airgapped-registry/sync/client.key
     source: relay
+    trusted_keys: [/etc/airgapped-registry/transfer/trusted]
 """
 
 RETURN = r"""
@@ -100,8 +123,10 @@ report:
   description:
     - The engine's report. Resolve and fetch - C(lock), C(changed), C(written),
       C(entries), C(summary), C(diff) (added, removed, moved, changed
-      destination tags), C(requests). Publish - C(reference), C(digest),
-      C(previous), C(lock_digest), C(entries), C(published), C(requests).
+      destination tags), C(requests); fetch also C(signed_by) (the trusted
+      key's id) and C(signature). Publish - C(reference), C(digest),
+      C(previous), C(lock_digest), C(signed_by), C(entries), C(published),
+      C(requests).
   returned: always
   type: dict
 summary:
@@ -111,6 +136,7 @@ summary:
 """
 
 import traceback
+from pathlib import Path
 
 from ansible.module_utils.airgap_engine import (
     engine_module,
@@ -120,10 +146,12 @@ from ansible.module_utils.airgap_engine import (
 )
 
 try:
+    from airgapped_registry import defaults
     from airgapped_registry.errors import AirgapError
     from airgapped_registry.mirror import lockstore
     from airgapped_registry.mirror.relock import lock
     from airgapped_registry.mirror.spec import load
+    from airgapped_registry.transfer import TrustedKeys, load_key
 except ImportError:
     ENGINE_IMPORT_ERROR = traceback.format_exc()
 else:
@@ -163,6 +191,9 @@ def main():
             "tag": {"type": "str"},
             "source": {"type": "str"},
             "source_registry": {"type": "str"},
+            "transfer_key": {"type": "path"},
+            "trusted_keys": {"type": "list", "elements": "path"},
+            "allow_unsigned": {"type": "bool", "default": False},
         },
         ENGINE_IMPORT_ERROR,
         required_if=[
@@ -170,6 +201,7 @@ def main():
             ("mode", "publish", ("registry",)),
             ("mode", "fetch", ("registry", "source")),
         ],
+        mutually_exclusive=[("trusted_keys", "allow_unsigned")],
     )
     p = module.params
     check = module.check_mode
@@ -178,17 +210,29 @@ def main():
         if p["mode"] == "resolve":
             report = lock(load(p["spec"]), p["lock"], check=check)
         else:
-            client = registry_client(p)
             artifact = set_options(p, ["repository", "tag"])
+            if p["mode"] == "publish":
+                key = load_key(Path(p["transfer_key"])) if p["transfer_key"] else None
+            elif p["allow_unsigned"]:
+                trusted = None
+                module.warn(
+                    "allow_unsigned: the lock's transfer signature is not checked (deploy "
+                    "transfer keys and drop this option; docs/transfer.md)"
+                )
+            else:
+                paths = p["trusted_keys"] or [defaults.TRANSFER_TRUSTED_DIR]
+                trusted = TrustedKeys.load([Path(path) for path in paths])
+            client = registry_client(p)
             with client:
                 if p["mode"] == "publish":
-                    report = lockstore.publish(p["lock"], client, check=check, **artifact)
+                    report = lockstore.publish(p["lock"], client, key=key, check=check, **artifact)
                 else:
                     report = lockstore.fetch(
                         client,
                         p["lock"],
                         source=p["source"],
                         source_registry=p["source_registry"],
+                        trusted=trusted,
                         check=check,
                         **artifact,
                     )

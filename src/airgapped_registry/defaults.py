@@ -80,3 +80,9 @@ AUDIT_IMPORT_INTERVAL = 5.0
 GATE_POLICY = Path("/etc/airgapped-registry/gate.yaml")
 PROVENANCE = Path("/etc/airgapped-registry/provenance.yaml")
 GATE_SOCKET = Path("/run/airgapped-registry-gate/gate.sock")
+# The host's transfer key (docs/transfer.md): signs what it hands another host (the relay's
+# published lock, the registry host's inventory, bundles); its public half is beside it,
+# ``transfer.pub``. The trusted directory holds the public keys of the hosts this one takes
+# documents from, one ``*.pub`` each.
+TRANSFER_KEY = Path("/var/lib/airgapped-registry/transfer/transfer.key")
+TRANSFER_TRUSTED_DIR = Path("/etc/airgapped-registry/transfer/trusted")

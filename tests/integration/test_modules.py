@@ -25,6 +25,7 @@ import yaml
 
 from airgap_lab.sample import build
 from airgapped_registry.mirror.lock import read_lock
+from airgapped_registry.transfer import init_key, load_key, public_path
 from airgapped_registry.transport.registry import RegistryClient
 from tests.integration.conftest import htpasswd_line, write_auth_json
 from tests.integration.test_sync import SMALL, seeded, write_list
@@ -57,6 +58,8 @@ def playbook(directory: Path, relay, registry, pki) -> Path:
     }
     relay_lock = str(directory / "relay" / "mirror.lock")
     fetched = str(directory / "registry" / "mirror.lock")
+    transfer_key = str(directory / "relay" / "transfer" / "transfer.key")
+    trusted = [str(directory / "registry" / "trusted")]
     relay_side = {"registry": relay.url, **tls}
     registry_side = {"registry": registry.url, **tls}
     registry_sync = three_times(
@@ -86,12 +89,42 @@ def playbook(directory: Path, relay, registry, pki) -> Path:
             },
         ),
         *three_times(
-            "publish", "airgap_lock", {"mode": "publish", "lock": relay_lock, **relay_side}
+            "publish",
+            "airgap_lock",
+            {"mode": "publish", "lock": relay_lock, "transfer_key": transfer_key, **relay_side},
         ),
+        {
+            "name": "fetch trusting another key",
+            "airgap_lock": {
+                "mode": "fetch",
+                "lock": fetched,
+                "source": "relay",
+                "trusted_keys": [str(directory / "other.pub")],
+                **relay_side,
+            },
+            "ignore_errors": True,
+        },
+        {
+            "name": "fetch unchecked",
+            "airgap_lock": {
+                "mode": "fetch",
+                "lock": fetched,
+                "source": "relay",
+                "allow_unsigned": True,
+                **relay_side,
+            },
+            "check_mode": True,
+        },
         *three_times(
             "fetch",
             "airgap_lock",
-            {"mode": "fetch", "lock": fetched, "source": "relay", **relay_side},
+            {
+                "mode": "fetch",
+                "lock": fetched,
+                "source": "relay",
+                "trusted_keys": trusted,
+                **relay_side,
+            },
         ),
         *registry_sync[:1],
         {
@@ -110,7 +143,7 @@ def playbook(directory: Path, relay, registry, pki) -> Path:
 
 def run_playbook(path: Path) -> dict[str, dict[str, Any]]:
     """Run the playbook (with --diff); each task's result by task name."""
-    return run_playbook_allowing(path, "verify after the check")
+    return run_playbook_allowing(path, "verify after the check", "fetch trusting another key")
 
 
 def run_playbook_allowing(
@@ -173,6 +206,12 @@ def test_nightly_path_check_apply_again(distribution_factory, pki, tmp_path) -> 
     (tmp_path / "registry" / "relay-source.yaml").write_text(
         f"version: 1\nsources:\n  relay:\n    registry: {relay.address}\n    cert_dir: sync\n"
     )
+    key = tmp_path / "relay" / "transfer" / "transfer.key"
+    init_key(key)
+    (tmp_path / "registry" / "trusted").mkdir()
+    shutil.copy(public_path(key), tmp_path / "registry" / "trusted" / "relay.pub")
+    init_key(tmp_path / "other" / "transfer.key")
+    shutil.copy(tmp_path / "other" / "transfer.pub", tmp_path / "other.pub")
 
     results = run_playbook(playbook(tmp_path, relay, registry, pki))
     changed = {name: result.get("changed") for name, result in results.items()}
@@ -201,6 +240,14 @@ def test_nightly_path_check_apply_again(distribution_factory, pki, tmp_path) -> 
         assert line in results["fetch: apply"]["diff"]["after"]
     assert results["registry sync: again"]["report"]["copied"] == 0
     assert results["publish: again"]["report"]["published"] is False
+    assert results["publish: apply"]["report"]["signed_by"] == load_key(key).key_id
+    assert results["fetch: apply"]["report"]["signed_by"] == load_key(key).key_id
+    refused = results["fetch trusting another key"]
+    assert refused["failed"] and "fetch " + relay.url in refused["msg"]
+    assert f": signed by untrusted key {load_key(key).key_id} (trusted: " in refused["msg"]
+    unchecked = results["fetch unchecked"]
+    assert unchecked["report"]["signature"] == "not checked (unsigned allowed)"
+    assert any("allow_unsigned" in warning for warning in unchecked["warnings"]), unchecked
     assert results["verify"]["report"]["failed"] == 0
 
     with RegistryClient(registry.url, pki.ca_file, pki.client_cert, pki.client_key) as client:
@@ -271,6 +318,8 @@ def test_every_module_answers_basic_auth_from_auth_file(distribution_factory, tm
     write_list(tmp_path, upstream.address, ENTRIES)
     auth = write_auth_json(tmp_path / "auth.json", guarded.address, "alice", "s3cret")
     relay_lock, fetched = str(tmp_path / "mirror.lock"), str(tmp_path / "fetched.lock")
+    key = tmp_path / "transfer" / "transfer.key"
+    init_key(key)
     steps = {
         "sync": (
             "airgap_sync",
@@ -280,8 +329,19 @@ def test_every_module_answers_basic_auth_from_auth_file(distribution_factory, tm
                 "state_db": str(tmp_path / "state.db"),
             },
         ),
-        "publish": ("airgap_lock", {"mode": "publish", "lock": relay_lock}),
-        "fetch": ("airgap_lock", {"mode": "fetch", "lock": fetched, "source": "relay"}),
+        "publish": (
+            "airgap_lock",
+            {"mode": "publish", "lock": relay_lock, "transfer_key": str(key)},
+        ),
+        "fetch": (
+            "airgap_lock",
+            {
+                "mode": "fetch",
+                "lock": fetched,
+                "source": "relay",
+                "trusted_keys": [str(public_path(key))],
+            },
+        ),
         "verify": ("airgap_verify", {"lock": fetched, "deep": True}),
         "seed": ("sample_upstream", {"repositories": 1, "base_layer_bytes": 512}),
     }

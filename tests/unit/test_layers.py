@@ -27,12 +27,14 @@ LAYERS = {
     f"{ENGINE}.transport": 2,
     f"{ENGINE}.tools": 3,
     f"{ENGINE}.state": 3,
+    f"{ENGINE}.transfer": 3,
     f"{ENGINE}.mirror": 4,
     f"{ENGINE}.signing": 4,
     f"{ENGINE}.scanning": 4,
     f"{ENGINE}.audit": 4,
     f"{ENGINE}.service": 5,
     f"{ENGINE}.gate": 5,
+    f"{ENGINE}.bundle": 5,
     f"{ENGINE}.cli": 6,
 }
 # Never imported by the engine: the lab's content, and Ansible (modules wrap the engine).

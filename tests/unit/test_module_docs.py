@@ -45,6 +45,7 @@ ENGINE_DEFAULTS: dict[str, object] = {
     "state_db": defaults.STATE_PATH,
     "repository": defaults.LOCK_REPOSITORY,
     "tag": defaults.LOCK_TAG,
+    "trusted_keys": defaults.TRANSFER_TRUSTED_DIR,
 }
 # "the engine's default (30)", "(16 MiB)", "(C(current))": what the text says the value is.
 STATED = re.compile(r"engine's default \((C\([^)]*\)|[^()]*)\)")

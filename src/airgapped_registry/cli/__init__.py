@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from airgapped_registry import __version__
 from airgapped_registry.cli.audit import add_audit_commands
+from airgapped_registry.cli.bundle import add_bundle_commands
 from airgapped_registry.cli.gate import add_gate_commands
 from airgapped_registry.cli.lock import add_lock_commands
 from airgapped_registry.cli.policy import add_policy_commands
@@ -21,6 +22,7 @@ from airgapped_registry.cli.run import run
 from airgapped_registry.cli.scan import add_scan_commands
 from airgapped_registry.cli.sign import add_sign_commands
 from airgapped_registry.cli.sync import add_sync_commands
+from airgapped_registry.cli.transfer import add_transfer_commands
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     add_gate_commands(commands)
     add_audit_commands(commands)
     add_policy_commands(commands)
+    add_transfer_commands(commands)
+    add_bundle_commands(commands)
     return root
 
 

@@ -1,7 +1,8 @@
 """``airgap spec check``, ``airgap lock [publish|fetch]``: the mirror list and its lock.
 
 The relay side: validate the list, resolve it into ``mirror.lock``, publish the lock into
-the relay's registry; and the registry host's ``lock fetch`` of that published lock.
+the relay's registry, signed with its transfer key; and the registry host's ``lock fetch``
+of that published lock, which verifies the signature with its trusted keys first.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from airgapped_registry import defaults
@@ -17,6 +19,7 @@ from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror import lockstore
 from airgapped_registry.mirror.relock import lock
 from airgapped_registry.mirror.spec import load
+from airgapped_registry.transfer import TrustedKeys, load_key
 
 
 def add_lock_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,6 +80,14 @@ def add_lock_transport_commands(lock_parser: argparse.ArgumentParser) -> None:
         help="push the lock as an OCI artifact into a registry (the relay's own)",
     )
     publish_parser.add_argument("--lock", required=True, metavar="FILE", help="the lock file")
+    publish_parser.add_argument(
+        "--transfer-key",
+        type=Path,
+        metavar="PATH",
+        help="sign the lock with this transfer key (the relay's, "
+        f"{defaults.TRANSFER_KEY}); without it the lock is published unsigned, and a fetch "
+        "that requires a signature refuses it",
+    )
     publish_parser.set_defaults(run=run_lock_publish)
 
     fetch_parser = actions.add_parser(
@@ -96,17 +107,43 @@ def add_lock_transport_commands(lock_parser: argparse.ArgumentParser) -> None:
         help="that source's registry as the mirror list writes it (default: from --registry)",
     )
     fetch_parser.add_argument("--output", required=True, metavar="FILE", help="the lock to write")
+    trust = fetch_parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--trusted-keys",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="transfer public keys the lock must be signed by: a directory of *.pub or one "
+        f".pub file; repeatable (default {defaults.TRANSFER_TRUSTED_DIR})",
+    )
+    trust.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="do not check the lock's transfer signature: only for a site that has not "
+        "deployed transfer keys yet (docs/transfer.md)",
+    )
     fetch_parser.set_defaults(run=run_lock_fetch)
 
 
 def run_lock_publish(args: argparse.Namespace) -> dict[str, Any]:
+    key = load_key(args.transfer_key) if args.transfer_key else None
     with registry_client(args) as client:
         return lockstore.publish(
-            args.lock, client, repository=args.repository, tag=args.tag, check=args.check
+            args.lock, client, key=key, repository=args.repository, tag=args.tag, check=args.check
         )
 
 
 def run_lock_fetch(args: argparse.Namespace) -> dict[str, Any]:
+    if args.allow_unsigned:
+        trusted = None
+        print(
+            "airgap: lock fetch: --allow-unsigned: the lock's transfer signature is not "
+            "checked (deploy transfer keys and drop this flag; docs/transfer.md)",
+            file=sys.stderr,
+        )
+    else:
+        # Loaded before the registry is asked: a host without trusted keys fails at once.
+        trusted = TrustedKeys.load(args.trusted_keys or [defaults.TRANSFER_TRUSTED_DIR])
     with registry_client(args) as client:
         return lockstore.fetch(
             client,
@@ -115,5 +152,6 @@ def run_lock_fetch(args: argparse.Namespace) -> dict[str, Any]:
             source_registry=args.source_registry,
             repository=args.repository,
             tag=args.tag,
+            trusted=trusted,
             check=args.check,
         )

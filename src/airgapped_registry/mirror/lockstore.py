@@ -6,8 +6,11 @@ every entry now comes from the relay, at the path the relay stores it under (its
 ``destination``). Digests do not change, since the relay holds the same bytes.
 
 The artifact: an OCI image manifest with ``artifactType`` and config media type
-:data:`CONFIG_MEDIA_TYPE` (config ``{}``) and one layer of :data:`LOCK_MEDIA_TYPE`, the
-lock file's bytes, titled ``mirror.lock``.
+:data:`CONFIG_MEDIA_TYPE` (config ``{}``), a layer of :data:`LOCK_MEDIA_TYPE`, the lock
+file's bytes, titled ``mirror.lock``, and, when published with the relay's transfer key, a
+second layer of :data:`SIGNATURE_MEDIA_TYPE` titled ``mirror.lock.sig``: the lock's transfer
+signature (purpose ``lock``, docs/transfer.md). The registry host's fetch verifies it with
+its trusted keys before anything else reads the lock.
 """
 
 from __future__ import annotations
@@ -24,11 +27,17 @@ from airgapped_registry.errors import AirgapError
 from airgapped_registry.mirror.lock import Lock, LockEntry, LockError, diff, write_atomically
 from airgapped_registry.oci.mediatypes import OCI_MANIFEST
 from airgapped_registry.oci.reference import digest_of
+from airgapped_registry.transfer import MEDIA_TYPE as SIGNATURE_MEDIA_TYPE
+from airgapped_registry.transfer import TransferKey, TransferSignatureError, TrustedKeys
+from airgapped_registry.transfer.signature import MAX_DOCUMENT_BYTES
 from airgapped_registry.transport.registry import RegistryClient
 
 CONFIG_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.config.v1+json"
 LOCK_MEDIA_TYPE = "application/vnd.airgapped-registry.lock.v1+json"
 TITLE = "mirror.lock"
+SIGNATURE_TITLE = "mirror.lock.sig"
+# The transfer signature's purpose: a lock's signature never passes for another document's.
+PURPOSE = "lock"
 _CONFIG = b"{}"
 
 
@@ -36,8 +45,26 @@ class LockStoreError(AirgapError):
     """The published lock is missing, is not a lock artifact, or its bytes do not check."""
 
 
-def artifact(lock_text: bytes) -> bytes:
-    """The manifest publishing ``lock_text``; the same lock gives the same manifest digest."""
+def artifact(lock_text: bytes, signature: bytes | None = None) -> bytes:
+    """The manifest publishing ``lock_text`` (and its transfer ``signature``); the same lock
+    signed by the same key gives the same manifest digest."""
+    layers: list[dict[str, Any]] = [
+        {
+            "mediaType": LOCK_MEDIA_TYPE,
+            "digest": digest_of(lock_text),
+            "size": len(lock_text),
+            "annotations": {"org.opencontainers.image.title": TITLE},
+        }
+    ]
+    if signature is not None:
+        layers.append(
+            {
+                "mediaType": SIGNATURE_MEDIA_TYPE,
+                "digest": digest_of(signature),
+                "size": len(signature),
+                "annotations": {"org.opencontainers.image.title": SIGNATURE_TITLE},
+            }
+        )
     document = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -47,14 +74,7 @@ def artifact(lock_text: bytes) -> bytes:
             "digest": digest_of(_CONFIG),
             "size": len(_CONFIG),
         },
-        "layers": [
-            {
-                "mediaType": LOCK_MEDIA_TYPE,
-                "digest": digest_of(lock_text),
-                "size": len(lock_text),
-                "annotations": {"org.opencontainers.image.title": TITLE},
-            }
-        ],
+        "layers": layers,
     }
     return json.dumps(document, indent=2, sort_keys=True).encode()
 
@@ -63,11 +83,14 @@ def publish(
     lock_path: str | os.PathLike[str],
     client: RegistryClient,
     *,
+    key: TransferKey | None = None,
     repository: str = defaults.LOCK_REPOSITORY,
     tag: str = defaults.LOCK_TAG,
     check: bool = False,
 ) -> dict[str, Any]:
-    """Push the lock file as ``repository:tag``; nothing is pushed when it is already there.
+    """Push the lock file as ``repository:tag``, signed with the transfer ``key`` (unsigned
+    without one: a fetch that requires a signature refuses it); nothing is pushed when it is
+    already there.
 
     One manifest HEAD decides: the tag names the artifact's digest → ``changed`` false.
     """
@@ -77,7 +100,8 @@ def publish(
     except OSError as exc:
         raise LockStoreError(f"{os.fspath(path)}: {exc.strerror or exc}") from exc
     locked = Lock.from_json(text.decode("utf-8", errors="replace"), os.fspath(path))
-    manifest = artifact(text)
+    signature = key.sign(text, PURPOSE) if key is not None else None
+    manifest = artifact(text, signature)
     digest = digest_of(manifest)
     before = client.requests
     current = client.head_manifest(repository, tag)
@@ -86,6 +110,8 @@ def publish(
     if changed and not check:
         client.push_blob(repository, digest_of(_CONFIG), _CONFIG)
         client.push_blob(repository, digest_of(text), text)
+        if signature is not None:
+            client.push_blob(repository, digest_of(signature), signature)
         client.put_manifest(repository, tag, manifest, OCI_MANIFEST)
     return {
         "lock": os.fspath(path),
@@ -96,15 +122,33 @@ def publish(
         "digest": digest,
         "previous": previous,
         "lock_digest": digest_of(text),
+        "signed_by": key.key_id if key is not None else None,
         "entries": len(locked.entries),
         "requests": client.requests - before,
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """The published lock as fetched: its text, parsed, the artifact's manifest digest, and
+    the id of the trusted transfer key that signed it (None when not checked)."""
+
+    text: str
+    lock: Lock
+    digest: str
+    signed_by: str | None
+
+
 def read_published(
-    client: RegistryClient, repository: str = defaults.LOCK_REPOSITORY, tag: str = defaults.LOCK_TAG
-) -> tuple[str, Lock, str]:
-    """``(lock text, lock, manifest digest)`` of the published lock, every digest checked."""
+    client: RegistryClient,
+    repository: str = defaults.LOCK_REPOSITORY,
+    tag: str = defaults.LOCK_TAG,
+    *,
+    trusted: TrustedKeys | None,
+) -> Published:
+    """The published lock, every digest checked and its transfer signature verified with
+    ``trusted`` before the lock is parsed. ``trusted`` None: the signature is not asked for
+    (a site that has not deployed transfer keys yet, and says so)."""
     where = f"{client.base_url}/{repository}:{tag}"
     if client.head_manifest(repository, tag) is None:
         raise LockStoreError(f"{where}: no published lock (publish one with airgap lock publish)")
@@ -118,34 +162,62 @@ def read_published(
         config_type = document["config"]["mediaType"]
     except (ValueError, KeyError, TypeError) as exc:
         raise LockStoreError(f"{where}: not a lock artifact (unreadable manifest)") from exc
+    expected = (LOCK_MEDIA_TYPE, SIGNATURE_MEDIA_TYPE)
     if (
         config_type != CONFIG_MEDIA_TYPE
         or not isinstance(layers, list)
-        or len(layers) != 1
-        or not isinstance(layers[0], dict)
-        or layers[0].get("mediaType") != LOCK_MEDIA_TYPE
+        or not 1 <= len(layers) <= 2
+        or not all(isinstance(layer, dict) for layer in layers)
+        or [layer.get("mediaType") for layer in layers] != list(expected[: len(layers)])
     ):
         raise LockStoreError(
-            f"{where}: not a lock artifact (expected config {CONFIG_MEDIA_TYPE} and one "
-            f"{LOCK_MEDIA_TYPE} layer)"
+            f"{where}: not a lock artifact (expected config {CONFIG_MEDIA_TYPE}, one "
+            f"{LOCK_MEDIA_TYPE} layer and at most one {SIGNATURE_MEDIA_TYPE} layer after it)"
         )
-    layer = layers[0]
-    try:
-        data = client.get_blob(repository, str(layer.get("digest")))
-    except AirgapError as exc:
-        raise LockStoreError(f"{where}: lock blob: {exc}") from exc
-    if len(data) != layer.get("size"):
-        raise LockStoreError(
-            f"{where}: lock blob is {len(data)} bytes, the manifest says {layer.get('size')}"
-        )
+    data = _layer_blob(client, repository, layers[0], where, "lock blob")
+    signed_by = None
+    if trusted is not None:
+        signature = None
+        if len(layers) == 2:
+            if not isinstance(layers[1].get("size"), int) or layers[1]["size"] > MAX_DOCUMENT_BYTES:
+                raise TransferSignatureError(
+                    f"published lock {where}: not a transfer signature document (its layer "
+                    f"says {layers[1].get('size')!r} bytes, at most {MAX_DOCUMENT_BYTES})"
+                )
+            signature = _layer_blob(client, repository, layers[1], where, "signature blob")
+        try:
+            signed_by = trusted.verify(
+                data, signature, purpose=PURPOSE, what=f"published lock {where}"
+            )
+        except TransferSignatureError as exc:
+            if signature is not None:
+                raise
+            raise TransferSignatureError(
+                f"{exc}; the relay signs it with 'airgap lock publish --transfer-key' (a site "
+                "without transfer keys yet may fetch with --allow-unsigned)"
+            ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LockStoreError(f"{where}: published lock refused: not UTF-8 text") from exc
     try:
-        return text, Lock.from_json(text, where), digest
+        return Published(text, Lock.from_json(text, where), digest, signed_by)
     except LockError as exc:
         raise LockStoreError(f"published lock refused: {exc}") from exc
+
+
+def _layer_blob(
+    client: RegistryClient, repository: str, layer: dict[str, Any], where: str, what: str
+) -> bytes:
+    try:
+        data = client.get_blob(repository, str(layer.get("digest")))
+    except AirgapError as exc:
+        raise LockStoreError(f"{where}: {what}: {exc}") from exc
+    if len(data) != layer.get("size"):
+        raise LockStoreError(
+            f"{where}: {what} is {len(data)} bytes, the manifest says {layer.get('size')}"
+        )
+    return data
 
 
 def registry_address(url: str) -> str:
@@ -190,19 +262,23 @@ def fetch(
     source_registry: str | None = None,
     repository: str = defaults.LOCK_REPOSITORY,
     tag: str = defaults.LOCK_TAG,
+    trusted: TrustedKeys | None,
     check: bool = False,
 ) -> dict[str, Any]:
     """Fetch the published lock, rewrite it for ``source``, write ``output`` if it changes.
 
     ``source_registry`` is the ``host[:port]`` the mirror list names the source by (default:
-    the one of the client's URL). A refused artifact raises before ``output`` is touched;
-    the file is replaced atomically.
+    the one of the client's URL). ``trusted``: the transfer keys the lock must be signed by
+    (None only where unsigned locks are allowed). A refused artifact, an unsigned lock or
+    one whose signature does not verify raises before ``output`` is touched; the file is
+    replaced atomically.
     """
     path = Path(output)
     registry = source_registry or registry_address(client.base_url)
     before = client.requests
-    _, published, digest = read_published(client, repository, tag)
-    new = relay_lock(published, source, registry)
+    published = read_published(client, repository, tag, trusted=trusted)
+    digest = published.digest
+    new = relay_lock(published.lock, source, registry)
     text = new.to_json()
     try:
         old_text: str | None = path.read_text(encoding="utf-8")
@@ -222,6 +298,8 @@ def fetch(
         "lock": os.fspath(path),
         "reference": f"{client.base_url}/{repository}:{tag}",
         "digest": digest,
+        "signed_by": published.signed_by,
+        "signature": "verified" if trusted is not None else "not checked (unsigned allowed)",
         "source": source,
         "registry": registry,
         "changed": changed,
