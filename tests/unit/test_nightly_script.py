@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from airgapped_registry import defaults
 from plugins.filter.nightly import airgap_nightly_changed
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -147,6 +148,24 @@ def test_runs_in_crons_environment_and_logs_one_line(tmp_path: Path, tier: str) 
     assert not {"--workers", "--engine-copy-max-bytes", "--attempts"} & set(sync)
     (lock,) = [args for _, args in made if args[0] == "lock"]
     assert "--repository" not in lock
+    # The relay signs what it publishes, the registry host fetches only what its trusted
+    # keys verify: the engine's default paths, which site_defaults writes once.
+    flag, path = (
+        ("--transfer-key", defaults.TRANSFER_KEY)
+        if tier == "relay"
+        else ("--trusted-keys", defaults.TRANSFER_TRUSTED_DIR)
+    )
+    assert lock[lock.index(flag) + 1] == str(path)
+
+
+def test_a_refused_lock_stops_the_registry_hosts_run(tmp_path: Path) -> None:
+    """A lock fetch that fails (unsigned, wrongly signed) ends the run before any copy."""
+    script = render(tmp_path, "registry")
+    (tmp_path / "engine" / "fail").write_text("lock")
+    ran = run(script, "--json")
+    assert ran.returncode == 1
+    assert json.loads(ran.stdout)["sync"] is None
+    assert [args[0] for _, args in calls(tmp_path)] == ["lock"]
 
 
 def test_the_role_variables_become_flags(tmp_path: Path) -> None:
