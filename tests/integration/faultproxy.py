@@ -18,9 +18,10 @@ method and ``re.search`` on the path with its query) and does one of:
   valid JSON, its digest changes; headers, ``Docker-Content-Digest`` included, are kept).
 
 ``times`` bounds how often a rule fires (``None``: always); a rule that has fired ``times``
-times lets requests through. The proxy records every request (:attr:`FaultProxy.records`:
-method, path, and what happened: the upstream's status or the fault) so a test can count
-what passed and what was refused.
+times lets requests through. ``after`` lets the first ``after`` matching requests through
+before the rule fires (the fourth chunk of an upload, say). The proxy records every request
+(:attr:`FaultProxy.records`: method, path, and what happened: the upstream's status or the
+fault) so a test can count what passed and what was refused.
 
 The proxy speaks plain HTTP on 127.0.0.1 (a random port) to its clients and to the
 registry, keeps connections alive like Distribution does, and forwards the ``Host``
@@ -77,7 +78,9 @@ class Rule:
     times: int | None = None
     retry_after: str | None = None
     seconds: float = 60.0
+    after: int = 0
     fired: int = 0
+    seen: int = 0
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -90,6 +93,9 @@ class Rule:
         if self.times is not None and self.fired >= self.times:
             return False
         if not (self._method.fullmatch(method) and self._path.search(path)):
+            return False
+        self.seen += 1
+        if self.seen <= self.after:
             return False
         self.fired += 1
         return True

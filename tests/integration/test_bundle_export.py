@@ -24,7 +24,7 @@ from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transfer import TrustedKeys, init_key
 from airgapped_registry.transport.registry import RegistryClient
 from tests.integration.mirror_lists import LAB_ENTRIES, MOVED, SMALL, lab_list
-from tests.integration.test_sync import cosign, locked, run_sync, seeded, sign
+from tests.integration.test_sync import corrupt, cosign, locked, run_sync, seeded, sign
 
 pytestmark = pytest.mark.integration
 
@@ -190,6 +190,24 @@ def test_export_refuses_a_bundle_directory_that_is_not_empty(relay, tmp_path, ca
     assert report["stderr"] == (
         f"airgap: {output}: exists and is not empty (a bundle is never overwritten)\n"
     )
+
+
+def test_a_blob_that_does_not_match_its_digest_fails_the_export(relay, tmp_path, capsys) -> None:
+    _, registry, _, lock_path = relay
+    entry = read_lock(lock_path).get(SIGNED, "2.0.0")
+    layer = entry.children[0].layers[-1]
+    corrupt(registry, layer.digest)
+    key = transfer_key(tmp_path / "key")
+    output = tmp_path / "drive" / "seed"
+    status, report = airgap(
+        capsys,
+        *("bundle", "export", "--lock", lock_path, "--registry", registry.url),
+        *("--output", output, "--transfer-key", key, "--workers", "2"),
+    )
+    assert status == 1
+    assert report["stderr"].startswith(f"airgap: {SIGNED}@{layer.digest}: GET ")
+    assert f"digest mismatch: expected {layer.digest}" in report["stderr"]
+    assert list((tmp_path / "drive").iterdir()) == [], "neither DIR nor DIR.partial is left"
 
 
 def test_delta_after_an_upstream_change_holds_only_the_new_digests(

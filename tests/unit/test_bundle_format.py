@@ -216,6 +216,12 @@ def fifo(root: Path) -> None:
     os.mkfifo(root / "blobs" / "sha256" / "pipe")
 
 
+def linked_directory(root: Path) -> None:
+    elsewhere = root.parent / "elsewhere"
+    shutil.move(root / "airgap", elsewhere)
+    (root / "airgap").symlink_to(elsewhere)
+
+
 def edit_manifest(root: Path) -> None:
     document = json.loads((root / MANIFEST).read_text())
     document["kind"] = "delta"
@@ -251,6 +257,7 @@ REFUSALS: dict[str, tuple[Callable[..., None], str]] = {
     "unlisted": (extra, r"blobs/sha256/notes.txt: not listed in MANIFEST.json"),
     "symlink": (symlink, r"blobs/sha256/\w+: a symbolic link, refused"),
     "hard link": (hard_link, r"blobs/sha256/\w+: has 2 hard links, refused"),
+    "linked directory": (linked_directory, r"/airgap: a symbolic link, refused"),
     "fifo": (fifo, r"blobs/sha256/pipe: not a regular file \(a fifo\), refused"),
     "edited manifest": (edit_manifest, r"MANIFEST.json.*digest mismatch"),
     "edited lock": (edit_lock, r"airgap/lock.json: \d+ bytes, MANIFEST.json says \d+"),
@@ -346,3 +353,19 @@ def test_volumes_of_different_bundles_are_refused(tmp_path, keys) -> None:
     second = write_bundle(tmp_path / "b", key, blobs_of(300 * 1024, 301 * 1024), 300 * 1024)
     with pytest.raises(BundleError, match=r"differs from .*volumes of different bundles"):
         check_volumes([first / "vol-001", second / "vol-002"], trusted)
+
+
+def test_a_bundle_directory_holds_volumes_only(tmp_path, keys) -> None:
+    key, trusted = keys
+    root = write_bundle(tmp_path / "b", key, blobs_of(300 * 1024), 300 * 1024)
+    (root / "README").write_text("hello")
+    with pytest.raises(BundleError, match=r"b/README: not a volume directory"):
+        open_bundle([root], trusted)
+
+
+def test_a_linked_bundle_directory_is_refused(tmp_path, keys) -> None:
+    key, trusted = keys
+    root = write_bundle(tmp_path / "b", key, blobs_of(30))
+    (tmp_path / "link").symlink_to(root)
+    with pytest.raises(BundleError, match=r"link: a symbolic link, refused"):
+        open_bundle([tmp_path / "link"], trusted)

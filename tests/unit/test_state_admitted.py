@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from airgapped_registry.state.admitted import AdmittedBlobs
-from airgapped_registry.state.store import MIGRATIONS, StateStore
+from airgapped_registry.state.store import MIGRATIONS, SCHEMA_VERSION, StateStore
 
 BLOB = "sha256:" + "1" * 64
 MANIFEST = "sha256:" + "2" * 64
@@ -28,7 +28,7 @@ def test_a_version_2_database_gets_the_admitted_blobs(tmp_path: Path) -> None:
     old.commit()
     old.close()
     with StateStore(path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == SCHEMA_VERSION
         assert store.connection.execute("SELECT count(*) FROM scan_queue").fetchone()[0] == 1
         blobs = AdmittedBlobs(store)
         assert blobs.manifests("prod/app", BLOB) == []

@@ -60,13 +60,13 @@ def test_a_version_1_database_with_data_is_migrated_to_the_scan_tables(tmp_path:
     old.close()
 
     with StateStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.schema_version == SCHEMA_VERSION
         assert [entry.digest for entry in store.entries()] == [AMD64]
         assert [run.summary for run in store.runs()] == ["entries=1"]
         scans = VerdictStore(store)
         scans.record(verdict())
         assert scans.verdict("sample/app", INDEX) == verdict()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (3,)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_a_verdict_is_replaced_and_keeps_its_index_children(verdicts: VerdictStore) -> None:

@@ -174,7 +174,8 @@ def upstream_keys(lock: Lock, spec: MirrorSpec) -> tuple[dict[str, bytes], dict[
 
 
 def _json_bytes(document: Any) -> bytes:
-    return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
+    """Compact: these files count against the delta's size, which should be its content's."""
+    return (json.dumps(document, separators=(",", ":"), sort_keys=True) + "\n").encode()
 
 
 def _prepare_output(output: Path) -> Path:
@@ -240,17 +241,21 @@ def export(
     )
     destination = Path(output)
     partial = _prepare_output(destination)
-    writer = BundleWriter(partial, layout)
-    for path, data in front.items():
-        writer.put_bytes(path, data)
     before = client.requests
-    downloaded = _download(client, writer, items, workers)
-    created = now()
-    manifest = writer.finish(key, kind=kind, created=created, lock_digest=lock_digest, base=base)
-    os.sync()  # the bundle is on the medium before it has its final name
-    if destination.is_dir():
-        destination.rmdir()
-    os.replace(partial, destination)
+    try:
+        writer = BundleWriter(partial, layout)
+        for path, data in front.items():
+            writer.put_bytes(path, data)
+        downloaded = _download(client, writer, items, workers)
+        manifest = writer.finish(key, kind=kind, created=now(), lock_digest=lock_digest, base=base)
+        os.sync()  # the bundle is on the medium before it has its final name
+        if destination.is_dir():
+            destination.rmdir()
+        os.replace(partial, destination)
+    except BaseException:
+        # Half a bundle helps nobody, and on a drive it takes the room the next try needs.
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     manifests = [item for item in items if item.manifest]
     skipped = list(selection.skipped.values())
     return {
@@ -287,15 +292,17 @@ def _download(client: RegistryClient, writer: BundleWriter, items: list[Item], w
         return 0
     # Large blobs first: the slowest downloads start early and the tail is short.
     ordered = sorted(items, key=lambda item: item.size, reverse=True)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    pool = ThreadPoolExecutor(max(1, workers))
+    try:
         futures = [pool.submit(_fetch, client, writer, item) for item in ordered]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
             if future in done and future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]
         return sum(future.result() for future in futures)
+    finally:
+        # On a failure or an interrupt, downloads not started are dropped, not waited for.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _fetch(client: RegistryClient, writer: BundleWriter, item: Item) -> int:

@@ -199,6 +199,12 @@ def holds(body: bytes, signature: Signature, where: str) -> bool:
     )
 
 
+def carries(locked: bytes, held: bytes, where: str) -> bool:
+    """Whether the manifest ``held`` holds every layer of the manifest ``locked``,
+    annotations and all (``locked`` itself, or it with the appliance's layers added)."""
+    return not _layer_keys(locked, where) - _layer_keys(held, where)
+
+
 def _layer_keys(body: bytes, where: str) -> Counter[str]:
     """A manifest's layers as canonical JSON: equal when digest and annotations are."""
     layers = parse_manifest(body, where).get("layers") or []
@@ -261,7 +267,7 @@ def copy_signatures(
         if current is not None and current.digest != signature.digest:
             held = client.get_manifest(entry.destination, signature.tag)[0]
             # Every locked layer there, annotations and all: only the appliance's added.
-            if not _layer_keys(body, where) - _layer_keys(held, where):
+            if carries(body, held, where):
                 if check_all:
                     sent += _put_blobs(entry, signature, source, client)
                 continue

@@ -3,7 +3,8 @@
 One SQLite database per host (WAL mode, so the health endpoint can read while a sync writes)
 holds the appliance's state and its migrations; this module owns its ``sync_*`` tables
 (``scan_*`` are :mod:`airgapped_registry.state.verdicts`', ``gate_*``
-:mod:`airgapped_registry.state.admitted`'):
+:mod:`airgapped_registry.state.admitted`', ``bundle_*``
+:mod:`airgapped_registry.state.imports`'):
 
 - ``sync_entries``: one row per destination tag (``host[:port]/repository:tag``), replaced by
   every run that looks at the entry: the digest the lock wants, the result of the last run
@@ -136,6 +137,60 @@ CREATE TABLE gate_admitted_blobs (
     manifest TEXT NOT NULL,
     admitted_at TEXT NOT NULL,
     PRIMARY KEY (repository, digest, manifest)
+)
+""",
+    ),
+    # 4: bundle imports (issue 11): their record, the resume ledger and the open upload
+    # sessions, owned by state/imports.py.
+    (
+        """
+CREATE TABLE bundle_imports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    bundle TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    lock_digest TEXT NOT NULL,
+    created TEXT,
+    registry TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL
+        CHECK (status IN ('running', 'ok', 'failed', 'refused', 'interrupted')),
+    entries INTEGER NOT NULL DEFAULT 0,
+    blobs_uploaded INTEGER NOT NULL DEFAULT 0,
+    blobs_mounted INTEGER NOT NULL DEFAULT 0,
+    blobs_present INTEGER NOT NULL DEFAULT 0,
+    manifests INTEGER NOT NULL DEFAULT 0,
+    tags INTEGER NOT NULL DEFAULT 0,
+    bytes_sent INTEGER NOT NULL DEFAULT 0,
+    resumed_bytes INTEGER NOT NULL DEFAULT 0,
+    duration REAL,
+    error TEXT
+)
+""",
+        """
+CREATE TABLE bundle_import_items (
+    bundle TEXT NOT NULL,
+    registry TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('blob', 'manifest', 'tag')),
+    tag TEXT NOT NULL DEFAULT '',
+    how TEXT NOT NULL,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    done_at TEXT NOT NULL,
+    PRIMARY KEY (bundle, registry, repository, kind, digest, tag)
+)
+""",
+        """
+CREATE TABLE bundle_upload_sessions (
+    registry TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    bundle TEXT NOT NULL,
+    location TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (registry, repository, digest)
 )
 """,
     ),
