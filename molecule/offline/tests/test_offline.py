@@ -42,13 +42,20 @@ def test_registry_host_has_no_route_and_no_package_source(hosts):
 
 @pytest.mark.parametrize("package", DRIVE_PACKAGES)
 def test_appliance_packages_came_from_the_drive(hosts, drive, package):
-    """create.yml purged them; the versions installed are the drive's."""
+    """create.yml purged them; apt installed them again from the drive's repository
+    alone (its history names the bootstrap's private source list), at the drive's
+    versions."""
+    registry = hosts["registry"]
+    history = registry.file("/var/log/apt/history.log").content_string.split("\n\n")
+    runs = [run for run in history if "airgapped-registry-drive-apt/sources.list" in run]
+    installed = " ".join(
+        line for run in runs for line in run.splitlines() if line.startswith("Install:")
+    )
+    assert f"{package}:" in installed, runs
     index = (drive / "debs" / "Packages").read_text().split("\n\n")
     stanza = next(s for s in index if s.startswith(f"Package: {package}\n"))
     fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line)
-    version = fields["Version"]
-    installed = hosts["registry"].check_output(f"dpkg-query -W -f '${{Version}}' {package}")
-    assert installed == version
+    assert registry.check_output(f"dpkg-query -W -f '${{Version}}' {package}") == fields["Version"]
 
 
 def test_drive_checksums_hold(drive):
