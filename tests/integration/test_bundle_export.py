@@ -8,6 +8,7 @@ reading an image out of it, exit codes and the messages of refusals.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from airgap_lab.sample import build, push
 from airgapped_registry.bundle.format import MANIFEST, open_bundle
 from airgapped_registry.cli import main
 from airgapped_registry.mirror.lock import Lock, read_lock
+from airgapped_registry.oci.mediatypes import OCI_MANIFEST
 from airgapped_registry.oci.reference import digest_of
 from airgapped_registry.transfer import TrustedKeys, init_key
 from airgapped_registry.transport.registry import RegistryClient
@@ -29,6 +31,25 @@ from tests.integration.test_sync import corrupt, cosign, locked, run_sync, seede
 pytestmark = pytest.mark.integration
 
 SIGNED = "sample/app-001"
+EMPTY = "application/vnd.oci.empty.v1+json"
+# An artifact larger than a test volume (256 KiB), so that splitting it is certain.
+BIG = "sample/big"
+BIG_LIST = '  - source: upstream\n    repository: sample/big\n    tags: ["1.0"]\n'
+
+
+def push_big(registry) -> None:
+    client = RegistryClient(registry.url)
+    config = b"{}"
+    layer = hashlib.sha256(b"big").digest() * (400 * 1024 // 32)
+    client.push_blob(BIG, digest_of(config), config)
+    client.push_blob(BIG, digest_of(layer), layer)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": EMPTY, "digest": digest_of(config), "size": len(config)},
+        "layers": [{"mediaType": EMPTY, "digest": digest_of(layer), "size": len(layer)}],
+    }
+    client.put_manifest(BIG, "1.0", json.dumps(manifest).encode(), OCI_MANIFEST)
 
 
 def airgap(capsys, *argv: object) -> tuple[int, dict]:
@@ -84,6 +105,7 @@ def relay(distribution_factory, upstream, small, tmp_path):
     keys.mkdir()
     cosign("generate-key-pair", cwd=keys)
     sign_app(own, small, keys)
+    push_big(own)
     spec_path = lab_list(
         tmp_path,
         own.address,
@@ -94,6 +116,7 @@ def relay(distribution_factory, upstream, small, tmp_path):
             f"    signatures: {{keys: [{keys / 'cosign.pub'}]}}\n"
         },
     )
+    spec_path.write_text(spec_path.read_text() + BIG_LIST)
     locked(spec_path)
     target = distribution_factory()
     report = run_sync(spec_path, target, tmp_path / "relay.db")
@@ -131,7 +154,7 @@ def test_full_export_holds_every_digest_once_and_skopeo_reads_it(
     expected = lock_digests(lock)
     stored = bundle_digests(output)
     assert sorted(stored) == sorted(expected), "every digest of the lock, each once"
-    assert (report["kind"], report["entries"], report["volumes"]) == ("full", LAB_ENTRIES, 1)
+    assert (report["kind"], report["entries"], report["volumes"]) == ("full", LAB_ENTRIES + 1, 1)
     assert report["manifests"] + report["blobs"] == len(expected)
     assert report["skipped"] == {"manifests": 0, "blobs": 0, "bytes": 0}
     assert not output.with_name("seed.partial").exists()
@@ -266,11 +289,27 @@ def test_delta_after_an_upstream_change_holds_only_the_new_digests(
     new_bytes = sum(sizes.get(d, 0) for d in new)
     assert report["content_bytes"] >= new_bytes
 
+    # Against an inventory of everything the lock names, the delta is the lock alone.
+    everything = tmp_path / "drive" / "relay-inventory.json"
+    command_inventory = ["bundle", "inventory", "--registry", registry.url, "--output", everything]
+    assert airgap(capsys, *command_inventory, "--transfer-key", site_key)[0] == 0
+    empty = tmp_path / "drive" / "empty"
+    status, nothing = airgap(
+        capsys,
+        *command[:-6],
+        *("--output", empty, "--transfer-key", relay_key, "--inventory", everything),
+        *("--trusted-keys", site_key.with_suffix(".pub")),
+    )
+    assert status == 0, nothing
+    assert (nothing["manifests"], nothing["blobs"], bundle_digests(empty)) == (0, 0, [])
+    assert json.loads((empty / "index.json").read_text())["manifests"] == []
+    assert open_bundle([empty], TrustedKeys.load([relay_key.with_suffix(".pub")])).kind == "delta"
+
     # An inventory the relay does not trust is refused, and no bundle is made.
     refused = tmp_path / "drive" / "refused"
     status, failed = airgap(
         capsys,
-        *command[:-4],
+        *command[:-6],
         "--output",
         refused,
         "--transfer-key",
@@ -298,7 +337,12 @@ def test_volumes_are_each_checkable(relay, tmp_path, capsys) -> None:
     volumes = sorted(output.iterdir())
     assert [v.name for v in volumes] == [f"vol-{n:03d}" for n in range(1, len(volumes) + 1)]
     assert len(volumes) == report["volumes"] >= 3
-    assert list(output.rglob("*.part-0001")), "a blob too large for the room left is split"
+    big = read_lock(lock_path).get(BIG, "1.0").manifest.layers[0]
+    parts = sorted(output.rglob(f"blobs/sha256/{big.digest[7:]}.part-*"))
+    assert len(parts) >= 2, "a blob larger than a volume is split"
+    assert b"".join(part.read_bytes() for part in parts) == bytes(
+        hashlib.sha256(b"big").digest() * (400 * 1024 // 32)
+    )
     total = 0
     for volume in volumes:
         size = sum(p.stat().st_size for p in volume.rglob("*") if p.is_file())

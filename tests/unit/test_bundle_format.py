@@ -228,6 +228,14 @@ def edit_manifest(root: Path) -> None:
     (root / MANIFEST).write_text(json.dumps(document))
 
 
+def unsigned(root: Path) -> None:
+    (root / SIGNATURE).unlink()
+
+
+def no_manifest(root: Path) -> None:
+    (root / MANIFEST).unlink()
+
+
 def edit_lock(root: Path) -> None:
     (root / LOCK).write_bytes(LOCK_TEXT.replace(b"[]", b"[{}]"))
 
@@ -260,6 +268,8 @@ REFUSALS: dict[str, tuple[Callable[..., None], str]] = {
     "linked directory": (linked_directory, r"/airgap: a symbolic link, refused"),
     "fifo": (fifo, r"blobs/sha256/pipe: not a regular file \(a fifo\), refused"),
     "edited manifest": (edit_manifest, r"MANIFEST.json.*digest mismatch"),
+    "unsigned": (unsigned, r"MANIFEST.json: not signed"),
+    "no manifest": (no_manifest, r"b/MANIFEST.json: missing \(not a bundle or volume directory\)"),
     "edited lock": (edit_lock, r"airgap/lock.json: \d+ bytes, MANIFEST.json says \d+"),
 }
 

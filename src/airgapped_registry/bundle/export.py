@@ -39,6 +39,7 @@ from airgapped_registry.bundle.format import (
     BundleWriter,
     blob_file,
     plan_layout,
+    sync_directory,
 )
 from airgapped_registry.bundle.inventory import Inventory, now
 from airgapped_registry.errors import AirgapError
@@ -248,10 +249,12 @@ def export(
             writer.put_bytes(path, data)
         downloaded = _download(client, writer, items, workers)
         manifest = writer.finish(key, kind=kind, created=now(), lock_digest=lock_digest, base=base)
-        os.sync()  # the bundle is on the medium before it has its final name
+        # Every file and directory was synced as written: the bundle is on the medium
+        # before it has its final name, and the name is, before the export reports success.
         if destination.is_dir():
             destination.rmdir()
         os.replace(partial, destination)
+        sync_directory(destination.parent)
     except BaseException:
         # Half a bundle helps nobody, and on a drive it takes the room the next try needs.
         shutil.rmtree(partial, ignore_errors=True)
@@ -297,8 +300,9 @@ def _download(client: RegistryClient, writer: BundleWriter, items: list[Item], w
         futures = [pool.submit(_fetch, client, writer, item) for item in ordered]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
-            if future in done and future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+            error = future.exception() if future in done else None
+            if error is not None:
+                raise error
         return sum(future.result() for future in futures)
     finally:
         # On a failure or an interrupt, downloads not started are dropped, not waited for.
@@ -319,6 +323,7 @@ def _fetch(client: RegistryClient, writer: BundleWriter, item: Item) -> int:
         target = writer.staging(path) if split else writer.target(path)
         with target.open("w+b") as sink:
             size = client.download_blob(item.repository, item.digest, sink)
+            os.fsync(sink.fileno())
         if size != item.size:
             raise BundleError(f"{where}: {size} bytes, the lock says {item.size}")
         if split:

@@ -18,6 +18,7 @@ SHA-256, every volume present, parts reassembling) before it returns a :class:`B
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -268,10 +269,15 @@ def _check_parts(files: dict[str, FileEntry], where: str) -> None:
             raise BundleError(f"{where}: {of}: parts listed do not make 1..{count}")
 
 
-def parts_of(files: dict[str, FileEntry], of: str) -> list[FileEntry]:
-    """The parts of ``of`` in order (empty when it is not split)."""
-    parts = [entry for entry in files.values() if entry.part and entry.part.of == of]
-    return sorted(parts, key=lambda entry: entry.part.index if entry.part else 0)
+def split_blobs(files: dict[str, FileEntry]) -> dict[str, list[FileEntry]]:
+    """Every split blob's parts, in order, by the blob's path."""
+    parts: dict[str, list[FileEntry]] = {}
+    for entry in files.values():
+        if entry.part:
+            parts.setdefault(entry.part.of, []).append(entry)
+    for pieces in parts.values():
+        pieces.sort(key=lambda entry: entry.part.index if entry.part else 0)
+    return parts
 
 
 # -- planning the volumes --------------------------------------------------------------------
@@ -298,11 +304,19 @@ class Layout:
     volumes: int
     volume_size: int | None  # None: one directory, no vol-NNN
 
+    @functools.cached_property
+    def _by_file(self) -> dict[str, list[Placement]]:
+        found: dict[str, list[Placement]] = {}
+        for placement in self.placements:
+            found.setdefault(placement.of, []).append(placement)
+        return found
+
     def of(self, path: str) -> list[Placement]:
-        return [placement for placement in self.placements if placement.of == path]
+        """Where the file ``path`` goes: one placement, or its parts in order."""
+        return self._by_file.get(path, [])
 
     def split(self, path: str) -> bool:
-        return any(p.part is not None for p in self.placements if p.of == path)
+        return any(placement.part is not None for placement in self.of(path))
 
     def volume_bytes(self) -> dict[int, int]:
         used = dict.fromkeys(range(1, self.volumes + 1), 0)
@@ -397,6 +411,23 @@ def _place(
 # -- writing ---------------------------------------------------------------------------------
 
 
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``path`` and wait until it is on the medium (a drive may be pulled next)."""
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def sync_directory(path: Path) -> None:
+    """Wait until the names in directory ``path`` are on the medium."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 class BundleWriter:
     """Writes a planned bundle under ``root`` (the export's ``DIR.partial``).
 
@@ -437,7 +468,7 @@ class BundleWriter:
             staged.write_bytes(data)
             self.place_split(path, staged)
             return
-        self.target(path).write_bytes(data)
+        write_durably(self.target(path), data)
         self.record(path, hashlib.sha256(data).hexdigest())
 
     def record(self, path: str, sha256: str) -> None:
@@ -461,6 +492,8 @@ class BundleWriter:
                         hasher.update(chunk)
                         out.write(chunk)
                         left -= len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
                 self._sums[placement.path] = hasher.hexdigest()
         source.unlink()
 
@@ -493,10 +526,13 @@ class BundleWriter:
         shutil.rmtree(self._staging, ignore_errors=True)
         for number in range(1, self.layout.volumes + 1):
             directory = self.volume_dir(number)
-            (directory / MANIFEST).write_bytes(data)
-            (directory / SIGNATURE).write_bytes(signature)
+            write_durably(directory / MANIFEST, data)
+            write_durably(directory / SIGNATURE, signature)
             volume = {"volume": number, "volumes": self.layout.volumes}
-            (directory / VOLUME).write_text(json.dumps(volume, sort_keys=True) + "\n")
+            write_durably(directory / VOLUME, (json.dumps(volume, sort_keys=True) + "\n").encode())
+        # Files were synced as they were written; their names are in the directories.
+        for walked, _, _ in os.walk(self.root):
+            sync_directory(Path(walked))
         return data
 
 
@@ -511,7 +547,7 @@ class Volume:
     number: int
     volumes: int
     manifest: bytes
-    signature: bytes
+    signature: bytes | None
 
 
 def find_volumes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -527,6 +563,8 @@ def find_volumes(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         entries = sorted(os.scandir(path), key=lambda entry: entry.name)
         if not entries:
             raise BundleError(f"{path}: empty directory, not a bundle")
+        if not any(_VOLUME_DIR.fullmatch(entry.name) for entry in entries):
+            raise BundleError(f"{path / MANIFEST}: missing (not a bundle or volume directory)")
         for entry in entries:
             if not _VOLUME_DIR.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
                 raise BundleError(
@@ -557,7 +595,7 @@ def _require_directory(path: Path) -> None:
         raise BundleError(f"{path}: not a directory")
 
 
-def _open_regular(path: Path, display: str) -> BinaryIO:
+def _open_regular(path: Path, display: str) -> io.BufferedReader:
     """Open a file that must be a regular file with one link, never following a link."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -628,7 +666,9 @@ def read_volume(path: Path) -> Volume:
     ):
         raise BundleError(f"{path / VOLUME}: volume {number!r} of {volumes!r} is not a volume")
     manifest = _read_small(path / MANIFEST, f"{path / MANIFEST}", _MANIFEST_LIMIT)
-    signature = _read_small(path / SIGNATURE, f"{path / SIGNATURE}", _SMALL_LIMIT)
+    signature: bytes | None = None
+    if os.path.lexists(path / SIGNATURE):  # without one, the check says "not signed"
+        signature = _read_small(path / SIGNATURE, f"{path / SIGNATURE}", _SMALL_LIMIT)
     return Volume(path, number, volumes, manifest, signature)
 
 
@@ -666,6 +706,10 @@ class Checked:
     bytes_read: int = 0
     files_checked: int = 0
     problems: list[str] = field(default_factory=list)
+    parts: dict[str, list[FileEntry]] = field(init=False)  # split blobs by path
+
+    def __post_init__(self) -> None:
+        self.parts = split_blobs(self.files)
 
     @property
     def id(self) -> str:
@@ -759,7 +803,7 @@ def _check_contents(checked: Checked) -> None:
         if entry.part.of in seen:
             continue
         seen.add(entry.part.of)
-        parts = [p for p in parts_of(checked.files, entry.part.of) if p.volume in checked.volumes]
+        parts = [p for p in checked.parts[entry.part.of] if p.volume in checked.volumes]
         if parts:
             groups.append((entry.part.of, parts))
     workers = min(4, os.cpu_count() or 1, max(1, len(groups)))
@@ -779,7 +823,8 @@ def _check_contents(checked: Checked) -> None:
 def _hash_group(checked: Checked, of: str, entries: list[FileEntry]) -> tuple[str | None, int, int]:
     """(problem, bytes read, files) for a whole file, or the parts of ``of`` found here."""
     whole = hashlib.sha256()
-    complete = bool(entries[0].part) and len(entries) == entries[0].part.count  # type: ignore[union-attr]
+    first = entries[0].part
+    complete = first is not None and len(entries) == first.count
     read = 0
     for entry in entries:
         display = f"{checked.volumes[entry.volume] / entry.path}"
@@ -848,7 +893,7 @@ class Bundle:
         except BundleError:
             return []
         entry = self.checked.files.get(path)
-        return [entry] if entry else parts_of(self.checked.files, path)
+        return [entry] if entry else self.checked.parts.get(path, [])
 
     def has(self, digest: str) -> bool:
         return bool(self._pieces(digest))
@@ -890,7 +935,7 @@ class _Chain(io.RawIOBase):
         self._files = files
         self._size = sum(size for _, size in files)
         self._position = 0
-        self._current: tuple[int, BinaryIO] | None = None
+        self._current: tuple[int, io.BufferedReader] | None = None
 
     def readable(self) -> bool:
         return True
@@ -916,7 +961,7 @@ class _Chain(io.RawIOBase):
                     self._current = (number, _open_regular(path, str(path)))
                 handle = self._current[1]
                 handle.seek(self._position - start)
-                count = handle.readinto(view[: min(len(view), start + size - self._position)])  # type: ignore[attr-defined]
+                count = handle.readinto(view[: min(len(view), start + size - self._position)])
                 self._position += count
                 return int(count)
             start += size

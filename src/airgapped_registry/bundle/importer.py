@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -194,6 +194,7 @@ class Importer:
             "tags": 0,
             "resumed_bytes": 0,
         }
+        self._stop = threading.Event()
         self.resumed: list[dict[str, Any]] = []
         self.restarted: list[dict[str, Any]] = []
 
@@ -244,6 +245,10 @@ class Importer:
             self._held.add((repository, digest))
             return True
         if digest in self._source:
+            return True
+        held = next((r for r, d in self._held if d == digest), None)
+        if held is not None:
+            self._source[digest] = held
             return True
         for other in self._candidates(repository):
             if self._holds(other, digest, blob):
@@ -298,10 +303,7 @@ class Importer:
                 if entry.repository not in repositories:
                     repositories.append(entry.repository)
                 sizes[digest] = size
-        with ThreadPoolExecutor(self.options.workers) as pool:
-            list(
-                pool.map(lambda item: self._place(item[0], sizes[item[0]], item[1]), wanted.items())
-            )
+        self._run_all(lambda item: self._place(item[0], sizes[item[0]], item[1]), wanted.items())
 
     def _place(self, digest: str, size: int, repositories: list[str]) -> None:
         todo = [r for r in repositories if not self._recorded(r, "blob", digest)]
@@ -379,6 +381,10 @@ class Importer:
                     sent = len(data)
                 else:
                     while offset < size:
+                        if self._stop.is_set():
+                            raise BundleImportError(
+                                f"blob {digest}: stopped at {offset} of {size} bytes (recorded)"
+                            )
                         data = source.read(min(chunk, size - offset))
                         if not data:
                             raise BundleImportError(
@@ -402,8 +408,7 @@ class Importer:
     # -- 3. manifests and tags --------------------------------------------------------------
 
     def push_manifests(self) -> None:
-        with ThreadPoolExecutor(self.options.workers) as pool:
-            list(pool.map(self._push_entry, self.entries))
+        self._run_all(self._push_entry, self.entries)
 
     def _push_entry(self, entry: Entry) -> None:
         repository = entry.repository
@@ -486,6 +491,21 @@ class Importer:
 
     # -- bookkeeping ------------------------------------------------------------------------
 
+    def _run_all(self, work: Callable[[Any], None], items: Iterable[Any]) -> None:
+        """``work`` on every item, ``workers`` at a time. The first failure (or an interrupt
+        of the main thread) stops the rest: nothing queued starts, a blob midway stops after
+        its current chunk (recorded), so a rerun goes on from there."""
+        pool = ThreadPoolExecutor(self.options.workers)
+        try:
+            futures = [pool.submit(work, item) for item in items]
+            for future in futures:
+                future.result()
+        except BaseException:
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
     def _mark(
         self, repository: str, kind: str, digest: str, how: str, sent: int = 0, tag: str = ""
     ) -> None:
@@ -534,6 +554,7 @@ def import_bundle(
     )
     status = "failed"
     error: str | None = None
+    failure: AirgapError | None = None
     try:
         try:
             report.update(importer.completeness())
@@ -555,6 +576,7 @@ def import_bundle(
         status = "ok"
     except AirgapError as exc:
         error = str(exc)
+        failure = exc
         raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -579,4 +601,8 @@ def import_bundle(
                 "error": error,
             },
         )
+        if failure is not None:
+            # The caller shows what was done before the failure (BundleImportError has the
+            # attribute; any other engine error gets it).
+            setattr(failure, "report", {**getattr(failure, "report", {}), **report})  # noqa: B010
     return report

@@ -15,10 +15,16 @@ nightly registry job does after a sync).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
+import sys
+import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from airgapped_registry import defaults
@@ -26,7 +32,6 @@ from airgapped_registry.bundle.export import export
 from airgapped_registry.bundle.format import check_volumes, open_bundle, parse_size
 from airgapped_registry.bundle.importer import (
     DEFAULT_CHUNK_SIZE,
-    BundleImportError,
     ImportOptions,
     import_bundle,
 )
@@ -295,7 +300,11 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
             check=args.check,
             before_tag=SignBeforeTag(signer) if signer else None,
         )
-        with RunLock.beside(args.state), ImportLedger(args.state) as ledger:
+        with (
+            RunLock.beside(args.state),
+            ImportLedger(args.state) as ledger,
+            _terminate_interrupts(),
+        ):
             with target.client() as client:
                 client.retry = RetryPolicy.standard()
                 report = import_bundle(bundle, client, ledger, target.address, options)
@@ -313,15 +322,36 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
             if signer is not None:
                 report["after"] = after_import(args.sign_config, signer, lock, args.scan_wait)
     except RunLockedError as exc:
-        print(f"airgap: {exc}")
+        print(f"airgap: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOCKED) from exc
-    except BundleImportError as exc:
-        if exc.report:
-            exc.report.setdefault("bundle", bundle.id)
+    except AirgapError as exc:
+        # What the import did until it failed goes to stdout, as a failed sync's report.
+        partial = getattr(exc, "report", None)
+        if partial:
+            json.dump(partial, sys.stdout, indent=2)
+            sys.stdout.write("\n")
         raise
     finally:
         signing.close()
     return report
+
+
+@contextmanager
+def _terminate_interrupts() -> Iterator[None]:
+    """SIGTERM interrupts the import as SIGINT does: the workers stop after their current
+    chunk, the record says ``interrupted``, the open uploads stay recorded for the rerun."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def after_import(config_path: str, signer: Signer, lock: Lock, wait: float) -> dict[str, Any]:

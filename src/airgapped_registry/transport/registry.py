@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from airgapped_registry.errors import DigestMismatchError
 from airgapped_registry.oci.mediatypes import MANIFEST_MEDIA_TYPES
@@ -137,21 +137,18 @@ class RegistryClient(BlobUploads):
         return response.body
 
     def download_blob(self, repository: str, digest: str, sink: BinaryIO) -> int:
-        """Write a blob into ``sink`` (a file open for writing and reading, rewound and
-        truncated on each try) without holding it in memory; verify it against its digest.
-        Returns its size."""
-        response = self._call("GET", blob_path(repository, digest), expect=(200,), sink=sink)
+        """Write a blob into ``sink`` (a file open for writing, rewound and truncated on each
+        try) without holding it in memory; verify it against its digest, hashed as the bytes
+        arrive (never read back). Returns its size."""
+        hashing = _HashingSink(sink, digest.split(":", 1)[0])
+        response = self._call(
+            "GET", blob_path(repository, digest), expect=(200,), sink=cast(BinaryIO, hashing)
+        )
         sink.flush()
-        sink.seek(0)
-        hasher = hashlib.new(digest.split(":", 1)[0])
-        size = 0
-        while chunk := sink.read(1024 * 1024):
-            hasher.update(chunk)
-            size += len(chunk)
-        actual = f"{hasher.name}:{hasher.hexdigest()}"
+        actual = f"{hashing.hasher.name}:{hashing.hasher.hexdigest()}"
         if actual != digest:
             raise DigestMismatchError("GET", response.url, response.status, digest, actual)
-        return size
+        return hashing.size
 
     def tags(self, repository: str, page_size: int | None = None) -> list[str]:
         """All tags of a repository, following ``Link`` pagination."""
@@ -161,6 +158,32 @@ class RegistryClient(BlobUploads):
     def catalog(self, page_size: int | None = None) -> list[str]:
         """All repositories the registry lists, following ``Link`` pagination."""
         return self._paginate("/v2/_catalog", "repositories", page_size)
+
+
+class _HashingSink:
+    """The file a blob streams into, hashing what is written; rewinding it starts over
+    (the session rewinds and truncates the sink before each try)."""
+
+    def __init__(self, sink: BinaryIO, algorithm: str) -> None:
+        self.sink = sink
+        self.algorithm = algorithm
+        self.hasher = hashlib.new(algorithm)
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        self.size += len(data)
+        return self.sink.write(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if (offset, whence) != (0, 0):
+            raise ValueError("a blob download only rewinds to its start")
+        self.hasher = hashlib.new(self.algorithm)
+        self.size = 0
+        return self.sink.seek(0)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.sink.truncate(size)
 
 
 def _media_type(response: Response) -> str:
