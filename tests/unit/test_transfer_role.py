@@ -167,3 +167,26 @@ def test_a_peer_key_missing_on_the_controller_stops_the_host(tmp_path: Path) -> 
     missing = tmp_path / "controller" / "transfer-keys" / "relay.pub"
     assert message.startswith(f"registry trusts the transfer keys in {missing}, which are not")
     assert not (tmp_path / "registry" / "etc" / "transfer" / "trusted").exists()
+
+
+def test_a_relay_without_the_registry_hosts_key_is_warned_not_stopped(tmp_path: Path) -> None:
+    # A registry host bootstrapped from a drive has no key until it is converged: the relay
+    # side must converge before that (molecule/offline does), trusting nobody yet.
+    extra_key = tmp_path / "exporter" / "transfer.key"
+    init_key(extra_key)
+    site(tmp_path, public_path(extra_key))
+    status, report = converge(tmp_path, "--limit", "relay")
+    assert status == 0, failures(report)
+    assert (tmp_path / "controller" / "transfer-keys" / "relay.pub").is_file()
+    assert list((tmp_path / "relay" / "etc" / "transfer" / "trusted").iterdir()) == []
+    (warned,) = [
+        result
+        for play in report["plays"]
+        for task in play["tasks"]
+        if "Say which registry hosts" in task["task"]["name"]
+        for host, result in task["hosts"].items()
+        if host == "relay"
+    ]
+    assert warned.get("results") and not warned["results"][0].get("skipped"), warned
+    missing = tmp_path / "controller" / "transfer-keys" / "registry.pub"
+    assert str(missing) in warned["results"][0]["msg"]
