@@ -11,7 +11,7 @@ description:
     O(registry), into the new directory O(output); with O(inventory) (the registry host's
     signed inventory) a delta of what it lacks; with O(volume_size) split into
     C(vol-001)... volumes (C(airgap bundle export)). An existing non-empty O(output) is
-    refused: a bundle is never overwritten.
+    refused (a bundle is never overwritten).
   - O(action=inventory) (the registry host) writes the signed list of every manifest and
     blob O(registry) holds to O(output) and O(output)C(.sig) (C(airgap bundle inventory)).
   - O(action=check) checks the signature and every file of the bundle or volumes in
@@ -74,7 +74,8 @@ options:
   transfer_key:
     description:
       - With O(action=export) and O(action=inventory), this host's transfer key, which
-        signs; unset, the engine's default path.
+        signs. Unset, the engine's default
+        (C(/var/lib/airgapped-registry/transfer/transfer.key)).
     type: path
   trusted_keys:
     description:
@@ -105,7 +106,7 @@ options:
   workers:
     description:
       - Downloads (export), repositories walked (inventory) or pushes (import) side by
-        side. Unset, the engine's default (8).
+        side. Unset, the engine's default (4).
     type: int
 extends_documentation_fragment:
   - airgap_registry_access
