@@ -247,7 +247,8 @@ def plan_export(p, inventory):
 
 
 def run_export(module, p):
-    key = None if module.check_mode else transfer_key(p)
+    # Loaded in check mode too: a missing or unreadable key fails there as the run would.
+    key = transfer_key(p)
     inventory = read_inventory(p["inventory"], trusted(p)) if p["inventory"] else None
     if module.check_mode:
         return True, plan_export(p, inventory)

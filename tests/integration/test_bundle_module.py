@@ -68,51 +68,79 @@ def test_export_check_import_again_and_a_tampered_bundle(distribution_factory, t
         "output": str(bundle),
         "transfer_key": str(key),
     }
-    inventory = tmp_path / "inventory.json"
+    # Check mode alone first: what it left on the drive and asked of the relay is seen.
+    reads_before = len(relay.log().splitlines())
+    results = run_playbook_allowing(
+        write_play(
+            tmp_path / "plan.yml",
+            [{"name": "export: check", "airgap_bundle": export_args, "check_mode": True}],
+        )
+    )
+    planned = results["export: check"]
+    assert planned["changed"] is True
+    assert planned["report"]["kind"] == "full" and planned["report"]["planned"]["blobs"] > 0
+    assert not bundle.exists() and not bundle.parent.exists(), "check mode wrote nothing"
+    assert len(relay.log().splitlines()) == reads_before, "check mode read nothing"
+
+    volumes = tmp_path / "drive" / "volumes"
+    volume_size = str(planned["report"]["planned"]["content_bytes"] // 2)
     relay_tasks = [
-        {"name": "export: check", "airgap_bundle": export_args, "check_mode": True},
         {"name": "export: apply", "airgap_bundle": export_args},
         {"name": "export: again", "airgap_bundle": export_args, "ignore_errors": True},
+        {
+            "name": "export: again, check mode",
+            "airgap_bundle": export_args,
+            "check_mode": True,
+            "ignore_errors": True,
+        },
         {
             "name": "check",
             "airgap_bundle": {"action": "check", "paths": [str(bundle)], "trusted_keys": trusted},
         },
         {
-            "name": "inventory",
+            "name": "export in volumes",
+            "airgap_bundle": {**export_args, "output": str(volumes), "volume_size": volume_size},
+        },
+        {
+            "name": "check the first volume",
             "airgap_bundle": {
-                "action": "inventory",
-                "registry": relay.url,
-                "output": str(inventory),
-                "transfer_key": str(key),
+                "action": "check",
+                "paths": [str(volumes / "vol-001")],
+                "trusted_keys": trusted,
             },
         },
     ]
     results = run_playbook_allowing(
-        write_play(tmp_path / "relay.yml", relay_tasks), "export: again"
+        write_play(tmp_path / "relay.yml", relay_tasks),
+        "export: again",
+        "export: again, check mode",
     )
 
-    planned = results["export: check"]
-    assert planned["changed"] is True
-    assert planned["report"]["kind"] == "full" and planned["report"]["planned"]["blobs"] > 0
     exported = results["export: apply"]
     assert exported["changed"] is True
     report = exported["report"]
     assert (report["kind"], report["key_id"]) == ("full", load_key(key).key_id)
     assert report["blobs"] == planned["report"]["planned"]["blobs"]
     assert report["content_bytes"] == planned["report"]["planned"]["content_bytes"]
-    refused = results["export: again"]
-    assert refused["failed"] and refused["changed"] is False
-    assert refused["msg"].endswith(
-        f"{bundle}: exists and is not empty (a bundle is never overwritten)"
-    )
+    for name in ("export: again", "export: again, check mode"):
+        refused = results[name]
+        assert refused["failed"] and refused.get("changed") is False, name
+        assert refused["msg"].endswith(
+            f"{bundle}: exists and is not empty (a bundle is never overwritten)"
+        ), refused["msg"]
     checked = results["check"]
     assert checked["changed"] is False
     assert (checked["report"]["bundle"], checked["report"]["files"]) == (
         report["bundle"],
         report["files"],
     )
-    assert results["inventory"]["changed"] is True
-    assert inventory.exists() and Path(f"{inventory}.sig").exists()
+    split = results["export in volumes"]["report"]
+    assert split["volumes"] >= 2 and split["volume_size"] == int(volume_size)
+    first = results["check the first volume"]["report"]
+    assert (first["checked_volumes"], first["missing_volumes"]) == (
+        [1],
+        list(range(2, split["volumes"] + 1)),
+    )
 
     tampered = tmp_path / "drive" / "tampered"
     shutil.copytree(bundle, tampered)
@@ -135,6 +163,14 @@ def test_export_check_import_again_and_a_tampered_bundle(distribution_factory, t
         "lock_output": str(relay_lock_path),
         "source_registry": relay.address,
     }
+    inventory = tmp_path / "registry" / "inventory.json"
+    delta = tmp_path / "drive" / "delta"
+    delta_args = {
+        **export_args,
+        "output": str(delta),
+        "inventory": str(inventory),
+        "trusted_keys": trusted,
+    }
     registry_tasks = [
         {
             "name": "tampered",
@@ -144,6 +180,18 @@ def test_export_check_import_again_and_a_tampered_bundle(distribution_factory, t
         {"name": "import: check", "airgap_bundle": import_args, "check_mode": True},
         {"name": "import: apply", "airgap_bundle": import_args},
         {"name": "import: again", "airgap_bundle": import_args},
+        {
+            "name": "inventory",
+            "airgap_bundle": {
+                "action": "inventory",
+                "registry": registry.url,
+                "output": str(inventory),
+                "lock": str(relay_lock_path),
+                "transfer_key": str(key),
+            },
+        },
+        {"name": "delta: check", "airgap_bundle": delta_args, "check_mode": True},
+        {"name": "delta: apply", "airgap_bundle": delta_args},
     ]
     # The check is read before the apply pushes: a playbook of its own.
     checked_only = run_playbook_allowing(
@@ -167,3 +215,13 @@ def test_export_check_import_again_and_a_tampered_bundle(distribution_factory, t
     assert (again["report"]["bytes_sent"], again["report"]["blobs_uploaded"]) == (0, 0)
     assert read_lock(relay_lock_path) is not None
     assert verify(locked, RegistryClient(registry.url), deep=True)["failed"] == 0
+    assert results["inventory"]["changed"] is True
+    assert inventory.exists() and Path(f"{inventory}.sig").exists()
+    # The registry holds everything the lock names: the delta carries no content.
+    plan = results["delta: check"]["report"]
+    made = results["delta: apply"]["report"]
+    assert plan["kind"] == made["kind"] == "delta"
+    assert plan["planned"] == {"manifests": 0, "blobs": 0, "content_bytes": 0}
+    assert (made["manifests"], made["blobs"], made["content_bytes"]) == (0, 0, 0)
+    assert made["skipped"] == plan["skipped"]
+    assert made["skipped"]["blobs"] == report["blobs"]
