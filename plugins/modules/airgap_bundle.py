@@ -312,15 +312,15 @@ def run_import(module, p):
             client.retry = RetryPolicy.standard()
             report = import_bundle(bundle, client, ledger, target.address, options)
     report["key_id"] = bundle.key_id
-    if module.check_mode:
-        return not imported_nothing(report), report
     changed = not imported_nothing(report)
     if p["lock_output"]:
         lock = Lock.from_json(bundle.lock_text, "airgap/lock.json")
         text = relay_lock(lock, p["source"], p["source_registry"]).to_json()
         output = Path(p["lock_output"])
+        # Rewritten only when it differs: a second import of the bundle changes nothing.
         if not output.exists() or output.read_text() != text:
-            write_atomically(output, text)
+            if not module.check_mode:
+                write_atomically(output, text)
             changed = True
         report["lock_output"] = os.fspath(output)
     return changed, report
