@@ -46,6 +46,7 @@ ENGINE_DEFAULTS: dict[str, object] = {
     "repository": defaults.LOCK_REPOSITORY,
     "tag": defaults.LOCK_TAG,
     "trusted_keys": defaults.TRANSFER_TRUSTED_DIR,
+    "transfer_key": defaults.TRANSFER_KEY,
 }
 # "the engine's default (30)", "(16 MiB)", "(C(current))": what the text says the value is.
 STATED = re.compile(r"engine's default \((C\([^)]*\)|[^()]*)\)")
