@@ -4,7 +4,7 @@
 file before this module sees the bundle. Then, in order:
 
 1. **Completeness** (:func:`completeness`): every manifest and blob each entry of
-   ``airgap/contents.json`` needs is in the bundle, or the registry holds it already (a
+   ``airgap/contents.json.gz`` needs is in the bundle, or the registry holds it already (a
    ``HEAD`` in the entry's repository, else in another repository of the lock or the
    catalog: a mount source for a blob, a copy source for a manifest). Anything missing
    refuses the import, naming entry and digest, before the first push.
