@@ -327,7 +327,8 @@ def test_an_incomplete_delta_is_refused_naming_entry_and_digest(
     )
     status, captured = run_import(relay, delta, distribution, tmp_path / "state.db", capsys)
     assert status == 1
-    first = open_bundle([delta], TrustedKeys.load([relay.trusted])).contents["entries"][0]
+    opened = open_bundle([delta], TrustedKeys.load([relay.trusted]))
+    first = opened.contents["entries"][0]
     assert captured.err.startswith(
         f"airgap: bundle sha256:{_sha256(delta / MANIFEST)} is incomplete for "
         f"{distribution.address}: neither the bundle nor the registry holds "
@@ -336,6 +337,10 @@ def test_an_incomplete_delta_is_refused_naming_entry_and_digest(
     )
     assert captured.err.endswith("; nothing was pushed\n")
     assert pushes(distribution) == []
+    refused = json.loads(captured.out)  # the report, every missing digest listed
+    assert (refused["status"], refused["bytes_sent"]) == ("refused", 0)
+    entries = opened.contents["entries"]
+    assert len(refused["missing"]) == sum(len(e["blobs"]) + len(e["manifests"]) for e in entries)
     [record] = json.loads(_status(tmp_path / "state.db", capsys))["imports"]
     assert (record["status"], record["kind"], record["bytes_sent"]) == ("refused", "delta", 0)
     assert record["error"] == captured.err.removeprefix("airgap: ").rstrip("\n")
@@ -488,6 +493,7 @@ def test_an_upload_cut_between_chunks_goes_on_at_the_registry_offset(
         status, captured = run_import(relay, relay.bundle, proxy, state, capsys, "--workers", "1")
         assert status == 1
         assert "PATCH" in captured.err
+        assert json.loads(captured.out)["blobs_uploaded"] > 0  # what it did, then the error
         assert pushes(distribution)  # some blobs went before the cut
         [session] = json.loads(_status(state, capsys))["open_uploads"]
         assert session["offset"] == 3 * CHUNK
@@ -503,6 +509,12 @@ def test_an_upload_cut_between_chunks_goes_on_at_the_registry_offset(
     assert report["bytes_sent"] == total - sum(needed[d] for d in arrived) - 3 * CHUNK
     assert report["verify"]["failed"] == 0
     assert json.loads(_status(state, capsys))["open_uploads"] == []
+    with capsys.disabled():
+        print(
+            f"\ncut: total {total} bytes in {len(needed)} blobs; before the cut {len(arrived)} "
+            f"blobs complete, one session at {3 * CHUNK}; rerun sent {report['bytes_sent']} "
+            f"bytes, requests {report['requests']}"
+        )
 
 
 def _status(state: Path, capsys) -> str:
@@ -661,3 +673,58 @@ def test_a_bundle_in_volumes_imports_from_every_volume_and_not_from_some(
         verify(read_lock(relay.lock_path), RegistryClient(distribution.url), deep=True)["failed"]
         == 0
     )
+
+
+def test_a_delta_for_a_new_repository_mounts_and_copies_what_the_site_holds_elsewhere(
+    relay, distribution_factory, distribution, tmp_path, capsys
+) -> None:
+    """The lock gains a second destination for sample/app-001's tags: the site holds every
+    digest already (under sample/app-001), so the delta carries none of them and the import
+    mounts the blobs and copies the manifests across repositories."""
+    state = tmp_path / "state.db"
+    status, captured = run_import(relay, relay.bundle, distribution, state, capsys)
+    assert status == 0, captured.err
+    inventory = tmp_path / "inventory.json"
+    write_inventory(RegistryClient(distribution.url), inventory, load_key(relay.key_path))
+    copy = (
+        "  - source: upstream\n    repository: sample/app-001\n    destination: copies/app-001\n"
+        "    regex: '^[0-9]+\\.[0-9]+\\.[0-9]+$'\n    max_tags: 2\ncharts:\n"
+    )
+    spec_path = lab_list(tmp_path, relay.upstream.address, **{"charts:\n": copy})
+    lock_path = tmp_path / "mirror.lock"
+    lock(load(spec_path), lock_path)
+    locked = read_lock(lock_path)
+    relay_registry = distribution_factory()
+    assert sync(locked, Destination(relay_registry.url), load(spec_path))["failed"] == 0
+    delta = tmp_path / "delta"
+    export(
+        lock_path,
+        RegistryClient(relay_registry.url),
+        delta,
+        load_key(relay.key_path),
+        inventory=read_inventory(inventory, TrustedKeys.load([relay.trusted])),
+    )
+    opened = open_bundle([delta], TrustedKeys.load([relay.trusted]))
+    copies = [e for e in opened.contents["entries"] if e["destination"] == "copies/app-001"]
+    assert len(copies) == 2
+    assert not any(opened.has(b["digest"]) for e in copies for b in e["blobs"])
+    assert not any(opened.has(m["digest"]) for e in copies for m in e["manifests"])
+
+    log_before = len(distribution.log().splitlines())
+    status, captured = run_import(relay, delta, distribution, state, capsys)
+    assert status == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["bytes_sent"] == 0
+    assert report["blobs_uploaded"] == 0
+    assert report["blobs_mounted"] == len({b["digest"] for e in copies for b in e["blobs"]})
+    assert report["tags"] == 2
+    # Read from sample/app-001, put into copies/app-001 (a manifest cannot be mounted).
+    assert report["manifests"] == len({m["digest"] for e in copies for m in e["manifests"]})
+    mounts = [
+        line
+        for line in distribution.log().splitlines()[log_before:]
+        if '"POST /v2/copies/app-001/blobs/uploads/?mount=' in line
+        and '&from=sample%2Fapp-001 HTTP/1.1" 201 ' in line
+    ]
+    assert len(mounts) == report["blobs_mounted"]
+    assert verify(locked, RegistryClient(distribution.url), deep=True)["failed"] == 0

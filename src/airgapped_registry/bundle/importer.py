@@ -582,6 +582,7 @@ def import_bundle(
     )
     status = "failed"
     error: str | None = None
+    failure: AirgapError | None = None
     try:
         try:
             report.update(importer.completeness())
@@ -603,6 +604,7 @@ def import_bundle(
         status = "ok"
     except AirgapError as exc:
         error = str(exc)
+        failure = exc
         raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -627,4 +629,8 @@ def import_bundle(
                 "error": error,
             },
         )
+        if failure is not None:
+            # The caller shows what was done before the failure (BundleImportError has the
+            # attribute; any other engine error gets it).
+            setattr(failure, "report", {**getattr(failure, "report", {}), **report})  # noqa: B010
     return report

@@ -15,6 +15,7 @@ nightly registry job does after a sync).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -31,7 +32,6 @@ from airgapped_registry.bundle.export import export
 from airgapped_registry.bundle.format import check_volumes, open_bundle, parse_size
 from airgapped_registry.bundle.importer import (
     DEFAULT_CHUNK_SIZE,
-    BundleImportError,
     ImportOptions,
     import_bundle,
 )
@@ -324,9 +324,12 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
     except RunLockedError as exc:
         print(f"airgap: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_LOCKED) from exc
-    except BundleImportError as exc:
-        if exc.report:
-            exc.report.setdefault("bundle", bundle.id)
+    except AirgapError as exc:
+        # What the import did until it failed goes to stdout, as a failed sync's report.
+        partial = getattr(exc, "report", None)
+        if partial:
+            json.dump(partial, sys.stdout, indent=2)
+            sys.stdout.write("\n")
         raise
     finally:
         signing.close()
