@@ -8,6 +8,7 @@ reading an image out of it, exit codes and the messages of refusals.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -159,8 +160,9 @@ def test_full_export_holds_every_digest_once_and_skopeo_reads_it(
     assert report["skipped"] == {"manifests": 0, "blobs": 0, "bytes": 0}
     assert not output.with_name("seed.partial").exists()
     # The lock travels byte for byte; the signature keys the list names come along.
-    assert (output / "airgap" / "lock.json").read_bytes() == lock_path.read_bytes()
-    contents = json.loads((output / "airgap" / "contents.json").read_text())
+    stored_lock = (output / "airgap" / "lock.json.gz").read_bytes()
+    assert gzip.decompress(stored_lock) == lock_path.read_bytes()
+    contents = json.loads(gzip.decompress((output / "airgap" / "contents.json.gz").read_bytes()))
     upstream_key = (spec_path.parent / "upstream-keys" / "cosign.pub").read_bytes()
     (key_path,) = contents["keys"][f"{SIGNED}:2.0.0"]
     assert (output / key_path).read_bytes() == upstream_key

@@ -8,6 +8,7 @@ the registry holds and what its access log says was sent.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -207,9 +208,38 @@ def _remove_a_file(bundle: Path, relay: Relay) -> str:
 
 
 def _edit_the_lock(bundle: Path, relay: Relay) -> str:
-    path = bundle / "airgap" / "lock.json"
-    path.write_text(path.read_text().replace('"1.0.0"', '"1.0.1"', 1))
+    path = bundle / "airgap" / "lock.json.gz"
+    text = gzip.decompress(path.read_bytes()).replace(b'"1.0.0"', b'"1.0.1"', 1)
+    path.write_bytes(gzip.compress(text, 9, mtime=0))
     return f"{path}: "
+
+
+def _resigned_listing(bundle: Path, relay: Relay, path: str, data: bytes) -> None:
+    """``path`` replaced by ``data``, listed and signed with the trusted key itself."""
+    (bundle / path).write_bytes(data)
+    document = json.loads((bundle / MANIFEST).read_bytes())
+    for item in document["files"]:
+        if item["path"] == path:
+            item["size"], item["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    signed = json.dumps(document).encode()
+    (bundle / MANIFEST).write_bytes(signed)
+    (bundle / SIGNATURE).write_bytes(load_key(relay.key_path).sign(signed, "bundle"))
+
+
+def _another_lock_signed(bundle: Path, relay: Relay) -> str:
+    """A lock other than lock_digest names, listed and signed correctly."""
+    path = "airgap/lock.json.gz"
+    text = gzip.decompress((bundle / path).read_bytes()).replace(b'"1.0.0"', b'"1.0.1"', 1)
+    _resigned_listing(bundle, relay, path, gzip.compress(text, 9, mtime=0))
+    return f"{bundle / path}: decompresses to sha256:"
+
+
+def _corrupt_gzip_signed(bundle: Path, relay: Relay) -> str:
+    path = "airgap/contents.json.gz"
+    data = bytearray((bundle / path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    _resigned_listing(bundle, relay, path, bytes(data))
+    return f"{bundle / path}: "
 
 
 def _edit_the_manifest(bundle: Path, relay: Relay) -> str:
@@ -258,6 +288,8 @@ def _link_a_file(bundle: Path, relay: Relay) -> str:
         _flip_a_byte,
         _remove_a_file,
         _edit_the_lock,
+        _another_lock_signed,
+        _corrupt_gzip_signed,
         _edit_the_manifest,
         _sign_with_another_key,
         _escape_the_bundle,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from airgapped_registry.bundle import format as format_module
 from airgapped_registry.bundle.format import (
     CONTENTS,
     CONTENTS_FORMAT,
@@ -29,6 +30,8 @@ from airgapped_registry.bundle.format import (
     BundleWriter,
     blob_file,
     check_volumes,
+    compress,
+    decompress,
     open_bundle,
     parse_size,
     plan_layout,
@@ -65,8 +68,10 @@ def write_bundle(
     front = {
         LAYOUT: LAYOUT_BYTES,
         INDEX: b'{"schemaVersion": 2, "manifests": []}',
-        LOCK: LOCK_TEXT,
-        CONTENTS: json.dumps({"format": CONTENTS_FORMAT, "entries": [], "keys": {}}).encode(),
+        LOCK: compress(LOCK_TEXT),
+        CONTENTS: compress(
+            json.dumps({"format": CONTENTS_FORMAT, "entries": [], "keys": {}}).encode()
+        ),
     }
     layout = plan_layout(
         [(path, len(data)) for path, data in front.items()],
@@ -237,7 +242,7 @@ def no_manifest(root: Path) -> None:
 
 
 def edit_lock(root: Path) -> None:
-    (root / LOCK).write_bytes(LOCK_TEXT.replace(b"[]", b"[{}]"))
+    (root / LOCK).write_bytes(compress(LOCK_TEXT.replace(b"[]", b'[{"x": 1}]')))
 
 
 def resign(root: Path, key: object, document: dict) -> None:
@@ -270,7 +275,7 @@ REFUSALS: dict[str, tuple[Callable[..., None], str]] = {
     "edited manifest": (edit_manifest, r"MANIFEST.json.*digest mismatch"),
     "unsigned": (unsigned, r"MANIFEST.json: not signed"),
     "no manifest": (no_manifest, r"b/MANIFEST.json: missing \(not a bundle or volume directory\)"),
-    "edited lock": (edit_lock, r"airgap/lock.json: \d+ bytes, MANIFEST.json says \d+"),
+    "edited lock": (edit_lock, r"airgap/lock.json.gz: \d+ bytes, MANIFEST.json says \d+"),
 }
 
 
@@ -312,16 +317,61 @@ def test_open_bundle_refuses_another_key(tmp_path, keys) -> None:
         open_bundle([root], trusted)
 
 
-def test_open_bundle_refuses_an_edited_lock_even_when_resigned_listing(tmp_path, keys) -> None:
-    """The lock's listed checksum and lock_digest must agree (a signer cannot slip a lock
-    past the bundle's own statement of which lock it carries)."""
+def test_open_bundle_refuses_a_lock_other_than_lock_digest(tmp_path, keys) -> None:
+    """A lock.json.gz listed correctly but decompressing to another lock than the one
+    lock_digest names (a signer cannot slip a lock past the bundle's own statement)."""
     key, trusted = keys
     root = write_bundle(tmp_path / "b", key, blobs_of(30))
-    document = json.loads((root / MANIFEST).read_text())
-    document["lock_digest"] = digest(b"another lock")
-    resign(root, key, document)
-    with pytest.raises(BundleError, match=r"lock_digest sha256:\w+ is not the listed"):
+    replace_front_file(root, key, LOCK, compress(b'{"entries": [{}], "version": 1}\n'))
+    with pytest.raises(
+        BundleError, match=r"lock.json.gz: decompresses to sha256:\w+, MANIFEST.json lock_digest"
+    ):
         open_bundle([root], trusted)
+
+
+def replace_front_file(root: Path, key: object, path: str, data: bytes) -> None:
+    """``path`` holds ``data``, listed with its size and checksum and signed again."""
+    (root / path).write_bytes(data)
+    document = json.loads((root / MANIFEST).read_text())
+    for item in document["files"]:
+        if item["path"] == path:
+            item["size"], item["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    resign(root, key, document)
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "message"),
+    [
+        (LOCK, LOCK_TEXT, r"lock.json.gz: not valid gzip \(.*incorrect header check"),
+        (CONTENTS, compress(b"{}")[:-6], r"contents.json.gz: gzip data truncated"),
+        (LOCK, compress(LOCK_TEXT) + b"junk", r"lock.json.gz: 4 bytes after the gzip data"),
+    ],
+    ids=["not gzip", "truncated", "trailing bytes"],
+)
+def test_open_bundle_refuses_a_corrupt_gzip(tmp_path, keys, path, data, message) -> None:
+    key, trusted = keys
+    root = write_bundle(tmp_path / "b", key, blobs_of(30))
+    replace_front_file(root, key, path, data)
+    with pytest.raises(BundleError, match=message):
+        open_bundle([root], trusted)
+
+
+def test_open_bundle_refuses_a_gzip_bomb(tmp_path, keys, monkeypatch) -> None:
+    """Never inflated past the cap: 64 MiB of zeros compress to ~64 KB."""
+    key, trusted = keys
+    root = write_bundle(tmp_path / "b", key, blobs_of(30))
+    replace_front_file(root, key, CONTENTS, compress(bytes(64 * 1024 * 1024)))
+    monkeypatch.setattr(format_module, "_DECOMPRESSED_LIMIT", 1024 * 1024)
+    with pytest.raises(
+        BundleError, match=r"contents.json.gz: decompresses to more than 1048576 bytes, refused"
+    ):
+        open_bundle([root], trusted)
+
+
+def test_front_files_are_compressed_deterministically() -> None:
+    assert compress(LOCK_TEXT) == compress(LOCK_TEXT)
+    assert compress(LOCK_TEXT)[4:8] == bytes(4), "mtime 0"
+    assert decompress(compress(LOCK_TEXT), "lock") == LOCK_TEXT
 
 
 def test_open_bundle_names_missing_volumes(tmp_path, keys) -> None:

@@ -1,4 +1,4 @@
-"""contents.json as the importer reads it: every repository and digest checked, each
+"""contents.json(.gz) as the importer reads it: every repository and digest checked, each
 refusal naming the entry (the bundle is signed, but a bug on the exporting side must not
 push something unchecked)."""
 
@@ -55,7 +55,7 @@ def _edit(path: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({**CONTENTS, "format": "other"}, "airgap/contents.json: format 'other' is not known"),
+        ({**CONTENTS, "format": "other"}, "airgap/contents.json.gz: format 'other' is not known"),
         (_edit("destination", "../etc"), "entries[0]: malformed (ValueError: invalid repository"),
         (_edit("digest", "sha256:12"), "entries[0]: malformed (ValueError: invalid digest"),
         (_edit("blobs.0.digest", "md5:x"), "entries[0]: malformed (ValueError: invalid digest"),

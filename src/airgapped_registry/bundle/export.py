@@ -38,6 +38,7 @@ from airgapped_registry.bundle.format import (
     BundleError,
     BundleWriter,
     blob_file,
+    compress,
     plan_layout,
     sync_directory,
 )
@@ -226,8 +227,8 @@ def export(
     front = {
         LAYOUT: LAYOUT_BYTES,
         INDEX: _json_bytes(index),
-        LOCK: lock_bytes,
-        CONTENTS: _json_bytes(contents),
+        LOCK: compress(lock_bytes),
+        CONTENTS: compress(_json_bytes(contents)),
         **dict(sorted(key_files.items())),
     }
     kind = "delta" if inventory is not None else "full"

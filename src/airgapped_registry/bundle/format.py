@@ -5,7 +5,8 @@ A bundle is one directory (a single volume) or a directory of volume directories
 file of every volume with its size, SHA-256 and volume), its transfer signature
 ``MANIFEST.json.sig`` (purpose ``bundle``) and ``volume.json`` (which volume this is, not listed:
 a wrong one only makes the check fail). Volume 1 also holds ``oci-layout``, ``index.json``
-and ``airgap/`` (the lock, what to push where, upstream signature keys); blobs and manifests
+and ``airgap/`` (the lock and what to push where, both gzip-compressed, upstream signature
+keys); blobs and manifests
 live under ``blobs/sha256/<hex>``, once each, or as ``<hex>.part-0001``... when a blob did not
 fit in the room a volume had left. docs/bundles.md describes every field.
 
@@ -19,6 +20,7 @@ SHA-256, every volume present, parts reassembling) before it returns a :class:`B
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import io
 import json
@@ -26,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,8 +51,11 @@ VOLUME = "volume.json"
 CONTROL_FILES = (MANIFEST, SIGNATURE, VOLUME)
 LAYOUT = "oci-layout"
 INDEX = "index.json"
-LOCK = "airgap/lock.json"
-CONTENTS = "airgap/contents.json"
+# Compressed: both grow with the lock's entries, not with what changed, and a delta carries
+# them whole (gzip takes them to ~1/6, the difference between a delta at 1.1x the new
+# content and one under 1.05x). MANIFEST.json and index.json stay plain for tools to read.
+LOCK = "airgap/lock.json.gz"
+CONTENTS = "airgap/contents.json.gz"
 KEYS = "airgap/keys"
 BLOBS = "blobs/sha256"
 # What must sit in volume 1, whatever the volume size.
@@ -208,11 +214,6 @@ def parse_manifest(data: bytes, where: str) -> tuple[dict[str, Any], dict[str, F
         found = files.get(path)
         if found is None or found.volume != 1:
             raise BundleError(f"{where}: {path} is not listed in volume 1")
-    if f"sha256:{files[LOCK].sha256}" != lock_digest:
-        raise BundleError(
-            f"{where}: lock_digest {lock_digest} is not the listed {LOCK} "
-            f"(sha256:{files[LOCK].sha256})"
-        )
     return document, files
 
 
@@ -650,6 +651,33 @@ def _read_small(path: Path, display: str, limit: int) -> bytes:
 
 # MANIFEST.json of a million files is ~250 MB; anything larger is not a bundle of ours.
 _MANIFEST_LIMIT = 512 * 1024 * 1024
+# The lock and contents of a million entries stay under this decompressed; more is a bomb.
+_DECOMPRESSED_LIMIT = 1024 * 1024 * 1024
+
+
+def compress(data: bytes) -> bytes:
+    """gzip of ``data``, deterministic (no name, mtime 0): the same lock, the same bytes."""
+    return gzip.compress(data, 9, mtime=0)
+
+
+def decompress(data: bytes, display: str, limit: int | None = None) -> bytes:
+    """The one gzip member in ``data``, refused when corrupt, truncated, followed by other
+    bytes, or larger than ``limit`` once decompressed (never inflated past it)."""
+    limit = _DECOMPRESSED_LIMIT if limit is None else limit
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise BundleError(f"{display}: not valid gzip ({exc})") from exc
+    if len(out) > limit:
+        raise BundleError(f"{display}: decompresses to more than {limit} bytes, refused")
+    if not inflater.eof:
+        raise BundleError(f"{display}: gzip data truncated")
+    if inflater.unused_data:
+        raise BundleError(f"{display}: {len(inflater.unused_data)} bytes after the gzip data")
+    return out
+
+
 _SMALL_LIMIT = 64 * 1024
 
 
@@ -992,12 +1020,22 @@ def open_bundle(paths: Sequence[str | os.PathLike[str]], trusted: TrustedKeys) -
             f"(give every {volume_name(1)}..{volume_name(checked.count)})"
         )
     front = checked.volumes[1]
-    lock = _read_small(front / LOCK, f"{front / LOCK}", _MANIFEST_LIMIT)
-    contents_bytes = _read_small(front / CONTENTS, f"{front / CONTENTS}", _MANIFEST_LIMIT)
+    stored = {
+        path: _read_small(front / path, f"{front / path}", _MANIFEST_LIMIT)
+        for path in (LOCK, CONTENTS)
+    }
     # Read again after the check: bytes that differ now were swapped under it.
-    for path, data in ((LOCK, lock), (CONTENTS, contents_bytes)):
+    for path, data in stored.items():
         if hashlib.sha256(data).hexdigest() != checked.files[path].sha256:
             raise BundleError(f"{front / path}: changed while the bundle was being checked")
+    lock = decompress(stored[LOCK], f"{front / LOCK}")
+    contents_bytes = decompress(stored[CONTENTS], f"{front / CONTENTS}")
+    lock_digest = checked.document["lock_digest"]
+    if f"sha256:{hashlib.sha256(lock).hexdigest()}" != lock_digest:
+        raise BundleError(
+            f"{front / LOCK}: decompresses to sha256:{hashlib.sha256(lock).hexdigest()}, "
+            f"MANIFEST.json lock_digest says {lock_digest}"
+        )
     try:
         lock_text = lock.decode("utf-8")
         contents = json.loads(contents_bytes)

@@ -4,7 +4,7 @@
 file before this module sees the bundle. Then, in order:
 
 1. **Completeness** (:func:`completeness`): every manifest and blob each entry of
-   ``airgap/contents.json`` needs is in the bundle, or the registry holds it already (a
+   ``airgap/contents.json.gz`` needs is in the bundle, or the registry holds it already (a
    ``HEAD`` in the entry's repository, else in another repository of the lock or the
    catalog: a mount source for a blob, a copy source for a manifest). Anything missing
    refuses the import, naming entry and digest, before the first push.
@@ -119,7 +119,7 @@ class Entry:
         return f"{self.repository}:{self.tag}"
 
 
-def read_contents(contents: dict[str, Any], where: str = "airgap/contents.json") -> list[Entry]:
+def read_contents(contents: dict[str, Any], where: str = "airgap/contents.json.gz") -> list[Entry]:
     """The entries of ``contents.json``, every repository and digest checked."""
     if contents.get("format") != "airgapped-registry.bundle-contents.v1":
         raise BundleImportError(f"{where}: format {contents.get('format')!r} is not known")
@@ -178,13 +178,15 @@ class Importer:
         self.registry = registry
         self.options = options or ImportOptions()
         self.entries = read_contents(bundle.contents)
-        self.lock = Lock.from_json(bundle.lock_text, "airgap/lock.json")
+        self.lock = Lock.from_json(bundle.lock_text, "airgap/lock.json.gz")
         self.done = ledger.done(bundle.id, registry)
         # (repository, digest) the registry holds (found or made so), and where else a
         # digest can be had: a repository holding it (mount a blob, copy a manifest).
         self._held: set[tuple[str, str]] = set()
         self._source: dict[str, str] = {}
         self._catalog: list[str] | None = None
+        # (repository, digest, blob) -> held, from the completeness check's parallel HEADs.
+        self._headed: dict[tuple[str, str, bool], bool] = {}
         self._lock = threading.Lock()
         self.counts = {
             "blobs_uploaded": 0,
@@ -204,6 +206,7 @@ class Importer:
         """Find every digest the bundle does not hold in the registry; raise naming each
         entry and digest found nowhere. Returns what would be sent."""
         missing: list[str] = []
+        self._head_all()
         for entry in self.entries:
             for digest, size in entry.blobs:
                 if self.bundle.has(digest) or self._recorded(entry.repository, "blob", digest):
@@ -235,6 +238,28 @@ class Importer:
         }
         return {"blobs_to_send": len(uploads), "bytes_to_send": sum(uploads.values())}
 
+    def _head_all(self) -> None:
+        """One HEAD per digest the bundle does not hold, in its own repository, ``workers``
+        at a time (one after another they were ~3.5 s of a delta's 15 s import at 200
+        entries); :meth:`_find` then looks elsewhere only for what these did not find."""
+        wanted: dict[tuple[str, str, bool], None] = {}
+        for entry in self.entries:
+            for digest, _ in entry.blobs:
+                if not self.bundle.has(digest) and not self._recorded(
+                    entry.repository, "blob", digest
+                ):
+                    wanted[(entry.repository, digest, True)] = None
+            for needed in entry.manifests:
+                if not self.bundle.has(needed.digest) and not self._recorded(
+                    entry.repository, "manifest", needed.digest
+                ):
+                    wanted[(entry.repository, needed.digest, False)] = None
+        if not wanted:
+            return
+        with ThreadPoolExecutor(self.options.workers) as pool:
+            found = list(pool.map(lambda key: self._holds(*key), wanted))
+        self._headed = dict(zip(wanted, found, strict=True))
+
     def _recorded(self, repository: str, kind: str, digest: str) -> bool:
         return (repository, kind, digest, "") in self.done
 
@@ -257,6 +282,9 @@ class Importer:
         return False
 
     def _holds(self, repository: str, digest: str, blob: bool) -> bool:
+        known = self._headed.get((repository, digest, blob))
+        if known is not None:
+            return known
         if blob:
             return self.client.blob_exists(repository, digest)
         return self.client.head_manifest(repository, digest) is not None

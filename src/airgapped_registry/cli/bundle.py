@@ -311,7 +311,7 @@ def run_import(args: argparse.Namespace) -> dict[str, Any]:
             report["key_id"] = bundle.key_id
             if args.check:
                 return report
-            lock = Lock.from_json(bundle.lock_text, "airgap/lock.json")
+            lock = Lock.from_json(bundle.lock_text, "airgap/lock.json.gz")
             if args.lock_output:
                 # Before the DB update: it installs the DB the lock at scanning.db.lock names.
                 output = Path(args.lock_output)
