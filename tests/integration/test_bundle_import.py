@@ -595,8 +595,10 @@ def test_an_import_through_the_gateway_signs_before_tags_and_runs_the_nightly_st
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
             assert checked.returncode == 0, checked.stderr
-        # Every served digest was queued, and judged by the scan service before the end.
-        assert after["scan"]["reconcile"]["queued"] >= len(locked.entries)
+        # Every served digest was judged by the scan service before the end. Who queued
+        # it is a race: the service's own reconciliation at start-up may find the first
+        # pushes before the import's pass does, so the pass's count is not asserted.
+        assert "queued" in after["scan"]["reconcile"]
         assert after["scan"]["queue"] == 0
         status = operations.status(lab.provenance)
         judged = {(v["repository"], v["digest"]): v["status"] for v in status["verdicts"]}
