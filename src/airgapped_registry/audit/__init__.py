@@ -9,7 +9,7 @@ checks, :func:`query` answers.
 from __future__ import annotations
 
 from airgapped_registry.audit.config import AuditConfig, SyslogConfig, audit_config
-from airgapped_registry.audit.keys import init_key, public_path
+from airgapped_registry.audit.keys import init_key
 from airgapped_registry.audit.log import AuditLog
 from airgapped_registry.audit.query import query
 from airgapped_registry.audit.records import (
@@ -21,6 +21,7 @@ from airgapped_registry.audit.records import (
     Identity,
 )
 from airgapped_registry.audit.verify import BadRecord, VerifyResult, verify
+from airgapped_registry.transfer.keys import public_path
 
 __all__ = [
     "ALLOW",

@@ -20,11 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from airgapped_registry.audit.files import write_atomically
 from airgapped_registry.audit.records import AuditError, canonical
-
-
-def public_path(key: Path) -> Path:
-    """Where the public half of the key at ``key`` lives: beside it, ``.pub``."""
-    return key.with_suffix(".pub")
+from airgapped_registry.transfer import pem
+from airgapped_registry.transfer.keys import public_path
+from airgapped_registry.transfer.pem import private_from_pem, private_pem, public_pem
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -40,7 +38,7 @@ def init_key(key: Path) -> dict[str, Any]:
         private = load_private(key)
         changed = False
         if not pub.exists():
-            write_atomically(pub, _public_pem(private.public_key()), 0o644, f"checkpoint key {pub}")
+            write_atomically(pub, public_pem(private.public_key()), 0o644, f"checkpoint key {pub}")
             changed = True
         return {
             "changed": changed,
@@ -55,25 +53,14 @@ def init_key(key: Path) -> dict[str, Any]:
             f"checkpoint key {key}: cannot make {key.parent} ({exc.strerror})"
         ) from None
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    write_atomically(key, pem, 0o600, f"checkpoint key {key}")
-    write_atomically(pub, _public_pem(private.public_key()), 0o644, f"checkpoint key {pub}")
+    write_atomically(key, private_pem(private), 0o600, f"checkpoint key {key}")
+    write_atomically(pub, public_pem(private.public_key()), 0o644, f"checkpoint key {pub}")
     return {
         "changed": True,
         "key": str(key),
         "public_key": str(pub),
         "key_id": key_id(private.public_key()),
     }
-
-
-def _public_pem(public: Ed25519PublicKey) -> bytes:
-    return public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def load_private(key: Path) -> Ed25519PrivateKey:
@@ -84,27 +71,11 @@ def load_private(key: Path) -> Ed25519PrivateKey:
             f"checkpoint key {key}: cannot read ({exc.strerror}); make it with "
             f"'airgap audit init --key {key}'"
         ) from None
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise AuditError(f"checkpoint key {key}: not an unencrypted PEM key ({exc})") from None
-    if not isinstance(private, Ed25519PrivateKey):
-        raise AuditError(f"checkpoint key {key}: not an Ed25519 key")
-    return private
+    return private_from_pem(data, f"checkpoint key {key}", AuditError)
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AuditError(f"checkpoint public key {path}: cannot read ({exc.strerror})") from None
-    try:
-        public = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise AuditError(f"checkpoint public key {path}: not a PEM public key ({exc})") from None
-    if not isinstance(public, Ed25519PublicKey):
-        raise AuditError(f"checkpoint public key {path}: not an Ed25519 key")
-    return public
+    return pem.load_public(path, "checkpoint public key", AuditError)
 
 
 def sign(private: Ed25519PrivateKey, fields: dict[str, Any]) -> str:

@@ -19,7 +19,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from airgapped_registry.transfer import pem
 from airgapped_registry.transfer.errors import TransferError
+from airgapped_registry.transfer.pem import private_from_pem, private_pem, public_pem
 from airgapped_registry.transfer.signature import signature_document
 
 
@@ -31,12 +33,6 @@ def public_path(key: Path) -> Path:
 def key_id(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def public_pem(public: Ed25519PublicKey) -> bytes:
-    return public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 @dataclass(frozen=True)
@@ -74,28 +70,12 @@ def load_key(path: Path) -> TransferKey:
                 f"read it; it must be 0600 (chmod 600 {path})"
             )
         data = handle.read()
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise TransferError(f"transfer key {path}: not an unencrypted PEM key ({exc})") from None
-    if not isinstance(private, Ed25519PrivateKey):
-        raise TransferError(f"transfer key {path}: not an Ed25519 key")
-    return TransferKey(path, private)
+    return TransferKey(path, private_from_pem(data, f"transfer key {path}", TransferError))
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
     """The Ed25519 public key in the PEM file at ``path``."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TransferError(f"transfer public key {path}: cannot read ({exc.strerror})") from None
-    try:
-        public = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise TransferError(f"transfer public key {path}: not a PEM public key ({exc})") from None
-    if not isinstance(public, Ed25519PublicKey):
-        raise TransferError(f"transfer public key {path}: not an Ed25519 key")
-    return public
+    return pem.load_public(path, "transfer public key", TransferError)
 
 
 def init_key(path: Path, *, check: bool = False) -> dict[str, Any]:
@@ -129,10 +109,7 @@ def init_key(path: Path, *, check: bool = False) -> dict[str, Any]:
             f"transfer key {path}: cannot make {path.parent} ({exc.strerror})"
         ) from None
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write_new(path, pem, 0o600, replace=False)
+    _write_new(path, private_pem(private), 0o600, replace=False)
     _write_new(pub, public_pem(private.public_key()), 0o644, replace=True)
     return {**report, "key_id": key_id(private.public_key()), "changed": True}
 
