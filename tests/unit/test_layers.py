@@ -23,6 +23,7 @@ LAYERS = {
     ENGINE: 0,  # the package itself: __version__
     f"{ENGINE}.errors": 0,
     f"{ENGINE}.defaults": 0,
+    f"{ENGINE}.files": 1,
     f"{ENGINE}.oci": 1,
     f"{ENGINE}.transport": 2,
     f"{ENGINE}.tools": 3,

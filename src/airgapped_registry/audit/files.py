@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from airgapped_registry.audit.records import AuditError
+from airgapped_registry.files import write_whole
 
 CURRENT = "audit.log"
 ROTATED = re.compile(r"audit-([0-9]{12})\.log")
@@ -176,34 +177,11 @@ def first_line(path: Path) -> bytes | None:
     return raw[:-1] if raw.endswith(b"\n") else None
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomically(path: Path, data: bytes, mode: int, what: str | None = None) -> None:
-    """Replace ``path`` with ``data``: a temporary file beside it, made with its final mode
-    from the start (a stale one of the same name is removed first, so the mode applies: never
-    a moment where a private key is readable by others), fsync, rename, fsync of the
-    directory. Readers see the old file or the new one, never a part. Failures name ``what``
-    (default: the path)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.unlink(missing_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise AuditError(f"{what or path}: cannot write ({exc.strerror or exc})") from None
+    """Replace ``path`` with ``data``, whole and with its final mode from the start
+    (:func:`airgapped_registry.files.write_whole`). Failures name ``what`` (default:
+    the path)."""
+    write_whole(path, data, mode, what=what or str(path), error=AuditError)
 
 
 def write_json_atomically(path: Path, document: dict[str, Any], mode: int = 0o640) -> None:

@@ -43,6 +43,7 @@ from airgapped_registry.audit.records import (
     utc_text,
 )
 from airgapped_registry.errors import AirgapError
+from airgapped_registry.files import fsync_directory
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class AuditLog:
                 os.close(fd)
             os.ftruncate(self._fd, end)
             os.fsync(self._fd)
-            files.fsync_directory(self.config.directory)
+            fsync_directory(self.config.directory)
         except OSError as exc:
             raise AuditError(
                 f"audit log {self.path}: cannot move its partial last line aside to {aside} "
@@ -449,7 +450,7 @@ class AuditLog:
             return
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-            files.fsync_directory(self.config.directory)
+            fsync_directory(self.config.directory)
         except OSError as exc:
             # The open file is the rotated one now; appending to it keeps the chain whole
             # and open() finds its tail there.

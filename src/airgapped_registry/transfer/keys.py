@@ -19,6 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from airgapped_registry.files import write_whole
 from airgapped_registry.transfer import pem
 from airgapped_registry.transfer.errors import TransferError
 from airgapped_registry.transfer.pem import private_from_pem, private_pem, public_pem
@@ -115,29 +116,6 @@ def init_key(path: Path, *, check: bool = False) -> dict[str, Any]:
 
 
 def _write_new(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
-    """Write ``path`` through a temporary beside it, created with its final mode (a private
-    key is never readable by others, not even for a moment), fsynced, then put in place:
-    renamed over the old file with ``replace``; otherwise linked, which fails if the file
-    appeared meanwhile, so a key is never overwritten."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.unlink(missing_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(temporary, path)
-        else:
-            os.link(temporary, path)
-            temporary.unlink()
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise TransferError(f"transfer key {path}: cannot write ({exc.strerror or exc})") from None
+    """``path`` written whole with its final mode from the start; without ``replace`` an
+    existing file is never overwritten (:func:`airgapped_registry.files.write_whole`)."""
+    write_whole(path, data, mode, what=f"transfer key {path}", error=TransferError, replace=replace)
